@@ -1,0 +1,119 @@
+// The op layer: every numerical operation the model, engine and trainer use. Each op dispatches on the device of
+// its first (output) tensor to `rlcu::cpu::<op>` (kernels/cpu, fp32 plain loops, the test oracle) or
+// `rlcu::cuda::<op>` (kernels/*.cu). All tensors of one call must live on the same device.
+//
+// Conventions
+//   * Outputs first, then inputs, then a params struct, then the context.
+//   * Parameter gradients ACCUMULATE (+=) into fp32 buffers; activation gradients OVERWRITE (=).
+//   * Activations are F32 on the CPU and F32 or BF16 on CUDA; statistics saved for backward (rstd, lse) are F32;
+//     token ids / positions / cu_seqlens are I32.
+//   * Shapes below use T = tokens in the packed micro-batch, H = hidden size, nq/nkv = query/key-value heads,
+//     hd = head dim, I = intermediate size, V = vocabulary, S = sequences (cu_seqlens has S+1 entries).
+#pragma once
+
+#include <cstdint>
+
+#include "rlcu/context.h"
+#include "rlcu/tensor.h"
+
+namespace rlcu::ops {
+
+// ---- matrix products -------------------------------------------------------------------------------------
+// out[M,N] = alpha * op(a) @ op(b) + beta * out, with op(x) = x or x^T; 2-D row-major views.
+// Linear forward y = x W^T is gemm(y, x, W, {.trans_b = true}); dx = dy W is gemm(dx, dy, W, {});
+// dW += dy^T x is gemm(dW, dy, x, {.trans_a = true, .beta = 1}). `out` may be F32 while a/b are BF16.
+struct GemmParams {
+  bool trans_a = false;
+  bool trans_b = false;
+  float alpha = 1.0f;
+  float beta = 0.0f;
+};
+void gemm(const Tensor& out, const Tensor& a, const Tensor& b, const GemmParams& p, Context& ctx);
+
+// out[T,N] += bias[N] (broadcast over rows).            dbias[N] += sum over rows of dy[T,N].
+void bias_add(const Tensor& out, const Tensor& bias, Context& ctx);
+void bias_grad(const Tensor& dbias, const Tensor& dy, Context& ctx);
+
+// ---- embedding ---------------------------------------------------------------------------------------------
+// out[T,H] = table[ids[t], :].                           dtable[V,H] += scatter of dout rows at ids.
+void embedding_fwd(const Tensor& out, const Tensor& table, const Tensor& ids, Context& ctx);
+void embedding_bwd(const Tensor& dtable, const Tensor& dout, const Tensor& ids, Context& ctx);
+
+// ---- RMSNorm over the last dim (rows of any width; per-head QK-norm is rows = T*heads, D = hd) -------------
+// out = x * rstd * weight, rstd[N] = 1/sqrt(mean(x^2) + eps) saved for backward.
+void rmsnorm_fwd(const Tensor& out, const Tensor& rstd, const Tensor& x, const Tensor& weight, float eps,
+                 Context& ctx);
+// dx[N,D] = ..., dweight[D] += sum_n dout * x * rstd.
+void rmsnorm_bwd(const Tensor& dx, const Tensor& dweight, const Tensor& dout, const Tensor& x,
+                 const Tensor& weight, const Tensor& rstd, Context& ctx);
+
+// ---- rotary position embedding (NeoX half-split layout, as Hugging Face rotate_half) ------------------------
+// x[T,nh,hd]; for i < hd/2 with angle a = positions[t] * inv_freq[i]:
+//   out[i] = x[i] cos a - x[i+hd/2] sin a,  out[i+hd/2] = x[i+hd/2] cos a + x[i] sin a.
+// inv_freq[hd/2] (F32) already holds the default or llama3-scaled frequencies; out may alias x.
+void rope_fwd(const Tensor& out, const Tensor& x, const Tensor& positions, const Tensor& inv_freq, Context& ctx);
+// The transpose rotation (angle -a): dx from dout. dx may alias dout.
+void rope_bwd(const Tensor& dx, const Tensor& dout, const Tensor& positions, const Tensor& inv_freq, Context& ctx);
+
+// ---- causal attention over packed variable-length sequences, grouped-query -----------------------------------
+// q[T,nq,hd], k,v[T,nkv,hd], query head h reads kv head h / (nq/nkv). Sequence s spans rows
+// [cu_seqlens[s], cu_seqlens[s+1]); token i attends to tokens j <= i of its own sequence.
+// out[T,nq,hd]; lse[T,nq] (F32) = log-sum-exp of the scaled scores, saved for backward.
+struct AttentionParams {
+  int num_seqs = 0;    // S
+  int max_seqlen = 0;  // longest sequence (a hint for the CUDA grid)
+  float scale = 0.0f;  // usually 1/sqrt(hd)
+};
+void attention_fwd(const Tensor& out, const Tensor& lse, const Tensor& q, const Tensor& k, const Tensor& v,
+                   const Tensor& cu_seqlens, const AttentionParams& p, Context& ctx);
+// dq, dk, dv overwrite.
+void attention_bwd(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout, const Tensor& q,
+                   const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
+                   const Tensor& cu_seqlens, const AttentionParams& p, Context& ctx);
+
+// ---- SwiGLU --------------------------------------------------------------------------------------------------
+// gate_up[T,2I] holds gate in columns [0,I) and up in [I,2I); out[T,I] = silu(gate) * up.
+void swiglu_fwd(const Tensor& out, const Tensor& gate_up, Context& ctx);
+// dgate_up[T,2I] overwrite.
+void swiglu_bwd(const Tensor& dgate_up, const Tensor& dout, const Tensor& gate_up, Context& ctx);
+
+// ---- elementwise -------------------------------------------------------------------------------------------
+void add(const Tensor& out, const Tensor& a, const Tensor& b, Context& ctx);  // out = a + b; out may alias a or b
+void scale(const Tensor& out, const Tensor& x, float s, Context& ctx);      // out = s * x; may alias
+void cast(const Tensor& out, const Tensor& x, Context& ctx);                // dtype conversion, same shape
+void fill(const Tensor& out, float value, Context& ctx);
+
+// ---- fused log-prob head ---------------------------------------------------------------------------------------
+// z[t,:] = (hidden[t,:] @ weight^T) * inv_temperature (logits of the next token, V wide);
+// logprob[t] = z[t, targets[t]] - lse[t];   entropy[t] = lse[t] - sum_j softmax(z)_j z_j.
+// targets[t] < 0 marks a position without a target: logprob = entropy = 0 there and it gets no gradient.
+// The CUDA version never stores a [T,V] tensor. `entropy` may be an empty Tensor (not computed).
+struct LogprobParams {
+  float inv_temperature = 1.0f;
+};
+void logprob_fwd(const Tensor& logprob, const Tensor& entropy, const Tensor& lse, const Tensor& hidden,
+                 const Tensor& weight, const Tensor& targets, const LogprobParams& p, Context& ctx);
+// dhidden[T,H] overwrite; dweight[V,H] (F32) accumulate. dentropy may be empty (treated as zero).
+void logprob_bwd(const Tensor& dhidden, const Tensor& dweight, const Tensor& dlogprob, const Tensor& dentropy,
+                 const Tensor& hidden, const Tensor& weight, const Tensor& targets, const Tensor& lse,
+                 const LogprobParams& p, Context& ctx);
+
+// ---- optimizer -----------------------------------------------------------------------------------------------
+// out[0] (F32) = sum of squares of x (F32), deterministic (fixed reduction order for a given size).
+void sum_squares(const Tensor& out, const Tensor& x, Context& ctx);
+// Fused AdamW over flat F32 master weights, with decoupled weight decay; g = grad * grad_scale (clipping);
+// m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; master -= lr * (mhat / (sqrt(vhat) + eps) + wd * master)
+// with bias corrections for `step` (1-based). When `weights` (BF16) is not empty it receives the rounded master.
+struct AdamWParams {
+  float lr = 1e-6f;
+  float beta1 = 0.9f;
+  float beta2 = 0.999f;
+  float eps = 1e-8f;
+  float weight_decay = 0.0f;
+  float grad_scale = 1.0f;
+  int64_t step = 1;
+};
+void adamw_update(const Tensor& master, const Tensor& m, const Tensor& v, const Tensor& weights,
+                  const Tensor& grad, const AdamWParams& p, Context& ctx);
+
+}  // namespace rlcu::ops

@@ -1,0 +1,9 @@
+// PLACEHOLDER: logprob ops on cpu are not written yet.
+#include "ops_cpu.h"
+
+namespace rlcu::cpu {
+
+void logprob_fwd(const Tensor& /*logprob*/, const Tensor& /*entropy*/, const Tensor& /*lse*/, const Tensor& /*hidden*/, const Tensor& /*weight*/, const Tensor& /*targets*/, const ops::LogprobParams& /*p*/, Context& /*ctx*/) { throw Error("logprob_fwd is not implemented on cpu"); }
+void logprob_bwd(const Tensor& /*dhidden*/, const Tensor& /*dweight*/, const Tensor& /*dlogprob*/, const Tensor& /*dentropy*/, const Tensor& /*hidden*/, const Tensor& /*weight*/, const Tensor& /*targets*/, const Tensor& /*lse*/, const ops::LogprobParams& /*p*/, Context& /*ctx*/) { throw Error("logprob_bwd is not implemented on cpu"); }
+
+}  // namespace rlcu::cpu

@@ -1,0 +1,9 @@
+// PLACEHOLDER: optimizer ops on cuda are not written yet.
+#include "ops_cuda.h"
+
+namespace rlcu::cuda {
+
+void sum_squares(const Tensor& /*out*/, const Tensor& /*x*/, Context& /*ctx*/) { throw Error("sum_squares is not implemented on cuda"); }
+void adamw_update(const Tensor& /*master*/, const Tensor& /*m*/, const Tensor& /*v*/, const Tensor& /*weights*/, const Tensor& /*grad*/, const ops::AdamWParams& /*p*/, Context& /*ctx*/) { throw Error("adamw_update is not implemented on cuda"); }
+
+}  // namespace rlcu::cuda

@@ -1,0 +1,15 @@
+// Subcommand registration. Each src/cli/<name>.cpp adds its subcommand to the app and, when the user chose it,
+// stores the action in `action`; main() runs that action after parsing. Actions return the exit code.
+#pragma once
+
+#include <functional>
+
+#include <CLI/CLI.hpp>
+
+namespace rlcu::cli {
+
+using Action = std::function<int()>;
+
+void add_info_command(CLI::App& app, Action& action);
+
+}  // namespace rlcu::cli

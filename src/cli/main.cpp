@@ -1,0 +1,44 @@
+// rlcu entry point: parses the command line (CLI11), runs the chosen subcommand and maps failures to exit codes:
+// 0 success, 1 error (bad input file/config/data, runtime failure), 2 usage error. Errors are one line on stderr.
+#include <cstdio>
+#include <exception>
+
+#include <spdlog/spdlog.h>
+
+#include "cli/commands.h"
+#include "rlcu/error.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"rlcu: reinforcement-learning post-training of LLMs in C++/CUDA"};
+  app.name("rlcu");
+  app.set_version_flag("--version", std::string("rlcu ") + RLCU_VERSION);
+  app.require_subcommand(1);
+  app.fallthrough(false);
+  spdlog::set_pattern("[%H:%M:%S] %^%l%$ %v");
+
+  rlcu::cli::Action action;
+  rlcu::cli::add_info_command(app, action);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "rlcu: error: %s\n", e.what());
+    std::fprintf(stderr, "Run with --help for more information.\n");
+    return 2;
+  }
+  try {
+    return action ? action() : 0;
+  } catch (const rlcu::UsageError& e) {
+    std::fprintf(stderr, "rlcu: error: %s\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "rlcu: error: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,241 @@
+// Tensor views, the owning Buffer, the bump Arena and host/device copies.
+#include "rlcu/tensor.h"
+
+#include <cstdlib>
+#include <utility>
+
+#include "rlcu/cuda_check.h"
+
+namespace rlcu {
+
+size_t dtype_size(DType t) {
+  switch (t) {
+    case DType::F32: return 4;
+    case DType::BF16: return 2;
+    case DType::F16: return 2;
+    case DType::I32: return 4;
+    case DType::I64: return 8;
+    case DType::U8: return 1;
+  }
+  return 0;
+}
+
+const char* dtype_name(DType t) {
+  switch (t) {
+    case DType::F32: return "f32";
+    case DType::BF16: return "bf16";
+    case DType::F16: return "f16";
+    case DType::I32: return "i32";
+    case DType::I64: return "i64";
+    case DType::U8: return "u8";
+  }
+  return "?";
+}
+
+const char* device_name(Device d) { return d == Device::CPU ? "cpu" : "cuda"; }
+
+float f16_to_f32(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1fu;
+  uint32_t mant = h & 0x3ffu;
+  uint32_t u;
+  if (exp == 0) {
+    if (mant == 0) {
+      u = sign;
+    } else {  // subnormal: normalise
+      exp = 127 - 15 + 1;
+      while ((mant & 0x400u) == 0) {
+        mant <<= 1;
+        --exp;
+      }
+      mant &= 0x3ffu;
+      u = sign | (exp << 23) | (mant << 13);
+    }
+  } else if (exp == 31) {
+    u = sign | 0x7f800000u | (mant << 13);
+  } else {
+    u = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+  }
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+Tensor::Tensor(void* d, DType t, Device dev, std::initializer_list<int64_t> dims) : data(d), dtype(t), device(dev) {
+  RLCU_CHECK(dims.size() <= kMaxDims, "too many dims");
+  for (int64_t s : dims) shape[ndim++] = s;
+}
+
+Tensor::Tensor(void* d, DType t, Device dev, const std::vector<int64_t>& dims) : data(d), dtype(t), device(dev) {
+  RLCU_CHECK(dims.size() <= kMaxDims, "too many dims");
+  for (int64_t s : dims) shape[ndim++] = s;
+}
+
+int64_t Tensor::numel() const {
+  if (ndim == 0) return 0;
+  int64_t n = 1;
+  for (int i = 0; i < ndim; ++i) n *= shape[i];
+  return n;
+}
+
+Tensor Tensor::view(std::initializer_list<int64_t> dims) const {
+  Tensor t = *this;
+  t.ndim = 0;
+  int infer = -1;
+  int64_t known = 1;
+  for (int64_t s : dims) {
+    RLCU_CHECK(t.ndim < kMaxDims, "too many dims");
+    if (s == -1) {
+      RLCU_CHECK(infer < 0, "view: two inferred dims");
+      infer = t.ndim;
+    } else {
+      known *= s;
+    }
+    t.shape[t.ndim++] = s;
+  }
+  if (infer >= 0) {
+    RLCU_CHECK(known > 0 && numel() % known == 0, "view {} of {}", known, shape_str());
+    t.shape[infer] = numel() / known;
+  }
+  RLCU_CHECK(t.numel() == numel(), "view changes numel: {} -> {}", shape_str(), t.shape_str());
+  return t;
+}
+
+Tensor Tensor::slice_rows(int64_t begin, int64_t end) const {
+  RLCU_CHECK(ndim >= 1 && begin >= 0 && begin <= end && end <= shape[0], "slice_rows [{}, {}) of {}", begin, end,
+             shape_str());
+  Tensor t = *this;
+  const int64_t row = shape[0] == 0 ? 0 : numel() / shape[0];
+  t.data = static_cast<char*>(data) + static_cast<size_t>(begin * row) * dtype_size(dtype);
+  t.shape[0] = end - begin;
+  return t;
+}
+
+std::string Tensor::shape_str() const {
+  std::string s = "[";
+  for (int i = 0; i < ndim; ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+Buffer Buffer::alloc(size_t bytes, Device device) {
+  Buffer b;
+  b.device_ = device;
+  b.size_ = bytes;
+  if (bytes == 0) return b;
+  if (device == Device::CPU) {
+    b.data_ = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
+    if (!b.data_) throw Error(fmt::format("out of host memory allocating {} bytes", bytes));
+  } else {
+    cudaError_t err = cudaMalloc(&b.data_, bytes);
+    if (err != cudaSuccess) {
+      (void)cudaGetLastError();
+      size_t free_b = 0, total_b = 0;
+      (void)cudaMemGetInfo(&free_b, &total_b);
+      throw Error(fmt::format("out of GPU memory allocating {:.1f} MiB ({:.1f} MiB free of {:.1f} MiB)",
+                              bytes / 1048576.0, free_b / 1048576.0, total_b / 1048576.0));
+    }
+  }
+  return b;
+}
+
+void Buffer::release() {
+  if (!data_) return;
+  if (device_ == Device::CPU) std::free(data_);
+  else (void)cudaFree(data_);
+  data_ = nullptr;
+  size_ = 0;
+}
+
+Buffer::~Buffer() { release(); }
+
+Buffer::Buffer(Buffer&& o) noexcept : data_(o.data_), size_(o.size_), device_(o.device_) {
+  o.data_ = nullptr;
+  o.size_ = 0;
+}
+
+Buffer& Buffer::operator=(Buffer&& o) noexcept {
+  if (this != &o) {
+    release();
+    data_ = std::exchange(o.data_, nullptr);
+    size_ = std::exchange(o.size_, 0);
+    device_ = o.device_;
+  }
+  return *this;
+}
+
+Tensor Buffer::as(DType t, std::initializer_list<int64_t> dims) const {
+  Tensor v(data_, t, device_, dims);
+  RLCU_CHECK(v.nbytes() <= size_, "buffer of {} bytes viewed as {} {}", size_, dtype_name(t), v.shape_str());
+  return v;
+}
+
+OwnedTensor OwnedTensor::make(DType dt, Device dev, const std::vector<int64_t>& dims) {
+  OwnedTensor o;
+  Tensor probe(nullptr, dt, dev, dims);
+  o.buf = Buffer::alloc(probe.nbytes(), dev);
+  o.t = Tensor(o.buf.data(), dt, dev, dims);
+  return o;
+}
+
+Tensor Arena::alloc(DType t, const std::vector<int64_t>& dims) {
+  Tensor v(nullptr, t, buf_.device(), dims);
+  const size_t bytes = (v.nbytes() + 255) / 256 * 256;
+  if (used_ + bytes > buf_.size())
+    throw Error(fmt::format("arena exhausted: need {} more bytes, {} of {} used", bytes, used_, buf_.size()));
+  v.data = static_cast<char*>(buf_.data()) + used_;
+  used_ += bytes;
+  if (used_ > peak_) peak_ = used_;
+  return v;
+}
+
+Tensor Arena::alloc(DType t, std::initializer_list<int64_t> dims) { return alloc(t, std::vector<int64_t>(dims)); }
+
+void copy_bytes(const Tensor& dst, const Tensor& src) {
+  RLCU_CHECK(dst.nbytes() == src.nbytes(), "copy_bytes size mismatch {} vs {}", dst.nbytes(), src.nbytes());
+  if (dst.nbytes() == 0) return;
+  if (dst.device == Device::CPU && src.device == Device::CPU) {
+    std::memcpy(dst.data, src.data, dst.nbytes());
+    return;
+  }
+  RLCU_CUDA_CHECK(cudaMemcpy(dst.data, src.data, dst.nbytes(), cudaMemcpyDefault));
+}
+
+std::vector<float> to_host_f32(const Tensor& t) {
+  const size_t n = static_cast<size_t>(t.numel());
+  std::vector<char> raw(t.nbytes());
+  copy_bytes(Tensor(raw.data(), t.dtype, Device::CPU, {static_cast<int64_t>(n)}), t.view({-1}));
+  std::vector<float> out(n);
+  switch (t.dtype) {
+    case DType::F32: std::memcpy(out.data(), raw.data(), n * 4); break;
+    case DType::BF16:
+      for (size_t i = 0; i < n; ++i) out[i] = bf16_to_f32(reinterpret_cast<const uint16_t*>(raw.data())[i]);
+      break;
+    case DType::F16:
+      for (size_t i = 0; i < n; ++i) out[i] = f16_to_f32(reinterpret_cast<const uint16_t*>(raw.data())[i]);
+      break;
+    case DType::I32:
+      for (size_t i = 0; i < n; ++i) out[i] = static_cast<float>(reinterpret_cast<const int32_t*>(raw.data())[i]);
+      break;
+    default: RLCU_CHECK(false, "to_host_f32: unsupported dtype {}", dtype_name(t.dtype));
+  }
+  return out;
+}
+
+void from_host_f32(const Tensor& t, const std::vector<float>& v) {
+  RLCU_CHECK(static_cast<int64_t>(v.size()) == t.numel(), "from_host_f32 size {} vs {}", v.size(), t.numel());
+  const size_t n = v.size();
+  std::vector<char> raw(t.nbytes());
+  switch (t.dtype) {
+    case DType::F32: std::memcpy(raw.data(), v.data(), n * 4); break;
+    case DType::BF16:
+      for (size_t i = 0; i < n; ++i) reinterpret_cast<uint16_t*>(raw.data())[i] = f32_to_bf16(v[i]);
+      break;
+    case DType::I32:
+      for (size_t i = 0; i < n; ++i) reinterpret_cast<int32_t*>(raw.data())[i] = static_cast<int32_t>(v[i]);
+      break;
+    default: RLCU_CHECK(false, "from_host_f32: unsupported dtype {}", dtype_name(t.dtype));
+  }
+  copy_bytes(t.view({-1}), Tensor(raw.data(), t.dtype, Device::CPU, {static_cast<int64_t>(n)}));
+}
+
+}  // namespace rlcu
