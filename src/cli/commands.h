@@ -11,5 +11,6 @@ namespace rlcu::cli {
 using Action = std::function<int()>;
 
 void add_info_command(CLI::App& app, Action& action);
+void add_config_command(CLI::App& app, Action& action);
 
 }  // namespace rlcu::cli

@@ -1,0 +1,341 @@
+// RunConfig from JSON: the schema (one FieldSpec per key, in section order), parsing with line/column syntax
+// errors, `--set` overrides, validation against the schema, unknown keys with suggestions, and the resolved dump.
+#include "rlcu/config.h"
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "rlcu/context.h"
+#include "rlcu/error.h"
+
+namespace rlcu {
+
+using json = nlohmann::json;
+
+namespace {
+
+template <class S, class T>
+FieldSpec bind_field(const std::string& path, S RunConfig::*sec, T S::*mem, FieldKind kind, const std::string& doc) {
+  FieldSpec f;
+  f.path = path;
+  f.kind = kind;
+  f.doc = doc;
+  f.get = [sec, mem](const RunConfig& c) { return json((c.*sec).*mem); };
+  f.set = [sec, mem](RunConfig& c, const json& v) { (c.*sec).*mem = v.get<T>(); };
+  return f;
+}
+
+FieldSpec range(FieldSpec f, double lo, double hi, bool lo_exclusive = false) {
+  f.min = lo;
+  f.max = hi;
+  f.min_exclusive = lo_exclusive;
+  return f;
+}
+
+FieldSpec choices(FieldSpec f, std::vector<std::string> c) {
+  f.choices = std::move(c);
+  return f;
+}
+
+std::vector<FieldSpec> build_schema() {
+  using K = FieldKind;
+  std::vector<FieldSpec> s;
+  // run
+  s.push_back(range(bind_field("run.seed", &RunConfig::run, &RunSection::seed, K::Int,
+                         "Seed for every random choice of the run (sampling, shuffling, initialisation)."),
+                    0, 9007199254740991.0));
+  s.push_back(bind_field("run.output_dir", &RunConfig::run, &RunSection::output_dir, K::String,
+                   "Directory a run writes its outputs to."));
+  {
+    FieldSpec f = bind_field("run.device", &RunConfig::run, &RunSection::device, K::String,
+                       "Where to run: `cpu`, `cuda` or `cuda:N`.");
+    f.check = [](const std::string& v) -> std::string {
+      try {
+        parse_device(v, "run.device");
+        return "";
+      } catch (const Error&) {
+        return "cpu, cuda or cuda:N";
+      }
+    };
+    s.push_back(f);
+  }
+  // model
+  s.push_back(bind_field("model.path", &RunConfig::model, &ModelSection::path, K::String,
+                   "Hugging Face model directory (config.json and *.safetensors)."));
+  s.push_back(bind_field("model.tokenizer", &RunConfig::model, &ModelSection::tokenizer, K::String,
+                   "Tokenizer directory (tokenizer.json, tokenizer_config.json); empty means `model.path`."));
+  s.push_back(choices(bind_field("model.chat_template", &RunConfig::model, &ModelSection::chat_template, K::Enum,
+                           "Chat template: `auto` detects it from tokenizer_config.json."),
+                      {"auto", "chatml", "qwen2", "qwen2.5", "qwen3", "llama3", "none", "custom"}));
+  s.push_back(bind_field("model.custom_template", &RunConfig::model, &ModelSection::custom_template, K::String,
+                   "Template used when `model.chat_template` is `custom`."));
+  s.push_back(bind_field("model.enable_thinking", &RunConfig::model, &ModelSection::enable_thinking, K::Bool,
+                   "Qwen3 template's thinking switch (false adds the empty think block)."));
+  // optimizer
+  s.push_back(range(bind_field("optimizer.lr", &RunConfig::optimizer, &OptimizerSection::lr, K::Float,
+                         "Peak learning rate of AdamW."),
+                    0, 1, true));
+  s.push_back(range(bind_field("optimizer.beta1", &RunConfig::optimizer, &OptimizerSection::beta1, K::Float,
+                         "AdamW first-moment decay."),
+                    0, 0.999999));
+  s.push_back(range(bind_field("optimizer.beta2", &RunConfig::optimizer, &OptimizerSection::beta2, K::Float,
+                         "AdamW second-moment decay."),
+                    0, 0.999999));
+  s.push_back(range(bind_field("optimizer.eps", &RunConfig::optimizer, &OptimizerSection::eps, K::Float,
+                         "AdamW denominator epsilon."),
+                    0, 1, true));
+  s.push_back(range(bind_field("optimizer.weight_decay", &RunConfig::optimizer, &OptimizerSection::weight_decay, K::Float,
+                         "Decoupled weight decay."),
+                    0, 1));
+  s.push_back(range(bind_field("optimizer.max_grad_norm", &RunConfig::optimizer, &OptimizerSection::max_grad_norm,
+                         K::Float, "Clip the global gradient L2 norm to this value; 0 disables clipping."),
+                    0, 1e12));
+  s.push_back(choices(bind_field("optimizer.lr_schedule", &RunConfig::optimizer, &OptimizerSection::lr_schedule, K::Enum,
+                           "Learning-rate schedule after warm-up."),
+                      {"constant", "linear", "cosine"}));
+  s.push_back(range(bind_field("optimizer.warmup_steps", &RunConfig::optimizer, &OptimizerSection::warmup_steps, K::Int,
+                         "Linear warm-up steps from 0 to `optimizer.lr`."),
+                    0, 1e12));
+  s.push_back(range(bind_field("optimizer.min_lr_ratio", &RunConfig::optimizer, &OptimizerSection::min_lr_ratio, K::Float,
+                         "Floor of the linear/cosine decay, as a fraction of `optimizer.lr`."),
+                    0, 1));
+  return s;
+}
+
+std::string fmt_num(double v) {
+  std::ostringstream o;
+  o << v;
+  return o.str();
+}
+
+std::string short_json(const json& v) {
+  std::string s = v.dump();
+  if (s.size() > 60) s = s.substr(0, 57) + "...";
+  return s;
+}
+
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    cur[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j)
+      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)});
+    std::swap(prev, cur);
+  }
+  return prev[b.size()];
+}
+
+std::set<std::string> section_names() {
+  std::set<std::string> out;
+  for (const FieldSpec& f : config_schema()) out.insert(f.path.substr(0, f.path.find('.')));
+  return out;
+}
+
+const FieldSpec* find_field(const std::string& path) {
+  for (const FieldSpec& f : config_schema())
+    if (f.path == path) return &f;
+  return nullptr;
+}
+
+[[noreturn]] void unknown_key(const std::string& source, const std::string& path) {
+  const std::string best = suggest_key(path);
+  throw Error(fmt::format("{}: unknown key `{}`{}", source, path,
+                          best.empty() ? " (see `rlcu config keys`)" : fmt::format("; did you mean `{}`?", best)));
+}
+
+// Type/range validation of one value; returns the error text or "".
+std::string validate_value(const FieldSpec& f, const json& v) {
+  switch (f.kind) {
+    case FieldKind::Bool:
+      return v.is_boolean() ? "" : "expected true or false";
+    case FieldKind::String:
+      if (!v.is_string()) return "expected a string";
+      if (f.check) {
+        const std::string exp = f.check(v.get<std::string>());
+        if (!exp.empty()) return "expected " + exp;
+      }
+      return "";
+    case FieldKind::Enum: {
+      if (v.is_string() && std::find(f.choices.begin(), f.choices.end(), v.get<std::string>()) != f.choices.end())
+        return "";
+      return "expected " + f.expectation();
+    }
+    case FieldKind::Int:
+    case FieldKind::Float: {
+      if (!v.is_number()) return "expected " + f.expectation();
+      const double d = v.get<double>();
+      if (!std::isfinite(d)) return "expected " + f.expectation();
+      if (f.kind == FieldKind::Int && (!v.is_number_integer() && std::floor(d) != d)) return "expected " + f.expectation();
+      const bool low_ok = f.min_exclusive ? d > f.min : d >= f.min;
+      if (!low_ok || d > f.max) return "expected " + f.expectation();
+      return "";
+    }
+  }
+  return "";
+}
+
+void apply_field(const FieldSpec& f, RunConfig& cfg, const json& v) {
+  if (f.kind == FieldKind::Int && v.is_number_float()) {
+    f.set(cfg, json(static_cast<int64_t>(v.get<double>())));
+  } else if (f.kind == FieldKind::Float) {
+    f.set(cfg, json(v.get<double>()));
+  } else {
+    f.set(cfg, v);
+  }
+}
+
+// `overridden` holds the keys set with --set, so that their errors name the option rather than the file.
+void walk(const json& obj, const std::string& prefix, const std::string& file, const std::set<std::string>& overridden,
+          RunConfig& cfg) {
+  static const std::set<std::string> sections = section_names();
+  for (auto it = obj.begin(); it != obj.end(); ++it) {
+    const std::string path = prefix.empty() ? it.key() : prefix + "." + it.key();
+    const std::string source = overridden.count(path) ? "--set " + path : file;
+    if (prefix.empty() && sections.count(it.key())) {
+      if (!it.value().is_object())
+        throw Error(fmt::format("{}: `{}` must be an object of settings, got {}", source, path, short_json(it.value())));
+      walk(it.value(), path, file, overridden, cfg);
+      continue;
+    }
+    const FieldSpec* f = find_field(path);
+    if (!f) unknown_key(source, path);
+    const std::string err = validate_value(*f, it.value());
+    if (!err.empty()) throw Error(fmt::format("{}: `{}`: {}, got {}", source, path, err, short_json(it.value())));
+    apply_field(*f, cfg, it.value());
+  }
+}
+
+std::pair<size_t, size_t> line_col(const std::string& text, size_t byte) {
+  size_t line = 1, col = 1;
+  for (size_t i = 0; i < byte && i < text.size(); ++i) {
+    if (text[i] == '\n') {
+      ++line;
+      col = 1;
+    } else {
+      ++col;
+    }
+  }
+  return {line, col};
+}
+
+// Applies one KEY=VALUE override to the JSON document and returns KEY.
+std::string apply_override(json& doc, const std::string& ov) {
+  const size_t eq = ov.find('=');
+  if (eq == std::string::npos || eq == 0)
+    throw UsageError(fmt::format("--set {}: expected KEY=VALUE, e.g. --set optimizer.lr=2e-6", ov));
+  const std::string key = ov.substr(0, eq);
+  const std::string raw = ov.substr(eq + 1);
+  json value = json::parse(raw, nullptr, /*allow_exceptions=*/false);
+  if (value.is_discarded()) value = raw;  // bare words are strings
+  const std::string source = "--set " + key;
+  if (!find_field(key)) unknown_key(source, key);
+  json* node = &doc;
+  size_t start = 0;
+  while (true) {
+    const size_t dot = key.find('.', start);
+    const std::string part = key.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+    if (dot == std::string::npos) {
+      (*node)[part] = value;
+      return key;
+    }
+    json& child = (*node)[part];
+    if (child.is_null()) child = json::object();
+    if (!child.is_object())
+      throw Error(fmt::format("{}: `{}` is not an object in the config file", source, key.substr(0, dot)));
+    node = &child;
+    start = dot + 1;
+  }
+}
+
+}  // namespace
+
+std::string FieldSpec::expectation() const {
+  switch (kind) {
+    case FieldKind::Bool: return "true or false";
+    case FieldKind::String: return "a string";
+    case FieldKind::Enum: {
+      std::string s = "one of ";
+      for (size_t i = 0; i < choices.size(); ++i) s += (i ? ", " : "") + choices[i];
+      return s;
+    }
+    case FieldKind::Int:
+    case FieldKind::Float: {
+      std::string s = kind == FieldKind::Int ? "an integer" : "a number";
+      const bool has_lo = min > -1e299, has_hi = max < 1e11;
+      if (has_lo) s += fmt::format(" {} {}", min_exclusive ? ">" : ">=", fmt_num(min));
+      if (has_lo && has_hi) s += " and";
+      if (has_hi) s += fmt::format(" <= {}", fmt_num(max));
+      return s;
+    }
+  }
+  return "";
+}
+
+const std::vector<FieldSpec>& config_schema() {
+  static const std::vector<FieldSpec> schema = build_schema();
+  return schema;
+}
+
+std::string suggest_key(const std::string& unknown) {
+  std::string best;
+  size_t best_d = SIZE_MAX;
+  const std::string leaf = unknown.substr(unknown.rfind('.') + 1);
+  for (const FieldSpec& f : config_schema()) {
+    size_t d = edit_distance(unknown, f.path);
+    // A right key in the wrong section ("lr" at top level) is also a good suggestion.
+    const std::string fleaf = f.path.substr(f.path.rfind('.') + 1);
+    if (fleaf == leaf) d = std::min<size_t>(d, 1);
+    if (d < best_d) {
+      best_d = d;
+      best = f.path;
+    }
+  }
+  const size_t limit = std::max<size_t>(2, leaf.size() / 3 + 1);
+  return best_d <= limit ? best : "";
+}
+
+RunConfig parse_config(const std::string& text, const std::string& source, const std::vector<std::string>& overrides) {
+  json doc;
+  try {
+    doc = json::parse(text);
+  } catch (const json::parse_error& e) {
+    auto [line, col] = line_col(text, e.byte == 0 ? 0 : e.byte - 1);
+    std::string what = e.what();
+    const size_t p = what.find("syntax error");
+    if (p != std::string::npos) what = what.substr(p);
+    throw Error(fmt::format("{}:{}:{}: invalid JSON: {}", source, line, col, what));
+  }
+  if (!doc.is_object()) throw Error(fmt::format("{}: expected a JSON object at the top level", source));
+  std::set<std::string> overridden;
+  for (const std::string& ov : overrides) overridden.insert(apply_override(doc, ov));
+  RunConfig cfg;
+  walk(doc, "", source, overridden, cfg);
+  return cfg;
+}
+
+RunConfig load_config(const std::string& path, const std::vector<std::string>& overrides) {
+  for (const std::string& ov : overrides)  // a malformed --set is a usage error, whatever the file holds
+    if (ov.find('=') == std::string::npos || ov[0] == '=')
+      throw UsageError(fmt::format("--set {}: expected KEY=VALUE, e.g. --set optimizer.lr=2e-6", ov));
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(fmt::format("{}: cannot open config file", path));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return parse_config(ss.str(), path, overrides);
+}
+
+nlohmann::ordered_json config_to_json(const RunConfig& cfg) {
+  nlohmann::ordered_json out = nlohmann::ordered_json::object();
+  for (const FieldSpec& f : config_schema()) {
+    const size_t dot = f.path.find('.');
+    const std::string sec = f.path.substr(0, dot), key = f.path.substr(dot + 1);
+    out[sec][key] = nlohmann::ordered_json::parse(f.get(cfg).dump());
+  }
+  return out;
+}
+
+}  // namespace rlcu

@@ -1,0 +1,70 @@
+// CLI behaviour of `rlcu config`, `--version`, `info` and usage errors: exit codes and one-line messages.
+#include <gtest/gtest.h>
+
+#include "cli_util.h"
+
+using rlcu::test::run_cli;
+using rlcu::test::temp_dir;
+using rlcu::test::write_file;
+
+TEST(CliConfig, CheckAndShow) {
+  const std::string p = temp_dir() + "/ok.json";
+  write_file(p, R"({"optimizer": {"lr": 1e-5}})");
+  auto r = run_cli("config check " + p);
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("ok"), std::string::npos);
+  r = run_cli("config show " + p + " --set optimizer.lr=3e-6 --set run.seed=5");
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("\"lr\": 3e-06"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("\"seed\": 5"), std::string::npos);
+  EXPECT_NE(r.out.find("\"beta1\": 0.9"), std::string::npos);  // defaults filled in
+}
+
+TEST(CliConfig, ShippedConfigsAreValid) {
+  for (const char* name : {"configs/base.json"}) {
+    auto r = run_cli(std::string("config check ") + RLCU_SOURCE_DIR + "/" + name);
+    EXPECT_EQ(r.code, 0) << name << ": " << r.err;
+  }
+}
+
+TEST(CliConfig, MistakesExitOneAndNameTheKey) {
+  const std::string dir = temp_dir();
+  struct Case {
+    std::string text, needle;
+  } cases[] = {
+      {R"({"optimizer": {"lrr": 1e-6}})", "did you mean `optimizer.lr`?"},
+      {R"({"optimizer": {"lr": "x"}})", "`optimizer.lr`: expected a number"},
+      {"{\n\"run\": {\"seed\": 1", "bad.json:2:"},
+      {R"({"run": {"device": "gpu"}})", "`run.device`"},
+  };
+  for (const Case& c : cases) {
+    const std::string p = dir + "/bad.json";
+    write_file(p, c.text);
+    auto r = run_cli("config check " + p);
+    EXPECT_EQ(r.code, 1) << c.text;
+    EXPECT_NE(r.err.find(c.needle), std::string::npos) << c.text << " -> " << r.err;
+    EXPECT_NE(r.err.find("bad.json"), std::string::npos) << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << "one line: " << r.err;
+  }
+  auto r = run_cli("config check " + dir + "/missing.json");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("missing.json"), std::string::npos);
+}
+
+TEST(CliConfig, UsageErrorsExitTwo) {
+  EXPECT_EQ(run_cli("").code, 2);
+  EXPECT_EQ(run_cli("no-such-command").code, 2);
+  EXPECT_EQ(run_cli("config check").code, 2);
+  EXPECT_EQ(run_cli("config check x.json --set noequals").code, 2);
+  EXPECT_EQ(run_cli("info --bogus").code, 2);
+}
+
+TEST(CliConfig, VersionAndInfo) {
+  auto r = run_cli("--version");
+  EXPECT_EQ(r.code, 0);
+  EXPECT_NE(r.out.find("rlcu 0."), std::string::npos);
+  r = run_cli("info");
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("CUDA runtime"), std::string::npos);
+  EXPECT_TRUE(r.out.find("GPU 0") != std::string::npos || r.out.find("no CUDA device") != std::string::npos);
+}
