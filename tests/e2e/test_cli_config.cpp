@@ -68,3 +68,11 @@ TEST(CliConfig, VersionAndInfo) {
   EXPECT_NE(r.out.find("CUDA runtime"), std::string::npos);
   EXPECT_TRUE(r.out.find("GPU 0") != std::string::npos || r.out.find("no CUDA device") != std::string::npos);
 }
+
+TEST(CliConfig, ReadmeReferenceMatchesKeys) {
+  auto r = run_cli("config keys --markdown");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const std::string readme = rlcu::test::read_file(std::string(RLCU_SOURCE_DIR) + "/README.md");
+  EXPECT_NE(readme.find(r.out), std::string::npos)
+      << "README.md's configuration reference is out of date: paste `rlcu config keys --markdown` into it";
+}
