@@ -1,10 +1,114 @@
-// PLACEHOLDER: gemm ops on cpu are not written yet.
+// CPU matrix products: out[M,N] = alpha * op(a) @ op(b) + beta * out with op(x) = x or x^T (row-major, F32), and
+// the bias broadcast add / bias gradient.
+//
+// Every output element is accumulated in double. The loop order is i-k-j over blocks of NB output columns, so the
+// inner loop runs over contiguous memory of both the B panel and the accumulator row (vectorisable) and a K x NB
+// panel of B stays in cache while all rows of A pass over it. Transposed operands are packed to row-major first.
+// With beta == 0 the previous contents of `out` are not read (BLAS convention).
+// bias_grad is a parameter gradient: it ACCUMULATES (+=) into dbias; bias_add updates `out` in place.
+#include <algorithm>
+#include <vector>
+
 #include "ops_cpu.h"
+#include "reference.h"
 
 namespace rlcu::cpu {
+namespace ref {
 
-void gemm(const Tensor& /*out*/, const Tensor& /*a*/, const Tensor& /*b*/, const ops::GemmParams& /*p*/, Context& /*ctx*/) { throw Error("gemm is not implemented on cpu"); }
-void bias_add(const Tensor& /*out*/, const Tensor& /*bias*/, Context& /*ctx*/) { throw Error("bias_add is not implemented on cpu"); }
-void bias_grad(const Tensor& /*dbias*/, const Tensor& /*dy*/, Context& /*ctx*/) { throw Error("bias_grad is not implemented on cpu"); }
+template <class T>
+void matmul_f64(double* acc, const T* a, const T* b, int64_t M, int64_t N, int64_t K, bool trans_a, bool trans_b) {
+  std::vector<T> a_packed, b_packed;
+  if (trans_a) {  // a is [K,M]: pack to [M,K]
+    a_packed.resize(static_cast<size_t>(M * K));
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t i = 0; i < M; ++i) a_packed[i * K + k] = a[k * M + i];
+    a = a_packed.data();
+  }
+  if (trans_b) {  // b is [N,K]: pack to [K,N]
+    b_packed.resize(static_cast<size_t>(K * N));
+    for (int64_t j = 0; j < N; ++j)
+      for (int64_t k = 0; k < K; ++k) b_packed[k * N + j] = b[j * K + k];
+    b = b_packed.data();
+  }
+  constexpr int64_t NB = 256;
+  for (int64_t j0 = 0; j0 < N; j0 += NB) {
+    const int64_t nb = std::min(NB, N - j0);
+    for (int64_t i = 0; i < M; ++i) {
+      double* row = acc + i * N + j0;
+      std::fill(row, row + nb, 0.0);
+      const T* arow = a + i * K;
+      for (int64_t k = 0; k < K; ++k) {
+        const double aik = static_cast<double>(arow[k]);
+        const T* brow = b + k * N + j0;
+        for (int64_t j = 0; j < nb; ++j) row[j] += aik * static_cast<double>(brow[j]);
+      }
+    }
+  }
+}
+
+template <class T>
+void gemm_ref(T* out, const T* a, const T* b, int64_t M, int64_t N, int64_t K, bool trans_a, bool trans_b,
+              double alpha, double beta) {
+  std::vector<double> acc(static_cast<size_t>(M * N));
+  matmul_f64(acc.data(), a, b, M, N, K, trans_a, trans_b);
+  const int64_t n = M * N;
+  if (beta == 0.0) {
+    for (int64_t i = 0; i < n; ++i) out[i] = static_cast<T>(alpha * acc[i]);
+  } else {
+    for (int64_t i = 0; i < n; ++i) out[i] = static_cast<T>(alpha * acc[i] + beta * static_cast<double>(out[i]));
+  }
+}
+
+template <class T>
+void bias_add_ref(T* out, const T* bias, int64_t rows, int64_t n) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < n; ++j) out[r * n + j] = static_cast<T>(out[r * n + j] + bias[j]);
+}
+
+template <class T>
+void bias_grad_ref(T* dbias, const T* dy, int64_t rows, int64_t n) {
+  std::vector<double> acc(static_cast<size_t>(n), 0.0);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < n; ++j) acc[j] += static_cast<double>(dy[r * n + j]);
+  for (int64_t j = 0; j < n; ++j) dbias[j] = static_cast<T>(static_cast<double>(dbias[j]) + acc[j]);
+}
+
+#define RLCU_INSTANTIATE(T)                                                                                     \
+  template void matmul_f64<T>(double*, const T*, const T*, int64_t, int64_t, int64_t, bool, bool);              \
+  template void gemm_ref<T>(T*, const T*, const T*, int64_t, int64_t, int64_t, bool, bool, double, double);     \
+  template void bias_add_ref<T>(T*, const T*, int64_t, int64_t);                                               \
+  template void bias_grad_ref<T>(T*, const T*, int64_t, int64_t);
+RLCU_INSTANTIATE(float)
+RLCU_INSTANTIATE(double)
+#undef RLCU_INSTANTIATE
+
+}  // namespace ref
+
+void gemm(const Tensor& out, const Tensor& a, const Tensor& b, const ops::GemmParams& p, Context& ctx) {
+  check::tensor("gemm", "out", out, DType::F32, 2);
+  check::tensor("gemm", "a", a, DType::F32, 2);
+  check::tensor("gemm", "b", b, DType::F32, 2);
+  const int64_t M = out.shape[0], N = out.shape[1];
+  const int64_t am = p.trans_a ? a.shape[1] : a.shape[0], ak = p.trans_a ? a.shape[0] : a.shape[1];
+  const int64_t bk = p.trans_b ? b.shape[1] : b.shape[0], bn = p.trans_b ? b.shape[0] : b.shape[1];
+  RLCU_CHECK(am == M && bn == N && ak == bk, "gemm: out {} = op(a {}, trans_a={}) @ op(b {}, trans_b={}): shapes do not match",
+             out.shape_str(), a.shape_str(), p.trans_a, b.shape_str(), p.trans_b);
+  ref::gemm_ref<float>(out.ptr<float>(), a.ptr<float>(), b.ptr<float>(), M, N, ak, p.trans_a, p.trans_b, p.alpha,
+                       p.beta);
+}
+
+void bias_add(const Tensor& out, const Tensor& bias, Context& ctx) {
+  check::tensor("bias_add", "out", out, DType::F32);
+  check::tensor("bias_add", "bias", bias, DType::F32);
+  check::numel("bias_add", "bias", bias, out.cols());
+  ref::bias_add_ref<float>(out.ptr<float>(), bias.ptr<float>(), out.rows(), out.cols());
+}
+
+void bias_grad(const Tensor& dbias, const Tensor& dy, Context& ctx) {
+  check::tensor("bias_grad", "dbias", dbias, DType::F32);
+  check::tensor("bias_grad", "dy", dy, DType::F32);
+  check::numel("bias_grad", "dbias", dbias, dy.cols());
+  ref::bias_grad_ref<float>(dbias.ptr<float>(), dy.ptr<float>(), dy.rows(), dy.cols());
+}
 
 }  // namespace rlcu::cpu

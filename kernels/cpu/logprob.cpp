@@ -1,9 +1,213 @@
-// PLACEHOLDER: logprob ops on cpu are not written yet.
+// CPU fused log-prob head.
+//   z[t,v] = (hidden[t,:] . weight[v,:]) * inv_temperature      hidden[T,H], weight[V,H] (F32), targets[T] (I32)
+//   lse[t] = log sum_v exp z[t,v]
+//   logprob[t] = z[t, targets[t]] - lse[t]
+//   entropy[t] = lse[t] - sum_v p[t,v] z[t,v],  p = softmax(z)          (entropy may be empty: not computed)
+// targets[t] < 0 marks a row without a target: logprob = entropy = 0 there (lse is still written) and the row
+// gets no gradient. A target >= V throws rlcu::Error.
+// Backward with a = dlogprob[t], b = dentropy[t] (0 when dentropy is empty):
+//   dz[t,v] = (a (onehot_v - p_v) - b p_v (z_v - E_p[z])) * inv_temperature
+//   dhidden = dz @ weight   (activation gradient: OVERWRITE)
+//   dweight += dz^T @ hidden (parameter gradient: ACCUMULATE)
+// Like the CUDA kernel, no [T,V] tensor is held: the vocabulary is walked in blocks of kVocabBlock rows of
+// `weight`, the forward keeps a running (max, sum exp, sum exp*z) per token, and the backward recomputes the
+// logits block by block (one extra pass for E_p[z] when dentropy is given). Everything accumulates in double.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
 #include "ops_cpu.h"
+#include "reference.h"
 
 namespace rlcu::cpu {
+namespace ref {
 
-void logprob_fwd(const Tensor& /*logprob*/, const Tensor& /*entropy*/, const Tensor& /*lse*/, const Tensor& /*hidden*/, const Tensor& /*weight*/, const Tensor& /*targets*/, const ops::LogprobParams& /*p*/, Context& /*ctx*/) { throw Error("logprob_fwd is not implemented on cpu"); }
-void logprob_bwd(const Tensor& /*dhidden*/, const Tensor& /*dweight*/, const Tensor& /*dlogprob*/, const Tensor& /*dentropy*/, const Tensor& /*hidden*/, const Tensor& /*weight*/, const Tensor& /*targets*/, const Tensor& /*lse*/, const ops::LogprobParams& /*p*/, Context& /*ctx*/) { throw Error("logprob_bwd is not implemented on cpu"); }
+namespace {
+constexpr int64_t kVocabBlock = 256;
+
+void check_targets(const char* op, const int32_t* targets, int64_t tokens, int64_t vocab) {
+  for (int64_t t = 0; t < tokens; ++t)
+    if (targets[t] >= vocab)
+      throw Error(fmt::format("{}: target token {} at position {} is outside the vocabulary [0, {})", op, targets[t],
+                              t, vocab));
+}
+
+// z[tokens, nb] = hidden @ weight[v0 : v0+nb]^T * inv_temperature.
+template <class T>
+void logits_block(std::vector<double>& z, const T* hidden, const T* weight, int64_t v0, int64_t nb,
+                  const LogprobDims& d) {
+  matmul_f64(z.data(), hidden, weight + v0 * d.hidden, d.tokens, nb, d.hidden, false, true);
+  for (int64_t i = 0; i < d.tokens * nb; ++i) z[i] *= d.inv_temperature;
+}
+}  // namespace
+
+template <class T>
+void logprob_fwd_ref(T* logprob, T* entropy, T* lse, const T* hidden, const T* weight, const int32_t* targets,
+                     const LogprobDims& d) {
+  check_targets("logprob_fwd", targets, d.tokens, d.vocab);
+  const int64_t tokens = d.tokens;
+  std::vector<double> mx(tokens, -std::numeric_limits<double>::infinity()), sum_e(tokens, 0.0), sum_ez(tokens, 0.0),
+      z_target(tokens, 0.0), z(static_cast<size_t>(tokens * std::min(kVocabBlock, d.vocab)));
+  for (int64_t v0 = 0; v0 < d.vocab; v0 += kVocabBlock) {
+    const int64_t nb = std::min(kVocabBlock, d.vocab - v0);
+    logits_block(z, hidden, weight, v0, nb, d);
+    for (int64_t t = 0; t < tokens; ++t) {
+      const double* zr = z.data() + t * nb;
+      const double m_new = std::max(mx[t], *std::max_element(zr, zr + nb));
+      const double rescale = std::exp(mx[t] - m_new);
+      double se = sum_e[t] * rescale, sez = sum_ez[t] * rescale;
+      for (int64_t j = 0; j < nb; ++j) {
+        const double e = std::exp(zr[j] - m_new);
+        se += e;
+        sez += e * zr[j];
+      }
+      mx[t] = m_new;
+      sum_e[t] = se;
+      sum_ez[t] = sez;
+      if (targets[t] >= v0 && targets[t] < v0 + nb) z_target[t] = zr[targets[t] - v0];
+    }
+  }
+  for (int64_t t = 0; t < tokens; ++t) {
+    const double l = mx[t] + std::log(sum_e[t]);
+    lse[t] = static_cast<T>(l);
+    const bool active = targets[t] >= 0;
+    logprob[t] = static_cast<T>(active ? z_target[t] - l : 0.0);
+    if (entropy) entropy[t] = static_cast<T>(active ? l - sum_ez[t] / sum_e[t] : 0.0);
+  }
+}
+
+template <class T>
+void logprob_bwd_ref(T* dhidden, T* dweight, const T* dlogprob, const T* dentropy, const T* hidden, const T* weight,
+                     const int32_t* targets, const T* lse, const LogprobDims& d) {
+  check_targets("logprob_bwd", targets, d.tokens, d.vocab);
+  const int64_t tokens = d.tokens, H = d.hidden;
+  std::vector<double> z(static_cast<size_t>(tokens * std::min(kVocabBlock, d.vocab)));
+  // E_p[z] per token: only needed for the entropy term.
+  std::vector<double> mean_z(tokens, 0.0);
+  if (dentropy) {
+    for (int64_t v0 = 0; v0 < d.vocab; v0 += kVocabBlock) {
+      const int64_t nb = std::min(kVocabBlock, d.vocab - v0);
+      logits_block(z, hidden, weight, v0, nb, d);
+      for (int64_t t = 0; t < tokens; ++t) {
+        const double l = static_cast<double>(lse[t]);
+        const double* zr = z.data() + t * nb;
+        for (int64_t j = 0; j < nb; ++j) mean_z[t] += std::exp(zr[j] - l) * zr[j];
+      }
+    }
+  }
+  std::vector<double> dh(static_cast<size_t>(tokens * H), 0.0), dw(static_cast<size_t>(std::min(kVocabBlock, d.vocab) * H));
+  for (int64_t v0 = 0; v0 < d.vocab; v0 += kVocabBlock) {
+    const int64_t nb = std::min(kVocabBlock, d.vocab - v0);
+    logits_block(z, hidden, weight, v0, nb, d);
+    // z becomes dz in place.
+    for (int64_t t = 0; t < tokens; ++t) {
+      double* zr = z.data() + t * nb;
+      if (targets[t] < 0) {
+        std::fill(zr, zr + nb, 0.0);
+        continue;
+      }
+      const double a = static_cast<double>(dlogprob[t]);
+      const double b = dentropy ? static_cast<double>(dentropy[t]) : 0.0;
+      const double l = static_cast<double>(lse[t]);
+      for (int64_t j = 0; j < nb; ++j) {
+        const double p = std::exp(zr[j] - l);
+        const double onehot = (v0 + j == targets[t]) ? 1.0 : 0.0;
+        zr[j] = (a * (onehot - p) - b * p * (zr[j] - mean_z[t])) * d.inv_temperature;
+      }
+    }
+    for (int64_t t = 0; t < tokens; ++t) {
+      const double* dzr = z.data() + t * nb;
+      double* dhr = dh.data() + t * H;
+      for (int64_t j = 0; j < nb; ++j) {
+        const double g = dzr[j];
+        if (g == 0.0) continue;
+        const T* wr = weight + (v0 + j) * H;
+        for (int64_t h = 0; h < H; ++h) dhr[h] += g * static_cast<double>(wr[h]);
+      }
+    }
+    std::fill(dw.begin(), dw.end(), 0.0);
+    for (int64_t t = 0; t < tokens; ++t) {
+      if (targets[t] < 0) continue;
+      const double* dzr = z.data() + t * nb;
+      const T* hr = hidden + t * H;
+      for (int64_t j = 0; j < nb; ++j) {
+        const double g = dzr[j];
+        double* dwr = dw.data() + j * H;
+        for (int64_t h = 0; h < H; ++h) dwr[h] += g * static_cast<double>(hr[h]);
+      }
+    }
+    T* dwout = dweight + v0 * H;
+    for (int64_t i = 0; i < nb * H; ++i) dwout[i] = static_cast<T>(static_cast<double>(dwout[i]) + dw[i]);
+  }
+  for (int64_t i = 0; i < tokens * H; ++i) dhidden[i] = static_cast<T>(dh[i]);
+}
+
+#define RLCU_INSTANTIATE(T)                                                                                   \
+  template void logprob_fwd_ref<T>(T*, T*, T*, const T*, const T*, const int32_t*, const LogprobDims&);     \
+  template void logprob_bwd_ref<T>(T*, T*, const T*, const T*, const T*, const T*, const int32_t*, const T*, \
+                                   const LogprobDims&);
+RLCU_INSTANTIATE(float)
+RLCU_INSTANTIATE(double)
+#undef RLCU_INSTANTIATE
+
+}  // namespace ref
+
+namespace {
+ref::LogprobDims logprob_dims(const char* op, const Tensor& hidden, const Tensor& weight, const Tensor& targets,
+                              const ops::LogprobParams& p) {
+  check::tensor(op, "hidden", hidden, DType::F32, 2);
+  check::tensor(op, "weight", weight, DType::F32, 2);
+  check::tensor(op, "targets", targets, DType::I32);
+  ref::LogprobDims d;
+  d.tokens = hidden.shape[0];
+  d.hidden = hidden.shape[1];
+  d.vocab = weight.shape[0];
+  d.inv_temperature = p.inv_temperature;
+  check::shape(op, "weight", weight, {d.vocab, d.hidden});
+  check::numel(op, "targets", targets, d.tokens);
+  RLCU_CHECK(std::isfinite(p.inv_temperature) && p.inv_temperature > 0.0f, "{}: inv_temperature {} must be positive",
+             op, p.inv_temperature);
+  return d;
+}
+}  // namespace
+
+void logprob_fwd(const Tensor& logprob, const Tensor& entropy, const Tensor& lse, const Tensor& hidden,
+                 const Tensor& weight, const Tensor& targets, const ops::LogprobParams& p, Context& ctx) {
+  const char* op = "logprob_fwd";
+  const ref::LogprobDims d = logprob_dims(op, hidden, weight, targets, p);
+  check::tensor(op, "logprob", logprob, DType::F32);
+  check::tensor(op, "lse", lse, DType::F32);
+  check::numel(op, "logprob", logprob, d.tokens);
+  check::numel(op, "lse", lse, d.tokens);
+  if (!entropy.empty()) {
+    check::tensor(op, "entropy", entropy, DType::F32);
+    check::numel(op, "entropy", entropy, d.tokens);
+  }
+  ref::logprob_fwd_ref<float>(logprob.ptr<float>(), entropy.empty() ? nullptr : entropy.ptr<float>(),
+                              lse.ptr<float>(), hidden.ptr<float>(), weight.ptr<float>(), targets.ptr<int32_t>(), d);
+}
+
+void logprob_bwd(const Tensor& dhidden, const Tensor& dweight, const Tensor& dlogprob, const Tensor& dentropy,
+                 const Tensor& hidden, const Tensor& weight, const Tensor& targets, const Tensor& lse,
+                 const ops::LogprobParams& p, Context& ctx) {
+  const char* op = "logprob_bwd";
+  const ref::LogprobDims d = logprob_dims(op, hidden, weight, targets, p);
+  check::tensor(op, "dhidden", dhidden, DType::F32, 2);
+  check::tensor(op, "dweight", dweight, DType::F32, 2);
+  check::tensor(op, "dlogprob", dlogprob, DType::F32);
+  check::tensor(op, "lse", lse, DType::F32);
+  check::shape(op, "dhidden", dhidden, {d.tokens, d.hidden});
+  check::shape(op, "dweight", dweight, {d.vocab, d.hidden});
+  check::numel(op, "dlogprob", dlogprob, d.tokens);
+  check::numel(op, "lse", lse, d.tokens);
+  if (!dentropy.empty()) {
+    check::tensor(op, "dentropy", dentropy, DType::F32);
+    check::numel(op, "dentropy", dentropy, d.tokens);
+  }
+  ref::logprob_bwd_ref<float>(dhidden.ptr<float>(), dweight.ptr<float>(), dlogprob.ptr<float>(),
+                              dentropy.empty() ? nullptr : dentropy.ptr<float>(), hidden.ptr<float>(),
+                              weight.ptr<float>(), targets.ptr<int32_t>(), lse.ptr<float>(), d);
+}
 
 }  // namespace rlcu::cpu

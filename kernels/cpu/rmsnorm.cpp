@@ -1,9 +1,96 @@
-// PLACEHOLDER: rmsnorm ops on cpu are not written yet.
+// CPU RMSNorm over the last dimension: x viewed as [N, D] (N = rows of any shape, so per-head QK-norm is
+// x[T, heads, hd] with D = hd), weight[D], rstd[N] saved for backward:
+//   rstd[n] = 1 / sqrt(mean_d x[n,d]^2 + eps),   out[n,d] = x[n,d] * rstd[n] * weight[d].
+// Backward with g = dout * weight:
+//   dx[n,d] = rstd * g[n,d] - x[n,d] * rstd^3 / D * sum_e g[n,e] x[n,e]        (activation gradient: OVERWRITE)
+//   dweight[d] += sum_n dout[n,d] * x[n,d] * rstd[n]                           (parameter gradient: ACCUMULATE)
+// Sums run in double. out may alias x (each row is read fully before it is written).
+#include <cmath>
+#include <vector>
+
 #include "ops_cpu.h"
+#include "reference.h"
 
 namespace rlcu::cpu {
+namespace ref {
 
-void rmsnorm_fwd(const Tensor& /*out*/, const Tensor& /*rstd*/, const Tensor& /*x*/, const Tensor& /*weight*/, float /*eps*/, Context& /*ctx*/) { throw Error("rmsnorm_fwd is not implemented on cpu"); }
-void rmsnorm_bwd(const Tensor& /*dx*/, const Tensor& /*dweight*/, const Tensor& /*dout*/, const Tensor& /*x*/, const Tensor& /*weight*/, const Tensor& /*rstd*/, Context& /*ctx*/) { throw Error("rmsnorm_bwd is not implemented on cpu"); }
+template <class T>
+void rmsnorm_fwd_ref(T* out, T* rstd, const T* x, const T* weight, int64_t rows, int64_t dim, double eps) {
+  for (int64_t n = 0; n < rows; ++n) {
+    const T* xr = x + n * dim;
+    double ss = 0.0;
+    for (int64_t d = 0; d < dim; ++d) ss += static_cast<double>(xr[d]) * static_cast<double>(xr[d]);
+    const double r = 1.0 / std::sqrt(ss / static_cast<double>(dim) + eps);
+    rstd[n] = static_cast<T>(r);
+    T* o = out + n * dim;
+    for (int64_t d = 0; d < dim; ++d) o[d] = static_cast<T>(static_cast<double>(xr[d]) * r * weight[d]);
+  }
+}
+
+template <class T>
+void rmsnorm_bwd_ref(T* dx, T* dweight, const T* dout, const T* x, const T* weight, const T* rstd, int64_t rows,
+                     int64_t dim) {
+  std::vector<double> dw(static_cast<size_t>(dim), 0.0);
+  for (int64_t n = 0; n < rows; ++n) {
+    const T* xr = x + n * dim;
+    const T* gr = dout + n * dim;
+    const double r = static_cast<double>(rstd[n]);
+    double dot = 0.0;
+    for (int64_t d = 0; d < dim; ++d) {
+      dot += static_cast<double>(gr[d]) * weight[d] * xr[d];
+      dw[d] += static_cast<double>(gr[d]) * xr[d] * r;
+    }
+    const double c = r * r * r * dot / static_cast<double>(dim);
+    T* o = dx + n * dim;
+    for (int64_t d = 0; d < dim; ++d)
+      o[d] = static_cast<T>(r * static_cast<double>(gr[d]) * weight[d] - static_cast<double>(xr[d]) * c);
+  }
+  for (int64_t d = 0; d < dim; ++d) dweight[d] = static_cast<T>(static_cast<double>(dweight[d]) + dw[d]);
+}
+
+#define RLCU_INSTANTIATE(T)                                                                            \
+  template void rmsnorm_fwd_ref<T>(T*, T*, const T*, const T*, int64_t, int64_t, double);            \
+  template void rmsnorm_bwd_ref<T>(T*, T*, const T*, const T*, const T*, const T*, int64_t, int64_t);
+RLCU_INSTANTIATE(float)
+RLCU_INSTANTIATE(double)
+#undef RLCU_INSTANTIATE
+
+}  // namespace ref
+
+void rmsnorm_fwd(const Tensor& out, const Tensor& rstd, const Tensor& x, const Tensor& weight, float eps,
+                 Context& ctx) {
+  check::tensor("rmsnorm_fwd", "out", out, DType::F32);
+  check::tensor("rmsnorm_fwd", "rstd", rstd, DType::F32);
+  check::tensor("rmsnorm_fwd", "x", x, DType::F32);
+  check::tensor("rmsnorm_fwd", "weight", weight, DType::F32);
+  const int64_t rows = x.rows(), dim = x.cols();
+  RLCU_CHECK(out.cols() == dim && out.numel() == x.numel(), "rmsnorm_fwd: out {} does not match x {}",
+             out.shape_str(), x.shape_str());
+  check::numel("rmsnorm_fwd", "weight", weight, dim);
+  check::numel("rmsnorm_fwd", "rstd", rstd, rows);
+  RLCU_CHECK(eps >= 0.0f, "rmsnorm_fwd: eps {} is negative", eps);
+  ref::rmsnorm_fwd_ref<float>(out.ptr<float>(), rstd.ptr<float>(), x.ptr<float>(), weight.ptr<float>(), rows, dim,
+                              eps);
+}
+
+void rmsnorm_bwd(const Tensor& dx, const Tensor& dweight, const Tensor& dout, const Tensor& x, const Tensor& weight,
+                 const Tensor& rstd, Context& ctx) {
+  check::tensor("rmsnorm_bwd", "dx", dx, DType::F32);
+  check::tensor("rmsnorm_bwd", "dweight", dweight, DType::F32);
+  check::tensor("rmsnorm_bwd", "dout", dout, DType::F32);
+  check::tensor("rmsnorm_bwd", "x", x, DType::F32);
+  check::tensor("rmsnorm_bwd", "weight", weight, DType::F32);
+  check::tensor("rmsnorm_bwd", "rstd", rstd, DType::F32);
+  const int64_t rows = x.rows(), dim = x.cols();
+  RLCU_CHECK(dx.cols() == dim && dx.numel() == x.numel(), "rmsnorm_bwd: dx {} does not match x {}", dx.shape_str(),
+             x.shape_str());
+  RLCU_CHECK(dout.cols() == dim && dout.numel() == x.numel(), "rmsnorm_bwd: dout {} does not match x {}",
+             dout.shape_str(), x.shape_str());
+  check::numel("rmsnorm_bwd", "weight", weight, dim);
+  check::numel("rmsnorm_bwd", "dweight", dweight, dim);
+  check::numel("rmsnorm_bwd", "rstd", rstd, rows);
+  ref::rmsnorm_bwd_ref<float>(dx.ptr<float>(), dweight.ptr<float>(), dout.ptr<float>(), x.ptr<float>(),
+                              weight.ptr<float>(), rstd.ptr<float>(), rows, dim);
+}
 
 }  // namespace rlcu::cpu
