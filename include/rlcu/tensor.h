@@ -89,6 +89,11 @@ class Buffer {
   Device device_ = Device::CPU;
 };
 
+// Device memory held by Buffers (bytes now, and the peak since start or since the last reset).
+size_t device_bytes_in_use();
+size_t device_bytes_peak();
+void reset_device_bytes_peak();
+
 // Owning tensor: a Buffer and the view over it.
 struct OwnedTensor {
   Buffer buf;

@@ -1,6 +1,7 @@
 // Tensor views, the owning Buffer, the bump Arena and host/device copies.
 #include "rlcu/tensor.h"
 
+#include <atomic>
 #include <cstdlib>
 #include <utility>
 
@@ -117,6 +118,14 @@ std::string Tensor::shape_str() const {
   return s + "]";
 }
 
+namespace {
+std::atomic<size_t> g_device_in_use{0}, g_device_peak{0};
+}  // namespace
+
+size_t device_bytes_in_use() { return g_device_in_use.load(); }
+size_t device_bytes_peak() { return g_device_peak.load(); }
+void reset_device_bytes_peak() { g_device_peak.store(g_device_in_use.load()); }
+
 Buffer Buffer::alloc(size_t bytes, Device device) {
   Buffer b;
   b.device_ = device;
@@ -134,14 +143,22 @@ Buffer Buffer::alloc(size_t bytes, Device device) {
       throw Error(fmt::format("out of GPU memory allocating {:.1f} MiB ({:.1f} MiB free of {:.1f} MiB)",
                               bytes / 1048576.0, free_b / 1048576.0, total_b / 1048576.0));
     }
+    const size_t now = g_device_in_use.fetch_add(bytes) + bytes;
+    size_t peak = g_device_peak.load();
+    while (now > peak && !g_device_peak.compare_exchange_weak(peak, now)) {
+    }
   }
   return b;
 }
 
 void Buffer::release() {
   if (!data_) return;
-  if (device_ == Device::CPU) std::free(data_);
-  else (void)cudaFree(data_);
+  if (device_ == Device::CPU) {
+    std::free(data_);
+  } else {
+    (void)cudaFree(data_);
+    g_device_in_use.fetch_sub(size_);
+  }
   data_ = nullptr;
   size_ = 0;
 }

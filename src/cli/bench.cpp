@@ -1,0 +1,175 @@
+// `rlcu bench train`: times full training steps (forward + backward over packed micro-batches + global-norm clip +
+// AdamW) of a model on random token sequences, and reports tokens/s, achieved model TFLOP/s, MFU against the
+// card's dense bf16 peak, and peak device memory, as a table and as one JSON line.
+//
+// Model FLOPs per step = 6 * (matmul parameters incl. the LM head) * tokens + 12 * layers * heads * head_dim *
+// (causal query-key pairs), the usual accounting (recomputation under checkpointing is not counted).
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <random>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "cli/commands.h"
+#include "rlcu/config.h"
+#include "rlcu/context.h"
+#include "rlcu/model.h"
+#include "rlcu/ops.h"
+#include "rlcu/optimizer.h"
+
+namespace rlcu::cli {
+
+namespace {
+
+struct BenchTrainArgs {
+  std::string model;
+  int batch = 64;
+  int seq_len = 512;
+  int64_t micro_batch_tokens = 16384;
+  bool checkpointing = false;
+  int steps = 3;
+  int warmup = 1;
+  std::string device = "cuda";
+  uint64_t seed = 0;
+};
+
+// Dense bf16 tensor-core peak (no sparsity) by card name, in TFLOP/s; 0 when unknown.
+double bf16_peak_tflops(const std::string& name) {
+  struct Entry {
+    const char* key;
+    double tflops;
+  };
+  static const Entry table[] = {{"H200", 989.4}, {"H100 PCIe", 756.0}, {"H100 NVL", 835.0}, {"H100", 989.4},
+                                {"H800", 989.4}, {"A100", 312.0},      {"L40S", 362.0},     {"A10", 125.0}};
+  for (const Entry& e : table)
+    if (name.find(e.key) != std::string::npos) return e.tflops;
+  return 0;
+}
+
+int run_bench_train(const BenchTrainArgs& a) {
+  int dev_index = 0;
+  const Device dev = parse_device(a.device, "--device", &dev_index);
+  if (a.batch < 1 || a.seq_len < 2) throw UsageError("--batch must be >= 1 and --seq-len >= 2");
+  std::unique_ptr<Context> cuda_ctx;
+  if (dev == Device::CUDA) cuda_ctx = Context::cuda(dev_index);
+  Context& ctx = dev == Device::CUDA ? *cuda_ctx : Context::cpu();
+
+  ModelOptions mo;
+  mo.training = true;
+  auto model = Model::load(a.model, mo, ctx);
+  const ModelConfig& mc = model->config();
+  const int64_t tokens = static_cast<int64_t>(a.batch) * a.seq_len;
+  const int seqs_per_mb =
+      static_cast<int>(std::clamp<int64_t>(a.micro_batch_tokens / a.seq_len, 1, a.batch));
+  TransformerOptions to;
+  to.max_tokens = static_cast<int64_t>(seqs_per_mb) * a.seq_len;
+  to.act_dtype = default_act_dtype(dev);
+  to.training = true;
+  to.checkpointing = a.checkpointing;
+  Transformer tf(*model, to, ctx);
+  OptimizerSection oc;
+  oc.lr = 1e-6;
+  AdamW opt(oc, model->flat_master(), model->flat_grads(),
+            dev == Device::CUDA ? model->flat_weights() : Tensor(), ctx);
+  OwnedTensor logprob = OwnedTensor::make(DType::F32, dev, {to.max_tokens});
+  OwnedTensor dlogprob = OwnedTensor::make(DType::F32, dev, {to.max_tokens});
+
+  std::mt19937_64 rng(a.seed);
+  std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(mc.vocab_size - 1));
+  std::normal_distribution<float> nd(0.0f, 1.0f / static_cast<float>(tokens));
+  // Fresh random sequences for every micro-batch of every step.
+  auto run_step = [&]() {
+    model->zero_grads(ctx);
+    for (int s0 = 0; s0 < a.batch; s0 += seqs_per_mb) {
+      PackedBatch pb;
+      const int n = std::min(seqs_per_mb, a.batch - s0);
+      std::vector<int32_t> seq(a.seq_len);
+      for (int i = 0; i < n; ++i) {
+        for (auto& t : seq) t = tok(rng);
+        pb.add_sequence(seq);
+      }
+      std::vector<float> w(pb.num_tokens());
+      for (auto& x : w) x = nd(rng);
+      DeviceBatch db = tf.upload(pb, ctx);
+      Tensor dl = dlogprob.t.slice_rows(0, pb.num_tokens());
+      from_host_f32(dl, w);
+      tf.forward(logprob.t.slice_rows(0, pb.num_tokens()), Tensor(), db, ctx);
+      tf.backward(dl, Tensor(), ctx);
+    }
+    opt.step(oc.lr, ctx);
+    ctx.synchronize("bench step end");
+  };
+
+  spdlog::info("bench train: {} ({} layers, hidden {}, vocab {}), {} x {} tokens, micro-batch {} seqs, {}{}",
+               a.model, mc.num_layers, mc.hidden_size, mc.vocab_size, a.batch, a.seq_len, seqs_per_mb,
+               device_name(dev), a.checkpointing ? ", checkpointing" : "");
+  for (int i = 0; i < a.warmup; ++i) run_step();
+  reset_device_bytes_peak();
+  std::vector<double> times;
+  for (int i = 0; i < a.steps; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    run_step();
+    times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    spdlog::info("step {}: {:.3f} s", i + 1, times.back());
+  }
+  std::vector<double> sorted = times;
+  std::sort(sorted.begin(), sorted.end());
+  const double med = sorted[sorted.size() / 2];
+
+  const double H = mc.hidden_size, I = mc.intermediate_size, L = mc.num_layers, V = mc.vocab_size;
+  const double mm_params = L * (H * (mc.q_dim() + 2.0 * mc.kv_dim()) + mc.q_dim() * H + 3 * H * I) + V * H;
+  const double pairs = static_cast<double>(a.batch) * a.seq_len * (a.seq_len + 1) / 2.0;
+  const double flops = 6 * mm_params * tokens + 12.0 * L * mc.num_heads * mc.head_dim * pairs;
+  const double tflops = flops / med / 1e12;
+  std::string card = "cpu";
+  double peak = 0, mem_gib = 0, mem_total_gib = 0;
+  if (dev == Device::CUDA) {
+    for (const GpuInfo& g : cuda_devices())
+      if (g.index == dev_index) {
+        card = g.name;
+        mem_total_gib = g.total_memory / 1073741824.0;
+      }
+    peak = bf16_peak_tflops(card);
+    mem_gib = device_bytes_peak() / 1073741824.0;
+  }
+  const double tps = tokens / med;
+  fmt::print("\n| model | device | tokens/step | checkpointing | step (median of {}) | tokens/s | TFLOP/s | MFU | "
+             "peak memory |\n|---|---|---|---|---|---|---|---|---|\n",
+             times.size());
+  fmt::print("| {} | {} | {} x {} | {} | {:.3f} s | {:.0f} | {:.1f} | {} | {} |\n", mc.model_type, card, a.batch,
+             a.seq_len, a.checkpointing ? "yes" : "no", med, tps, tflops,
+             peak > 0 ? fmt::format("{:.1f}% of {:.0f}", 100 * tflops / peak, peak) : "n/a",
+             dev == Device::CUDA ? fmt::format("{:.1f} GiB of {:.0f}", mem_gib, mem_total_gib) : "n/a");
+  nlohmann::json j = {{"bench", "train"},         {"model", a.model},        {"device", card},
+                      {"batch", a.batch},         {"seq_len", a.seq_len},    {"micro_batch_seqs", seqs_per_mb},
+                      {"checkpointing", a.checkpointing}, {"step_seconds_median", med}, {"step_seconds", times},
+                      {"tokens_per_s", tps},      {"model_tflops", tflops},  {"mfu", peak > 0 ? tflops / peak : 0.0},
+                      {"peak_bf16_tflops", peak}, {"peak_memory_gib", mem_gib}, {"parameters", model->num_parameters()}};
+  fmt::print("{}\n", j.dump());
+  return 0;
+}
+
+}  // namespace
+
+void add_bench_command(CLI::App& app, Action& action) {
+  CLI::App* bench = app.add_subcommand("bench", "Benchmarks");
+  bench->require_subcommand(1);
+  static BenchTrainArgs a;
+  CLI::App* train = bench->add_subcommand("train", "Time training steps (fwd + bwd + AdamW) on random tokens");
+  train->add_option("--model", a.model, "Hugging Face model directory")->required();
+  train->add_option("--batch", a.batch, "Sequences per step")->capture_default_str();
+  train->add_option("--seq-len", a.seq_len, "Tokens per sequence")->capture_default_str();
+  train->add_option("--micro-batch-tokens", a.micro_batch_tokens, "Token budget of one packed micro-batch")
+      ->capture_default_str();
+  train->add_flag("--checkpointing", a.checkpointing, "Recompute each layer in backward (activation checkpointing)");
+  train->add_option("--steps", a.steps, "Timed steps (the median is reported)")->capture_default_str();
+  train->add_option("--warmup", a.warmup, "Untimed warm-up steps")->capture_default_str();
+  train->add_option("--device", a.device, "cpu, cuda or cuda:N")->capture_default_str();
+  train->add_option("--seed", a.seed, "Seed of the random tokens")->capture_default_str();
+  train->callback([&action] { action = [] { return run_bench_train(a); }; });
+}
+
+}  // namespace rlcu::cli
