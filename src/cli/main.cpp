@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
   rlcu::cli::Action action;
   rlcu::cli::add_info_command(app, action);
   rlcu::cli::add_config_command(app, action);
+  rlcu::cli::add_score_command(app, action);
 
   try {
     app.parse(argc, argv);

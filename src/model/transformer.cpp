@@ -1,0 +1,361 @@
+// The decoder forward and backward over one packed micro-batch, written against include/rlcu/ops.h only (see
+// include/rlcu/model.h for the math). Parameter gradients ACCUMULATE (+=) into Model::grads(); activation
+// gradients OVERWRITE (=) and the residual-stream gradient is summed explicitly with ops::add.
+//
+// Memory: one arena allocated in the constructor for options.max_tokens (Tm) rows; a call with T tokens works on
+// the first T rows of each buffer, so nothing is allocated per step.
+//   inference:              residual ping-pong x2, one shared set of layer activations
+//   training:               residual stream x (L+1) [each layer's input, plus the final one], layer activations x L
+//   training+checkpointing: residual stream x (L+1), one shared set of layer activations; backward recomputes a
+//                           layer (up to gate_up) from its saved input before differentiating it
+// Saved per layer (LayerActs): rstd1, h1 = norm1(x), [q_raw, k_raw, rstd_q, rstd_k: QK-norm inputs and stats],
+// q, k (after rope), v, attn (attention output), lse, x_mid = x + o_proj, rstd2, h2 = norm2(x_mid), gate_up.
+// swiglu(gate_up) is recomputed in backward instead of being stored.
+//
+// Backward of one layer, with dres = d(layer output):
+//   MLP:  dWd += dres^T act;  dact = dres Wd;  dgu = swiglu_bwd;  dWgu += dgu^T h2;  dh = dgu Wgu
+//         dres += rmsnorm_bwd(dh)                                    (= d x_mid)
+//   attn: dWo += dres^T attn;  dattn = dres Wo;  dq, dk, dv = attention_bwd;  rope_bwd(dq), rope_bwd(dk)
+//         [QK-norm: rmsnorm_bwd]; dWq/k/v += d{q,k,v}^T h1 (+ bias grads);  dh = dq Wq + dk Wk + dv Wv
+//         dres += rmsnorm_bwd(dh)                                    (= d x)
+// and finally embedding_bwd(dres) into the embedding gradient (shared with the head when tied).
+#include <cmath>
+#include <tuple>
+
+#include "model/device_copy.h"
+#include "rlcu/model.h"
+#include "rlcu/ops.h"
+
+namespace rlcu {
+
+namespace {
+
+// Collects buffer requests, then carves them all out of one arena sized exactly for them.
+class ArenaPlan {
+ public:
+  void add(Tensor& slot, DType dt, std::vector<int64_t> dims) {
+    Tensor probe(nullptr, dt, Device::CPU, dims);
+    bytes_ += (probe.nbytes() + 255) / 256 * 256;
+    slots_.emplace_back(&slot, dt, std::move(dims));
+  }
+  Arena commit(Device dev) {
+    Arena a(bytes_, dev);
+    for (auto& [slot, dt, dims] : slots_) *slot = a.alloc(dt, dims);
+    return a;
+  }
+
+ private:
+  size_t bytes_ = 0;
+  std::vector<std::tuple<Tensor*, DType, std::vector<int64_t>>> slots_;
+};
+
+Tensor rows(const Tensor& t, int64_t n) { return t.slice_rows(0, n); }
+
+}  // namespace
+
+DType default_act_dtype(Device d) { return d == Device::CPU ? DType::F32 : DType::BF16; }
+
+void PackedBatch::add_sequence(const std::vector<int32_t>& seq) {
+  std::vector<int32_t> tg(seq.size(), -1);
+  for (size_t i = 0; i + 1 < seq.size(); ++i) tg[i] = seq[i + 1];
+  add_sequence(seq, tg);
+}
+
+void PackedBatch::add_sequence(const std::vector<int32_t>& seq, const std::vector<int32_t>& seq_targets) {
+  if (seq.empty()) throw Error("packed batch: a sequence must hold at least one token");
+  RLCU_CHECK(seq.size() == seq_targets.size(), "add_sequence: {} ids but {} targets", seq.size(), seq_targets.size());
+  for (size_t i = 0; i < seq.size(); ++i) {
+    ids.push_back(seq[i]);
+    positions.push_back(static_cast<int32_t>(i));
+    targets.push_back(seq_targets[i]);
+  }
+  cu_seqlens.push_back(static_cast<int32_t>(ids.size()));
+  max_seqlen = std::max(max_seqlen, static_cast<int32_t>(seq.size()));
+}
+
+void PackedBatch::clear() {
+  ids.clear();
+  positions.clear();
+  targets.clear();
+  cu_seqlens.assign(1, 0);
+  max_seqlen = 0;
+}
+
+struct LayerActs {
+  Tensor rstd1, h1, q_raw, k_raw, rstd_q, rstd_k, q, k, v, attn, lse, x_mid, rstd2, h2, gate_up;
+};
+
+struct Transformer::State {
+  Arena arena;
+  std::vector<Tensor> resid;
+  std::vector<LayerActs> acts;
+  Tensor act, proj, rstd_f, h_f, lse_head;
+  Tensor dres, dtmp, dh, dgu, dact, dattn, dq, dk, dv, dq_raw, dk_raw;
+  Tensor ids, positions, targets, cu_seqlens;
+  DeviceBatch last;
+  bool have_forward = false;
+
+  Tensor& x_in(int64_t l, bool training) { return resid[training ? l : l % 2]; }
+  LayerActs& layer(int64_t l, bool shared) { return acts[shared ? 0 : l]; }
+
+  void layer_forward(const Model& m, int64_t l, const Tensor& x, const Tensor& x_out, LayerActs& a,
+                     const DeviceBatch& b, bool full, Context& ctx);
+};
+
+Transformer::Transformer(Model& model, const TransformerOptions& opt, Context& ctx)
+    : s_(std::make_unique<State>()), model_(model), opt_(opt) {
+  const ModelConfig& c = model.config();
+  RLCU_CHECK(ctx.device() == model.device(), "Transformer: context on {} but model on {}", device_name(ctx.device()),
+             device_name(model.device()));
+  if (opt.max_tokens < 1) throw Error(fmt::format("token budget must be >= 1, got {}", opt.max_tokens));
+  if (opt.training && !model.has_grads())
+    throw Error("training needs a model loaded with gradients (ModelOptions.training)");
+  RLCU_CHECK(opt.act_dtype == DType::F32 || opt.act_dtype == DType::BF16, "activation dtype {}",
+             dtype_name(opt.act_dtype));
+  const int64_t Tm = opt.max_tokens, H = c.hidden_size, I = c.intermediate_size, qd = c.q_dim(), kvd = c.kv_dim();
+  const int64_t L = c.num_layers;
+  const DType ad = opt.act_dtype, f32 = DType::F32, i32 = DType::I32;
+  const bool shared_acts = !opt.training || opt.checkpointing;
+  ArenaPlan plan;
+  s_->resid.resize(opt.training ? L + 1 : 2);
+  for (Tensor& r : s_->resid) plan.add(r, ad, {Tm, H});
+  s_->acts.resize(shared_acts ? 1 : L);
+  for (LayerActs& a : s_->acts) {
+    plan.add(a.rstd1, f32, {Tm});
+    plan.add(a.h1, ad, {Tm, H});
+    if (c.qk_norm) {
+      plan.add(a.q_raw, ad, {Tm, qd});
+      plan.add(a.k_raw, ad, {Tm, kvd});
+      plan.add(a.rstd_q, f32, {Tm, c.num_heads});
+      plan.add(a.rstd_k, f32, {Tm, c.num_kv_heads});
+    }
+    plan.add(a.q, ad, {Tm, qd});
+    plan.add(a.k, ad, {Tm, kvd});
+    plan.add(a.v, ad, {Tm, kvd});
+    plan.add(a.attn, ad, {Tm, qd});
+    plan.add(a.lse, f32, {Tm, c.num_heads});
+    plan.add(a.x_mid, ad, {Tm, H});
+    plan.add(a.rstd2, f32, {Tm});
+    plan.add(a.h2, ad, {Tm, H});
+    plan.add(a.gate_up, ad, {Tm, 2 * I});
+  }
+  plan.add(s_->act, ad, {Tm, I});
+  plan.add(s_->proj, ad, {Tm, H});
+  plan.add(s_->rstd_f, f32, {Tm});
+  plan.add(s_->h_f, ad, {Tm, H});
+  plan.add(s_->lse_head, f32, {Tm});
+  if (opt.training) {
+    plan.add(s_->dres, ad, {Tm, H});
+    plan.add(s_->dtmp, ad, {Tm, H});
+    plan.add(s_->dh, ad, {Tm, H});
+    plan.add(s_->dgu, ad, {Tm, 2 * I});
+    plan.add(s_->dact, ad, {Tm, I});
+    plan.add(s_->dattn, ad, {Tm, qd});
+    plan.add(s_->dq, ad, {Tm, qd});
+    plan.add(s_->dk, ad, {Tm, kvd});
+    plan.add(s_->dv, ad, {Tm, kvd});
+    if (c.qk_norm) {
+      plan.add(s_->dq_raw, ad, {Tm, qd});
+      plan.add(s_->dk_raw, ad, {Tm, kvd});
+    }
+  }
+  plan.add(s_->ids, i32, {Tm});
+  plan.add(s_->positions, i32, {Tm});
+  plan.add(s_->targets, i32, {Tm});
+  plan.add(s_->cu_seqlens, i32, {Tm + 1});
+  s_->arena = plan.commit(model.device());
+}
+
+Transformer::~Transformer() = default;
+
+size_t Transformer::activation_bytes() const { return s_->arena.capacity(); }
+
+Tensor Transformer::final_hidden() const {
+  RLCU_CHECK(s_->have_forward, "final_hidden before forward");
+  return rows(s_->h_f, s_->last.num_tokens);
+}
+
+DeviceBatch Transformer::upload(const PackedBatch& b, Context& ctx) {
+  const int64_t T = b.num_tokens();
+  const int64_t V = model_.config().vocab_size;
+  if (T < 1) throw Error("packed batch is empty");
+  if (T > opt_.max_tokens)
+    throw Error(fmt::format("packed batch of {} tokens exceeds the token budget of {}", T, opt_.max_tokens));
+  RLCU_CHECK(b.positions.size() == b.ids.size() && b.targets.size() == b.ids.size() && b.cu_seqlens.size() >= 2 &&
+                 b.cu_seqlens.front() == 0 && b.cu_seqlens.back() == T,
+             "inconsistent packed batch");
+  DeviceBatch d;
+  d.num_tokens = T;
+  d.num_seqs = b.num_seqs();
+  for (int s = 0; s < d.num_seqs; ++s) {
+    RLCU_CHECK(b.cu_seqlens[s + 1] >= b.cu_seqlens[s], "cu_seqlens decreases at {}", s);
+    d.max_seqlen = std::max(d.max_seqlen, b.cu_seqlens[s + 1] - b.cu_seqlens[s]);
+  }
+  for (int64_t t = 0; t < T; ++t) {
+    if (b.ids[t] < 0 || b.ids[t] >= V)
+      throw Error(fmt::format("token id {} at position {} is outside the vocabulary [0, {})", b.ids[t], t, V));
+    if (b.targets[t] < -1 || b.targets[t] >= V)
+      throw Error(fmt::format("target id {} at position {} is outside the vocabulary [0, {})", b.targets[t], t, V));
+    RLCU_CHECK(b.positions[t] >= 0, "negative position at {}", t);
+  }
+  d.ids = rows(s_->ids, T);
+  d.positions = rows(s_->positions, T);
+  d.targets = rows(s_->targets, T);
+  d.cu_seqlens = rows(s_->cu_seqlens, d.num_seqs + 1);
+  model_detail::upload(d.ids, b.ids.data(), ctx);
+  model_detail::upload(d.positions, b.positions.data(), ctx);
+  model_detail::upload(d.targets, b.targets.data(), ctx);
+  model_detail::upload(d.cu_seqlens, b.cu_seqlens.data(), ctx);
+  return d;
+}
+
+void Transformer::State::layer_forward(const Model& m, int64_t l, const Tensor& x, const Tensor& x_out, LayerActs& a,
+                                       const DeviceBatch& b, bool full, Context& ctx) {
+  const ModelConfig& c = m.config();
+  const LayerWeights& W = m.weights().layers[static_cast<size_t>(l)];
+  const int64_t T = b.num_tokens, nq = c.num_heads, nkv = c.num_kv_heads, hd = c.head_dim;
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  const ops::GemmParams linear{false, true, 1.0f, 0.0f};
+
+  const Tensor h1 = rows(a.h1, T);
+  ops::rmsnorm_fwd(h1, rows(a.rstd1, T), x, W.input_norm, eps, ctx);
+  const Tensor q = rows(a.q, T), k = rows(a.k, T), v = rows(a.v, T);
+  const Tensor q_lin = c.qk_norm ? rows(a.q_raw, T) : q;
+  const Tensor k_lin = c.qk_norm ? rows(a.k_raw, T) : k;
+  ops::gemm(q_lin, h1, W.q, linear, ctx);
+  ops::gemm(k_lin, h1, W.k, linear, ctx);
+  ops::gemm(v, h1, W.v, linear, ctx);
+  if (c.qkv_bias) {
+    ops::bias_add(q_lin, W.q_bias, ctx);
+    ops::bias_add(k_lin, W.k_bias, ctx);
+    ops::bias_add(v, W.v_bias, ctx);
+  }
+  if (c.qk_norm) {
+    ops::rmsnorm_fwd(q.view({T * nq, hd}), rows(a.rstd_q, T).view({T * nq}), q_lin.view({T * nq, hd}), W.q_norm, eps,
+                     ctx);
+    ops::rmsnorm_fwd(k.view({T * nkv, hd}), rows(a.rstd_k, T).view({T * nkv}), k_lin.view({T * nkv, hd}), W.k_norm, eps,
+                     ctx);
+  }
+  const Tensor q3 = q.view({T, nq, hd}), k3 = k.view({T, nkv, hd});
+  ops::rope_fwd(q3, q3, b.positions, m.inv_freq(), ctx);
+  ops::rope_fwd(k3, k3, b.positions, m.inv_freq(), ctx);
+  const ops::AttentionParams ap{b.num_seqs, b.max_seqlen, 1.0f / std::sqrt(static_cast<float>(hd))};
+  const Tensor attn = rows(a.attn, T);
+  ops::attention_fwd(attn.view({T, nq, hd}), rows(a.lse, T), q3, k3, v.view({T, nkv, hd}), b.cu_seqlens, ap, ctx);
+  const Tensor o = rows(proj, T);
+  ops::gemm(o, attn, W.o, linear, ctx);
+  if (c.o_bias) ops::bias_add(o, W.o_bias, ctx);
+  const Tensor x_mid = rows(a.x_mid, T);
+  ops::add(x_mid, x, o, ctx);
+  const Tensor h2 = rows(a.h2, T), gu = rows(a.gate_up, T);
+  ops::rmsnorm_fwd(h2, rows(a.rstd2, T), x_mid, W.post_norm, eps, ctx);
+  ops::gemm(gu, h2, W.gate_up, linear, ctx);
+  if (!full) return;
+  const Tensor ac = rows(act, T);
+  ops::swiglu_fwd(ac, gu, ctx);
+  ops::gemm(o, ac, W.down, linear, ctx);
+  ops::add(x_out, x_mid, o, ctx);
+}
+
+void Transformer::forward(const Tensor& logprob, const Tensor& entropy, const DeviceBatch& b, Context& ctx) {
+  const ModelConfig& c = model_.config();
+  const ModelWeights& W = model_.weights();
+  const int64_t T = b.num_tokens, L = c.num_layers;
+  RLCU_CHECK(T >= 1 && T <= opt_.max_tokens, "forward: {} tokens, budget {}", T, opt_.max_tokens);
+  RLCU_CHECK(logprob.numel() == T && logprob.dtype == DType::F32, "forward: logprob must be F32 [{}], got {} {}", T,
+             dtype_name(logprob.dtype), logprob.shape_str());
+  RLCU_CHECK(entropy.empty() || (entropy.numel() == T && entropy.dtype == DType::F32),
+             "forward: entropy must be empty or F32 [{}]", T);
+  s_->have_forward = false;
+  const bool shared = !opt_.training || opt_.checkpointing;
+  ops::embedding_fwd(rows(s_->x_in(0, opt_.training), T), W.embed, b.ids, ctx);
+  for (int64_t l = 0; l < L; ++l)
+    s_->layer_forward(model_, l, rows(s_->x_in(l, opt_.training), T), rows(s_->x_in(l + 1, opt_.training), T),
+                      s_->layer(l, shared), b, true, ctx);
+  ops::rmsnorm_fwd(rows(s_->h_f, T), rows(s_->rstd_f, T), rows(s_->x_in(L, opt_.training), T), W.final_norm,
+                   static_cast<float>(c.rms_norm_eps), ctx);
+  ops::logprob_fwd(logprob, entropy, rows(s_->lse_head, T), rows(s_->h_f, T), W.lm_head, b.targets,
+                   ops::LogprobParams{opt_.inv_temperature}, ctx);
+  s_->last = b;
+  s_->have_forward = true;
+}
+
+void Transformer::backward(const Tensor& dlogprob, const Tensor& dentropy, Context& ctx) {
+  RLCU_CHECK(opt_.training, "backward on a Transformer built without training");
+  RLCU_CHECK(s_->have_forward, "backward without a preceding forward");
+  const DeviceBatch& b = s_->last;
+  const ModelConfig& c = model_.config();
+  const ModelWeights& W = model_.weights();
+  const ModelWeights& G = model_.grads();
+  const int64_t T = b.num_tokens, L = c.num_layers, nq = c.num_heads, nkv = c.num_kv_heads, hd = c.head_dim;
+  RLCU_CHECK(dlogprob.numel() == T && dlogprob.dtype == DType::F32, "backward: dlogprob must be F32 [{}]", T);
+  RLCU_CHECK(dentropy.empty() || (dentropy.numel() == T && dentropy.dtype == DType::F32),
+             "backward: dentropy must be empty or F32 [{}]", T);
+  const ops::GemmParams dx{false, false, 1.0f, 0.0f};      // dx = dy W
+  const ops::GemmParams dx_acc{false, false, 1.0f, 1.0f};  // dx += dy W
+  const ops::GemmParams dw{true, false, 1.0f, 1.0f};       // dW += dy^T x
+  const ops::AttentionParams ap{b.num_seqs, b.max_seqlen, 1.0f / std::sqrt(static_cast<float>(hd))};
+
+  const Tensor dres = rows(s_->dres, T), dtmp = rows(s_->dtmp, T), dh = rows(s_->dh, T);
+  ops::logprob_bwd(dh, G.lm_head, dlogprob, dentropy, rows(s_->h_f, T), W.lm_head, b.targets, rows(s_->lse_head, T),
+                   ops::LogprobParams{opt_.inv_temperature}, ctx);
+  ops::rmsnorm_bwd(dres, G.final_norm, dh, rows(s_->x_in(L, true), T), W.final_norm, rows(s_->rstd_f, T), ctx);
+
+  for (int64_t l = L - 1; l >= 0; --l) {
+    const LayerWeights& Wl = W.layers[static_cast<size_t>(l)];
+    const LayerWeights& Gl = G.layers[static_cast<size_t>(l)];
+    const Tensor x = rows(s_->x_in(l, true), T);
+    LayerActs& a = s_->layer(l, opt_.checkpointing);
+    if (opt_.checkpointing) s_->layer_forward(model_, l, x, Tensor(), a, b, false, ctx);
+
+    // MLP branch: dres = d(layer output).
+    const Tensor gu = rows(a.gate_up, T), ac = rows(s_->act, T), dact = rows(s_->dact, T), dgu = rows(s_->dgu, T);
+    ops::swiglu_fwd(ac, gu, ctx);
+    ops::gemm(Gl.down, dres, ac, dw, ctx);
+    ops::gemm(dact, dres, Wl.down, dx, ctx);
+    ops::swiglu_bwd(dgu, dact, gu, ctx);
+    ops::gemm(Gl.gate_up, dgu, rows(a.h2, T), dw, ctx);
+    ops::gemm(dh, dgu, Wl.gate_up, dx, ctx);
+    ops::rmsnorm_bwd(dtmp, Gl.post_norm, dh, rows(a.x_mid, T), Wl.post_norm, rows(a.rstd2, T), ctx);
+    ops::add(dres, dres, dtmp, ctx);
+
+    // Attention branch: dres = d(x_mid).
+    const Tensor attn = rows(a.attn, T), dattn = rows(s_->dattn, T);
+    ops::gemm(Gl.o, dres, attn, dw, ctx);
+    if (c.o_bias) ops::bias_grad(Gl.o_bias, dres, ctx);
+    ops::gemm(dattn, dres, Wl.o, dx, ctx);
+    const Tensor dq = rows(s_->dq, T), dk = rows(s_->dk, T), dv = rows(s_->dv, T);
+    const Tensor dq3 = dq.view({T, nq, hd}), dk3 = dk.view({T, nkv, hd});
+    ops::attention_bwd(dq3, dk3, dv.view({T, nkv, hd}), dattn.view({T, nq, hd}), rows(a.q, T).view({T, nq, hd}),
+                       rows(a.k, T).view({T, nkv, hd}), rows(a.v, T).view({T, nkv, hd}), attn.view({T, nq, hd}),
+                       rows(a.lse, T), b.cu_seqlens, ap, ctx);
+    ops::rope_bwd(dq3, dq3, b.positions, model_.inv_freq(), ctx);
+    ops::rope_bwd(dk3, dk3, b.positions, model_.inv_freq(), ctx);
+    Tensor dq_lin = dq, dk_lin = dk;
+    if (c.qk_norm) {
+      dq_lin = rows(s_->dq_raw, T);
+      dk_lin = rows(s_->dk_raw, T);
+      ops::rmsnorm_bwd(dq_lin.view({T * nq, hd}), Gl.q_norm, dq.view({T * nq, hd}), rows(a.q_raw, T).view({T * nq, hd}),
+                       Wl.q_norm, rows(a.rstd_q, T).view({T * nq}), ctx);
+      ops::rmsnorm_bwd(dk_lin.view({T * nkv, hd}), Gl.k_norm, dk.view({T * nkv, hd}),
+                       rows(a.k_raw, T).view({T * nkv, hd}), Wl.k_norm, rows(a.rstd_k, T).view({T * nkv}), ctx);
+    }
+    const Tensor h1 = rows(a.h1, T);
+    ops::gemm(Gl.q, dq_lin, h1, dw, ctx);
+    ops::gemm(Gl.k, dk_lin, h1, dw, ctx);
+    ops::gemm(Gl.v, dv, h1, dw, ctx);
+    if (c.qkv_bias) {
+      ops::bias_grad(Gl.q_bias, dq_lin, ctx);
+      ops::bias_grad(Gl.k_bias, dk_lin, ctx);
+      ops::bias_grad(Gl.v_bias, dv, ctx);
+    }
+    ops::gemm(dh, dq_lin, Wl.q, dx, ctx);
+    ops::gemm(dh, dk_lin, Wl.k, dx_acc, ctx);
+    ops::gemm(dh, dv, Wl.v, dx_acc, ctx);
+    ops::rmsnorm_bwd(dtmp, Gl.input_norm, dh, x, Wl.input_norm, rows(a.rstd1, T), ctx);
+    ops::add(dres, dres, dtmp, ctx);
+  }
+  ops::embedding_bwd(G.embed, dres, b.ids, ctx);
+}
+
+}  // namespace rlcu
