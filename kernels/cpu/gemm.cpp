@@ -5,7 +5,9 @@
 // inner loop runs over contiguous memory of both the B panel and the accumulator row (vectorisable) and a K x NB
 // panel of B stays in cache while all rows of A pass over it. Transposed operands are packed to row-major first.
 // With beta == 0 the previous contents of `out` are not read (BLAS convention).
-// bias_grad is a parameter gradient: it ACCUMULATES (+=) into dbias; bias_add updates `out` in place.
+// Gradients are expressed with gemm itself: an activation gradient (dx = dy W) overwrites with beta = 0, a
+// parameter gradient (dW += dy^T x) accumulates with beta = 1. bias_grad is a parameter gradient: it ACCUMULATES
+// (+=) into dbias; bias_add updates `out` in place.
 #include <algorithm>
 #include <vector>
 

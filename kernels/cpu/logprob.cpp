@@ -166,6 +166,7 @@ ref::LogprobDims logprob_dims(const char* op, const Tensor& hidden, const Tensor
   d.inv_temperature = p.inv_temperature;
   check::shape(op, "weight", weight, {d.vocab, d.hidden});
   check::numel(op, "targets", targets, d.tokens);
+  RLCU_CHECK(d.vocab >= 1, "{}: weight {} has an empty vocabulary", op, weight.shape_str());
   RLCU_CHECK(std::isfinite(p.inv_temperature) && p.inv_temperature > 0.0f, "{}: inv_temperature {} must be positive",
              op, p.inv_temperature);
   return d;

@@ -7,6 +7,7 @@
 //     master -= lr * (mhat / (sqrt(vhat) + eps) + weight_decay * master)  (decay uses the pre-update master)
 //   master, m, v are updated in place; `weights`, when not empty, receives the new master: BF16 rounded to
 //   nearest even (the GPU layout), or F32 (a plain copy, for a CPU model that keeps separate weights).
+// These ops consume gradients and produce none; master, m and v are optimizer state updated in place.
 #include <cmath>
 
 #include "ops_cpu.h"
