@@ -13,6 +13,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "rlcu/data.h"
+
 namespace rlcu {
 
 struct RunSection {
@@ -24,7 +26,7 @@ struct RunSection {
 struct ModelSection {
   std::string path;                   // Hugging Face model directory (config.json + *.safetensors)
   std::string tokenizer;              // tokenizer directory; empty = the model directory
-  std::string chat_template = "auto"; // auto | chatml | qwen2 | qwen2.5 | qwen3 | llama3 | none | custom
+  std::string chat_template = "auto"; // auto | chatml | qwen2 | qwen2.5 | qwen3 | llama3 | llama3.1 | none | custom
   std::string custom_template;        // used when chat_template = custom
   bool enable_thinking = true;        // Qwen3 chat template's thinking switch
 };
@@ -44,6 +46,7 @@ struct OptimizerSection {
 struct RunConfig {
   RunSection run;
   ModelSection model;
+  DataConfig data;
   OptimizerSection optimizer;
 };
 

@@ -69,11 +69,37 @@ std::vector<FieldSpec> build_schema() {
                    "Tokenizer directory (tokenizer.json, tokenizer_config.json); empty means `model.path`."));
   s.push_back(choices(bind_field("model.chat_template", &RunConfig::model, &ModelSection::chat_template, K::Enum,
                            "Chat template: `auto` detects it from tokenizer_config.json."),
-                      {"auto", "chatml", "qwen2", "qwen2.5", "qwen3", "llama3", "none", "custom"}));
+                      {"auto", "chatml", "qwen2", "qwen2.5", "qwen3", "llama3", "llama3.1", "none", "custom"}));
   s.push_back(bind_field("model.custom_template", &RunConfig::model, &ModelSection::custom_template, K::String,
-                   "Template used when `model.chat_template` is `custom`."));
+                   "Used when `model.chat_template` is `custom`: one string with `{system}` and `{prompt}` placeholders."));
   s.push_back(bind_field("model.enable_thinking", &RunConfig::model, &ModelSection::enable_thinking, K::Bool,
                    "Qwen3 template's thinking switch (false adds the empty think block)."));
+  // data
+  s.push_back(bind_field("data.path", &RunConfig::data, &DataConfig::path, K::String,
+                         "Prompt file: JSONL, or a JSON array of objects."));
+  s.push_back(choices(bind_field("data.format", &RunConfig::data, &DataConfig::format, K::Enum,
+                                 "File format; `auto`: a file starting with `[` is a JSON array, else JSONL."),
+                      {"auto", "jsonl", "json"}));
+  s.push_back(bind_field("data.prompt_field", &RunConfig::data, &DataConfig::prompt_field, K::String,
+                         "Record field holding the prompt text (or a list of chat messages)."));
+  s.push_back(bind_field("data.messages_field", &RunConfig::data, &DataConfig::messages_field, K::String,
+                         "Record field holding a list of {role, content} messages; used when present."));
+  s.push_back(bind_field("data.answer_field", &RunConfig::data, &DataConfig::answer_field, K::String,
+                         "Record field holding the reference answer; empty when the records have none."));
+  s.push_back(bind_field("data.system_prompt", &RunConfig::data, &DataConfig::system_prompt, K::String,
+                         "System message put before every conversation that has none."));
+  s.push_back(bind_field("data.prompt_template", &RunConfig::data, &DataConfig::prompt_template, K::String,
+                         "User prompt built from record fields, e.g. `{question}\\nAnswer:`; empty = the prompt field."));
+  s.push_back(range(bind_field("data.max_prompt_tokens", &RunConfig::data, &DataConfig::max_prompt_tokens, K::Int,
+                               "Prompts longer than this many tokens are dropped (and counted); 0 = no limit."),
+                    0, 1e9));
+  s.push_back(bind_field("data.shuffle", &RunConfig::data, &DataConfig::shuffle, K::Bool,
+                         "Shuffle the prompts anew every epoch, from `run.seed`."));
+  s.push_back(bind_field("data.skip_malformed", &RunConfig::data, &DataConfig::skip_malformed, K::Bool,
+                         "Skip and count malformed records instead of failing with file:line."));
+  s.push_back(range(bind_field("data.max_samples", &RunConfig::data, &DataConfig::max_samples, K::Int,
+                               "Keep only the first N usable prompts; 0 = all."),
+                    0, 1e12));
   // optimizer
   s.push_back(range(bind_field("optimizer.lr", &RunConfig::optimizer, &OptimizerSection::lr, K::Float,
                          "Peak learning rate of AdamW."),
