@@ -1,9 +1,94 @@
-// PLACEHOLDER: rope ops on cuda are not written yet.
+// Rotary position embedding on CUDA (NeoX half-split layout, as Hugging Face rotate_half).
+//
+// x[T, nh, hd] (F32 or BF16; out of the same dtype, may alias x), positions[T] (I32), inv_freq[hd/2] (F32, already
+// holding the default or llama3-scaled frequencies). For i < hd/2, a = float(positions[t]) * inv_freq[i] in fp32
+// and cos/sin from sincosf (full-range accurate, as Hugging Face computes them in fp32):
+//   fwd: out[i] = x[i] cos a - x[i+hd/2] sin a,   out[i+hd/2] = x[i+hd/2] cos a + x[i] sin a
+//   bwd: the transpose rotation (angle -a) maps dout to dx (activation gradient: overwrites; may alias dout).
+// One thread per (token, head, group of V frequencies): reads the two halves, writes them back; 16-byte accesses
+// when hd/2 is a multiple of the vector width.
+#include "cuda_common.cuh"
 #include "ops_cuda.h"
 
 namespace rlcu::cuda {
 
-void rope_fwd(const Tensor& /*out*/, const Tensor& /*x*/, const Tensor& /*positions*/, const Tensor& /*inv_freq*/, Context& /*ctx*/) { throw Error("rope_fwd is not implemented on cuda"); }
-void rope_bwd(const Tensor& /*dx*/, const Tensor& /*dout*/, const Tensor& /*positions*/, const Tensor& /*inv_freq*/, Context& /*ctx*/) { throw Error("rope_bwd is not implemented on cuda"); }
+namespace {
+
+template <class T, int V>
+__global__ void rope_kernel(T* out, const T* x, const int* __restrict__ positions, const float* __restrict__ inv_freq,
+                            int64_t tokens, int64_t heads, int64_t half, float sign) {
+  const int64_t groups = half / V;
+  const int64_t n = tokens * heads * groups;
+  for (int64_t w = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; w < n;
+       w += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t g = w % groups;
+    const int64_t th = w / groups;  // token * heads + head
+    const int64_t t = th / heads;
+    const int64_t base = th * 2 * half + g * V;
+    const float pos = static_cast<float>(positions[t]);
+    const Vec<float, V> f = load_vec<V>(inv_freq + g * V);
+    const Vec<T, V> lo = load_vec<V>(x + base);
+    const Vec<T, V> hi = load_vec<V>(x + base + half);
+    Vec<T, V> olo, ohi;
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      float sn, cs;
+      sincosf(pos * f.v[j], &sn, &cs);
+      sn *= sign;
+      const float a = to_f32(lo.v[j]), b = to_f32(hi.v[j]);
+      olo.v[j] = from_f32<T>(a * cs - b * sn);
+      ohi.v[j] = from_f32<T>(b * cs + a * sn);
+    }
+    store_vec<V>(out + base, olo);
+    store_vec<V>(out + base + half, ohi);
+  }
+}
+
+void rope_apply(const Tensor& out, const Tensor& x, const Tensor& positions, const Tensor& inv_freq, float sign,
+                const char* op, Context& ctx) {
+  check_cuda_tensor(out, op);
+  check_cuda_tensor(x, op);
+  check_cuda_tensor(positions, op);
+  check_cuda_tensor(inv_freq, op);
+  RLCU_CHECK(x.ndim >= 2, "{}: x must be [T, heads, hd], got {}", op, x.shape_str());
+  const int64_t tokens = x.size(0), hd = x.cols();
+  RLCU_CHECK(hd % 2 == 0, "{}: head dim {} must be even", op, hd);
+  const int64_t half = hd / 2;
+  const int64_t heads = tokens == 0 || hd == 0 ? 0 : x.numel() / (tokens * hd);
+  RLCU_CHECK(out.numel() == x.numel() && out.dtype == x.dtype, "{}: out {} {} must match x {} {}", op,
+             dtype_name(out.dtype), out.shape_str(), dtype_name(x.dtype), x.shape_str());
+  RLCU_CHECK(positions.dtype == DType::I32 && positions.numel() == tokens,
+             "{}: positions must be i32 with {} elements, got {} {}", op, tokens, dtype_name(positions.dtype),
+             positions.shape_str());
+  RLCU_CHECK(inv_freq.dtype == DType::F32 && inv_freq.numel() == half,
+             "{}: inv_freq must be f32 with {} elements, got {} {}", op, half, dtype_name(inv_freq.dtype),
+             inv_freq.shape_str());
+  if (tokens == 0 || heads == 0 || half == 0) return;
+  cudaStream_t s = stream_of(ctx);
+  dispatch_float(x.dtype, op, [&](auto tx) {
+    using T = decltype(tx);
+    constexpr int V = vec16<T>();
+    const bool vec = half % V == 0 && is_aligned(out.data, V * sizeof(T)) && is_aligned(x.data, V * sizeof(T)) &&
+                     is_aligned(inv_freq.data, V * sizeof(float));
+    if (vec) {
+      rope_kernel<T, V><<<grid_for(tokens * heads * half / V, 256), 256, 0, s>>>(
+          out.ptr<T>(), x.ptr<T>(), positions.ptr<int>(), inv_freq.ptr<float>(), tokens, heads, half, sign);
+    } else {
+      rope_kernel<T, 1><<<grid_for(tokens * heads * half, 256), 256, 0, s>>>(
+          out.ptr<T>(), x.ptr<T>(), positions.ptr<int>(), inv_freq.ptr<float>(), tokens, heads, half, sign);
+    }
+    RLCU_LAUNCH_CHECK(s);
+  });
+}
+
+}  // namespace
+
+void rope_fwd(const Tensor& out, const Tensor& x, const Tensor& positions, const Tensor& inv_freq, Context& ctx) {
+  rope_apply(out, x, positions, inv_freq, 1.0f, "rope_fwd", ctx);
+}
+
+void rope_bwd(const Tensor& dx, const Tensor& dout, const Tensor& positions, const Tensor& inv_freq, Context& ctx) {
+  rope_apply(dx, dout, positions, inv_freq, -1.0f, "rope_bwd", ctx);
+}
 
 }  // namespace rlcu::cuda
