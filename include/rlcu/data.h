@@ -1,0 +1,138 @@
+// Prompt datasets: records from JSONL (one JSON object a line) or a JSON array of objects, turned into prompt ids
+// with the tokenizer and chat template, then served in a per-epoch shuffled order with a resumable cursor.
+//
+// Building one prompt from a record:
+//   messages  = prompt_template set  ─► one user message: the template with each {field} replaced by the record's
+//                                        field ({{ and }} are literal braces)
+//               record[messages_field] is a list ─► those messages ({role, content[, reasoning_content]})
+//               record[prompt_field] is a string ─► one user message; a list ─► messages
+//   system_prompt (when set and the messages have no system message) is put first;
+//   text = chat template rendering (+ generation prompt); ids = encode(text) (the tokenizer's BOS added only for
+//   the `none` template, where no template put it in the text).
+//   answer = record[answer_field] (strings as is, other JSON values as their JSON text).
+// Field names may be dotted paths into nested objects ("reward_model.ground_truth").
+// Prompts longer than max_prompt_tokens are dropped and counted in the log. A malformed record (bad JSON, not an
+// object, missing/mistyped field) is an rlcu::Error naming file and line (JSON arrays: element), or is skipped and
+// counted when skip_malformed is set.
+//
+// Order: epoch e visits every sample once, in the permutation drawn from (seed, e) by Fisher-Yates with a
+// counter-based generator (so the order of epoch e never depends on how many samples were drawn before), or in
+// file order when shuffle is off. A DataCursor (epoch, position) saved in a checkpoint restores the exact stream.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "rlcu/chat.h"
+
+namespace rlcu {
+
+class Tokenizer;
+
+// The `data` section of a run config; JSON keys are these field names.
+struct DataConfig {
+  std::string path;                         // prompt file: JSONL, or a JSON array of objects
+  std::string format = "auto";              // auto | jsonl | json (auto: a file whose first character is '[' is a
+                                            // JSON array, anything else JSONL)
+  std::string prompt_field = "prompt";      // prompt text (string) or a list of chat messages
+  std::string messages_field = "messages";  // list of {role, content}; used when the record has it
+  std::string answer_field = "answer";      // reference answer handed to rewards; "" = the records have none
+  std::string system_prompt;                // system message put before every conversation without one
+  std::string prompt_template;              // user prompt built from record fields, e.g. "{question}\nAnswer:"
+  int64_t max_prompt_tokens = 1024;         // longer prompts are dropped; 0 = no limit
+  bool shuffle = true;                      // new order every epoch, drawn from the run seed
+  bool skip_malformed = false;              // skip and count malformed records instead of failing
+  int64_t max_samples = 0;                  // keep only the first N usable prompts; 0 = all
+};
+
+struct PromptSample {
+  int64_t record = 0;   // 0-based index of the record in the file (blank lines not counted)
+  int64_t line = 0;     // 1-based line of the record (JSON arrays: 1-based element number)
+  std::string text;     // rendered prompt text
+  std::vector<int32_t> ids;
+  std::string answer;   // "" when answer_field is "" or the record has none
+  nlohmann::json fields;  // the whole record, for rewards that read other fields
+};
+
+// How prompt text becomes ids: the tokenizer, the chat template and its options.
+struct PromptFormat {
+  const Tokenizer* tokenizer = nullptr;
+  ChatTemplate chat;
+  ChatRenderOptions render;
+};
+
+struct DatasetStats {
+  int64_t records = 0;    // records read (blank lines excluded)
+  int64_t malformed = 0;  // skipped because malformed (skip_malformed only)
+  int64_t too_long = 0;   // dropped by max_prompt_tokens
+  int64_t kept = 0;
+};
+
+class PromptDataset {
+ public:
+  // Reads cfg.path and builds every prompt. Throws rlcu::Error on a malformed record unless cfg.skip_malformed,
+  // on an empty result, and on a bad config value (naming the data.* key).
+  static PromptDataset load(const DataConfig& cfg, const PromptFormat& format);
+  // The same from text already in memory; `source` names it in messages.
+  static PromptDataset parse(const std::string& text, const std::string& source, const DataConfig& cfg,
+                             const PromptFormat& format);
+
+  int64_t size() const { return static_cast<int64_t>(samples_.size()); }
+  const PromptSample& operator[](int64_t i) const { return samples_.at(static_cast<size_t>(i)); }
+  const DatasetStats& stats() const { return stats_; }
+  const std::string& source() const { return source_; }
+
+ private:
+  std::vector<PromptSample> samples_;
+  DatasetStats stats_;
+  std::string source_;
+};
+
+// Builds the messages of one record (see the file header); throws rlcu::Error("<what is wrong>") without position.
+std::vector<ChatMessage> record_messages(const nlohmann::json& record, const DataConfig& cfg);
+// Renders and encodes one conversation with `format`.
+void build_prompt(std::string& text, std::vector<int32_t>& ids, const std::vector<ChatMessage>& messages,
+                  const PromptFormat& format);
+
+struct DataCursor {
+  int64_t epoch = 0;      // epochs completed
+  int64_t position = 0;   // samples already served in the current epoch
+  int64_t dataset_size = 0;
+  uint64_t seed = 0;
+  bool shuffle = true;
+
+  nlohmann::json to_json() const;
+  static DataCursor from_json(const nlohmann::json& j);  // throws rlcu::Error on a missing/mistyped key
+};
+
+// Serves samples epoch after epoch. Copyable; holds a pointer to the dataset, which must outlive it.
+class PromptLoader {
+ public:
+  PromptLoader(const PromptDataset& dataset, uint64_t seed, bool shuffle);
+
+  const PromptSample& next();  // the next sample; moves to the next epoch (new order) after the last
+  std::vector<const PromptSample*> next_batch(int64_t n);
+  int64_t epoch() const { return epoch_; }
+  int64_t position() const { return position_; }
+
+  DataCursor cursor() const;
+  // Continues from a saved cursor; throws rlcu::Error when it was saved for a different dataset size, seed or
+  // shuffle setting (the stream would silently differ).
+  void restore(const DataCursor& cursor);
+
+  // Sample indices in the order epoch `epoch` serves them.
+  std::vector<int64_t> epoch_order(int64_t epoch) const;
+
+ private:
+  const PromptDataset* dataset_;
+  uint64_t seed_;
+  bool shuffle_;
+  int64_t epoch_ = 0;
+  int64_t position_ = 0;
+  std::vector<int64_t> order_;
+};
+
+}  // namespace rlcu

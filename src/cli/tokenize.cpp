@@ -1,0 +1,130 @@
+// `rlcu tokenize --tokenizer DIR --input FILE.jsonl [--chat] [--decode]`: one JSON line out per JSON line in, in
+// order, on stdout.
+//   default   {"text": ...}                  -> {"ids": [...]}             (no special tokens added)
+//   --chat    {"messages": [...]} or {"prompt": ...} -> {"text": rendered, "ids": [...]}
+//   --decode  {"ids": [...]}                 -> {"text": ...}
+// A bad line is an error naming the file and line (exit 1).
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <memory>
+
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "rlcu/chat.h"
+#include "rlcu/data.h"
+#include "rlcu/error.h"
+#include "rlcu/tokenizer.h"
+
+namespace rlcu::cli {
+
+namespace {
+
+struct TokenizeOptions {
+  std::string dir;
+  std::string input;
+  std::string chat_template = "auto";
+  std::string custom_template;
+  bool chat = false;
+  bool decode = false;
+  bool no_special = false;
+  bool skip_special = false;
+  bool no_thinking = false;
+};
+
+std::string process_line(const std::string& line, const TokenizeOptions& o, const Tokenizer& tok,
+                         const PromptFormat* format) {
+  const nlohmann::json in = nlohmann::json::parse(line);
+  if (!in.is_object()) throw Error("expected a JSON object");
+  nlohmann::ordered_json out;
+  if (o.decode) {
+    if (!in.contains("ids") || !in["ids"].is_array()) throw Error("expected {\"ids\": [...]}");
+    std::vector<int32_t> ids;
+    for (const auto& v : in["ids"]) {
+      if (!v.is_number_integer()) throw Error("\"ids\" must hold integers");
+      ids.push_back(v.get<int32_t>());
+    }
+    DecodeOptions d;
+    d.skip_special = o.skip_special;
+    out["text"] = tok.decode(ids, d);
+  } else if (o.chat) {
+    DataConfig cfg;
+    cfg.answer_field.clear();
+    std::string text;
+    std::vector<int32_t> ids;
+    build_prompt(text, ids, record_messages(in, cfg), *format);
+    out["text"] = text;
+    out["ids"] = ids;
+  } else {
+    if (!in.contains("text") || !in["text"].is_string()) throw Error("expected {\"text\": \"...\"}");
+    EncodeOptions e;
+    e.allow_special = !o.no_special;
+    out["ids"] = tok.encode(in["text"].get<std::string>(), e);
+  }
+  return out.dump();
+}
+
+int run_tokenize(const TokenizeOptions& o) {
+  const Tokenizer tok = Tokenizer::load(o.dir);
+  std::unique_ptr<PromptFormat> format;
+  if (o.chat) {
+    format = std::make_unique<PromptFormat>();
+    format->tokenizer = &tok;
+    format->chat = ChatTemplate::for_tokenizer(tok, o.chat_template, o.custom_template);
+    format->render.enable_thinking = !o.no_thinking;
+  }
+  std::ifstream file;
+  std::istream* in = &std::cin;
+  if (o.input != "-") {
+    file.open(o.input, std::ios::binary);
+    if (!file) throw Error(fmt::format("--input: cannot read {}", o.input));
+    in = &file;
+  }
+  std::string line;
+  int64_t n = 0;
+  while (std::getline(*in, line)) {
+    ++n;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    std::string out;
+    try {
+      out = process_line(line, o, tok, format.get());
+    } catch (const nlohmann::json::exception& e) {
+      throw Error(fmt::format("{}:{}: {}", o.input, n, e.what()));
+    } catch (const InternalError&) {
+      throw;
+    } catch (const Error& e) {
+      throw Error(fmt::format("{}:{}: {}", o.input, n, e.what()));
+    }
+    out.push_back('\n');
+    std::fwrite(out.data(), 1, out.size(), stdout);
+  }
+  std::fflush(stdout);
+  return 0;
+}
+
+}  // namespace
+
+void add_tokenize_command(CLI::App& app, Action& action) {
+  auto o = std::make_shared<TokenizeOptions>();
+  CLI::App* cmd = app.add_subcommand(
+      "tokenize", "Encode text, render chat prompts or decode ids with a model's tokenizer (JSONL in, JSONL out)");
+  cmd->add_option("--tokenizer", o->dir, "Model or tokenizer directory (tokenizer.json, tokenizer_config.json)")
+      ->required();
+  cmd->add_option("--input", o->input, "JSONL file, one object a line ('-' reads stdin)")->required();
+  CLI::Option* chat = cmd->add_flag("--chat", o->chat,
+                                    "Input {\"messages\": [...]}: render with the chat template, output text and ids");
+  CLI::Option* decode = cmd->add_flag("--decode", o->decode, "Input {\"ids\": [...]}: output {\"text\": ...}");
+  decode->excludes(chat);
+  cmd->add_option("--template", o->chat_template,
+                  "Chat template with --chat: auto, chatml, qwen2, qwen2.5, qwen3, llama3, llama3.1, none, custom")
+      ->capture_default_str();
+  cmd->add_option("--custom-template", o->custom_template,
+                  "Template for --template custom: {system} and {prompt} placeholders");
+  cmd->add_flag("--no-thinking", o->no_thinking, "Qwen3: render the generation prompt with thinking switched off");
+  cmd->add_flag("--no-special", o->no_special, "Encode special-token text (e.g. <|im_end|>) as plain text");
+  cmd->add_flag("--skip-special", o->skip_special, "With --decode: leave special tokens out of the text");
+  cmd->callback([&action, o] { action = [o] { return run_tokenize(*o); }; });
+}
+
+}  // namespace rlcu::cli
