@@ -165,6 +165,12 @@ std::string unicode_lowercase(std::string_view s) {
       continue;
     }
     RLCU_CHECK(utf8_next(s, i, cp), "invalid UTF-8 reached lowercase");
+    // Rust's char::to_lowercase (used by `tokenizers`) applies the full mapping: U+0130 is the one code point
+    // whose lowercase is two code points.
+    if (cp == 0x130) {
+      out += "i\xCC\x87";
+      continue;
+    }
     append_utf8(out, static_cast<char32_t>(utf8proc_tolower(static_cast<utf8proc_int32_t>(cp))));
   }
   return out;
@@ -178,8 +184,8 @@ std::string strip_combining_marks(std::string_view s) {
   while (i < s.size()) {
     const size_t start = i;
     RLCU_CHECK(utf8_next(s, i, cp), "invalid UTF-8 reached StripAccents");
-    if (utf8proc_category(static_cast<utf8proc_int32_t>(cp)) != UTF8PROC_CATEGORY_MN)
-      out.append(s.data() + start, i - start);
+    const auto cat = utf8proc_category(static_cast<utf8proc_int32_t>(cp));
+    if (cat < UTF8PROC_CATEGORY_MN || cat > UTF8PROC_CATEGORY_ME) out.append(s.data() + start, i - start);
   }
   return out;
 }

@@ -24,7 +24,7 @@ bool ends_with_replacement_char(std::string_view s);
 enum class NormForm { NFC, NFD, NFKC, NFKD };
 std::string unicode_normalize(std::string_view s, NormForm form);
 std::string unicode_lowercase(std::string_view s);
-std::string strip_combining_marks(std::string_view s);  // removes Mn code points (StripAccents)
+std::string strip_combining_marks(std::string_view s);  // removes Mn/Mc/Me code points (StripAccents)
 
 bool is_whitespace(char32_t c);
 bool is_numeric(char32_t c);

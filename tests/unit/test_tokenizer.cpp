@@ -418,3 +418,10 @@ TEST(TokenizerSpeed, EnglishProseMegabytesPerSecond) {
   RecordProperty("encode_mb_per_s_cached", std::to_string(warm));
   EXPECT_GT(cold, 1.0);
 }
+
+TEST(TokenizerNormalizers, LowercaseUsesTheFullMapping) {
+  // U+0130 lowercases to "i" + U+0307 in `tokenizers` (Rust's full case mapping), not to plain "i".
+  const Tokenizer t = Tokenizer::from_json(
+      R"({"normalizer": {"type": "Lowercase"}, "model": {"type": "BPE", "vocab": {"i": 0, "\u0307": 1, "x": 2}, "merges": []}})");
+  EXPECT_EQ(t.encode("\xC4\xB0X"), (std::vector<int32_t>{0, 1, 2}));
+}
