@@ -13,6 +13,7 @@ using Action = std::function<int()>;
 void add_info_command(CLI::App& app, Action& action);
 void add_tokenize_command(CLI::App& app, Action& action);
 void add_config_command(CLI::App& app, Action& action);
+void add_bench_command(CLI::App& app, Action& action);
 void add_score_command(CLI::App& app, Action& action);
 
 }  // namespace rlcu::cli

@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
   rlcu::cli::add_info_command(app, action);
   rlcu::cli::add_tokenize_command(app, action);
   rlcu::cli::add_config_command(app, action);
+  rlcu::cli::add_bench_command(app, action);
   rlcu::cli::add_score_command(app, action);
 
   try {
