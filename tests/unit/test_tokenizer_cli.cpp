@@ -1,6 +1,7 @@
 // `rlcu tokenize`: encode, --chat and --decode through the built binary on the Qwen3 fixture, one output line per
 // input line in order, and errors naming the file and line with exit code 1 (2 for a bad command line).
 #include <gtest/gtest.h>
+#include <sys/wait.h>
 
 #include <cstdio>
 #include <filesystem>
