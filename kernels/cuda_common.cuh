@@ -11,6 +11,7 @@
 //   stream_of(ctx), ceil_div, grid_for   launch helpers; lead_rows(t) = rows of t as [rows, last dim]
 //   scratch(ctx, bytes)                  grow-only device scratch owned by the context (see below)
 //   column_sum_accumulate(...)           dst[c] += sum over rows r of f(r, c), two passes, no atomics
+//   column_finish(dst, partial, G, cols) dst[c] += sum over g of partial[g][c] in a fixed order
 // Device functors are plain structs (the build does not enable extended lambdas).
 #pragma once
 
@@ -198,9 +199,9 @@ class Carver {
 
 // ---- deterministic column reduction ------------------------------------------------------------------------------
 // dst[c] += sum_{r < rows} f(r, c) for c < cols, without atomics. Pass 1: the rows are split into G groups (G
-// depends only on `rows`); block (column tile, group) sums its rows per column into partial[g][c]. Pass 2: one
-// thread per column adds the G partials in order (fp64) and accumulates into dst. Bit-reproducible for a given
-// shape.
+// depends only on `rows`); block (column tile, group) sums its rows per column into partial[g][c]. Pass 2
+// (column_finish) adds the G partials per column in a fixed order (fp64) and accumulates into dst.
+// Bit-reproducible for a given shape.
 constexpr int kColTile = 64;   // columns per block (a warp covers 32 of them: coalesced row segments)
 constexpr int kRowLanes = 4;   // row lanes per block; block = kColTile * kRowLanes threads
 
@@ -235,16 +236,36 @@ __global__ void column_partial_kernel(float* __restrict__ partial, int64_t rows,
   }
 }
 
-// A template so that every including translation unit gets its own copy (no relocatable device code).
+// Pass 2: a block of kFinishCols columns x kFinishLanes lanes per column tile; lane l adds groups l, l + lanes, ...
+// (fp64, loads coalesced across the columns and several in flight), then lane 0 adds the lanes in order. A
+// template so that every including translation unit gets its own copy (no relocatable device code).
+constexpr int kFinishCols = 32;
+constexpr int kFinishLanes = 16;
 template <int kUnused = 0>
 __global__ void column_finish_kernel(float* __restrict__ dst, const float* __restrict__ partial, int groups,
                                      int64_t cols) {
-  for (int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < cols;
-       c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    double s = 0.0;
-    for (int g = 0; g < groups; ++g) s += partial[static_cast<int64_t>(g) * cols + c];
-    dst[c] += static_cast<float>(s);
+  __shared__ double red[kFinishLanes][kFinishCols];
+  const int tx = threadIdx.x % kFinishCols, ty = threadIdx.x / kFinishCols;
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kFinishCols + tx;
+  double s = 0.0;
+  if (c < cols) {
+#pragma unroll 8
+    for (int g = ty; g < groups; g += kFinishLanes) s += partial[static_cast<int64_t>(g) * cols + c];
   }
+  red[ty][tx] = s;
+  __syncthreads();
+  if (ty == 0 && c < cols) {
+    double t = red[0][tx];
+#pragma unroll
+    for (int i = 1; i < kFinishLanes; ++i) t += red[i][tx];
+    dst[c] += static_cast<float>(t);
+  }
+}
+// dst[c] += sum over g < groups of partial[g][c]  (deterministic).
+inline void column_finish(float* dst, const float* partial, int groups, int64_t cols, cudaStream_t stream) {
+  column_finish_kernel<><<<static_cast<unsigned>(ceil_div(cols, kFinishCols)), kFinishCols * kFinishLanes, 0,
+                           stream>>>(dst, partial, groups, cols);
+  RLCU_LAUNCH_CHECK(stream);
 }
 
 template <class F>
@@ -255,8 +276,7 @@ void column_sum_accumulate(float* dst, int64_t rows, int64_t cols, F f, float* p
   dim3 grid(static_cast<unsigned>(ceil_div(cols, kColTile)), static_cast<unsigned>(groups));
   column_partial_kernel<<<grid, kColTile * kRowLanes, 0, stream>>>(partial, rows, cols, per, f);
   RLCU_LAUNCH_CHECK(stream);
-  column_finish_kernel<><<<grid_for(cols, 256), 256, 0, stream>>>(dst, partial, groups, cols);
-  RLCU_LAUNCH_CHECK(stream);
+  column_finish(dst, partial, groups, cols, stream);
 }
 
 }  // namespace rlcu::cuda

@@ -159,7 +159,8 @@ void fill(const Tensor& out, float value, Context& ctx) {
   cudaStream_t s = stream_of(ctx);
   auto run = [&](auto tag) {
     using T = decltype(tag);
-    vector_then_tail(n, is_aligned(out.data, kVec * sizeof(T)), s, [&](auto v, int64_t off, int64_t cnt, unsigned grid) {
+    const bool al = is_aligned(out.data, kVec * sizeof(T));
+    vector_then_tail(n, al, s, [&](auto v, int64_t off, int64_t cnt, unsigned grid) {
       fill_kernel<T, decltype(v)::value><<<grid, 256, 0, s>>>(out.ptr<T>() + off, value, cnt);
     });
   };

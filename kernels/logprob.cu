@@ -21,9 +21,10 @@
 // tau * dz in the tile's dtype (bf16 for the model) in a second buffer, and runs two GEMMs: dhidden_chunk (+)= dz
 // W_chunk (fp32 accumulator in scratch when dhidden is BF16) and dweight_chunk += dz^T h_chunk. The entropy
 // gradient needs mu, which the backward does not receive: when dentropy is given, a statistics pass (one more
-// logits GEMM per tile) recomputes it first. Scratch: Tc*Vc*(4 + elt) + Tc*H*4 bytes (about 112 MiB at the 4096 x
-// 4096 default and H = 1024), allocated on first use and reused. Everything is deterministic (no atomics).
+// logits GEMM per tile) recomputes it first. Scratch: Tc*Vc*(4 + elt) + Tc*H*4 bytes (about 208 MiB at the 4096 x
+// 8192 default and H = 1024), allocated on first use and reused. Everything is deterministic (no atomics).
 #include <algorithm>
+#include <type_traits>
 
 #include "cuda_common.cuh"
 #include "ops_cuda.h"
@@ -34,7 +35,7 @@ namespace rlcu::cuda {
 namespace {
 
 constexpr int64_t kDefaultTokenChunk = 4096;
-constexpr int64_t kDefaultVocabChunk = 4096;
+constexpr int64_t kDefaultVocabChunk = 8192;
 LogprobChunking g_chunking;
 
 constexpr int kRowThreads = 256;
@@ -48,30 +49,64 @@ __global__ void stats_kernel(float* __restrict__ run_m, float* __restrict__ run_
   __shared__ float red[32];
   const int64_t r = blockIdx.x;
   const float* row = logits + r * w;
+  // Rounds of up to kBatch values per thread: all loads of a round are issued first, then the round's maximum
+  // rescales the running sums once and every value costs one exp.
+  constexpr int kBatch = 16;
   float m = -INFINITY, s = 0.0f, sz = 0.0f;
-  auto fold = [&](float z) {
-    if (z > m) {
-      const float c = expf(m - z);  // m - z < 0; exactly 0 for m = -inf
-      s = s * c + 1.0f;
-      sz = sz * c + z;
-      m = z;
-    } else {
-      const float e = expf(z - m);
-      s += e;
-      sz = fmaf(e, z, sz);
+  auto fold = [&](const float (&z)[kBatch], int valid) {
+    float mr = -INFINITY;
+#pragma unroll
+    for (int k = 0; k < kBatch; ++k)
+      if (k < valid) mr = fmaxf(mr, z[k]);
+    if (mr > m) {
+      const float c = expf(m - mr);  // 0 while m = -inf
+      s *= c;
+      sz *= c;
+      m = mr;
     }
+#pragma unroll
+    for (int k = 0; k < kBatch; ++k)
+      if (k < valid) {
+        const float e = expf(z[k] - m);
+        s += e;
+        sz = fmaf(e, z[k], sz);
+      }
   };
+  const int64_t step = blockDim.x;
   if (w % 4 == 0) {
     const float4* row4 = reinterpret_cast<const float4*>(row);
-    for (int64_t j = threadIdx.x; j < w / 4; j += blockDim.x) {
-      const float4 v = row4[j];
-      fold(v.x);
-      fold(v.y);
-      fold(v.z);
-      fold(v.w);
+    const int64_t n4 = w / 4;
+    for (int64_t j = threadIdx.x; j < n4; j += step * (kBatch / 4)) {
+      float z[kBatch];
+      int valid = 0;
+#pragma unroll
+      for (int k = 0; k < kBatch / 4; ++k) {
+        const int64_t jj = j + k * step;
+        if (jj < n4) {
+          const float4 v = row4[jj];
+          z[4 * k] = v.x;
+          z[4 * k + 1] = v.y;
+          z[4 * k + 2] = v.z;
+          z[4 * k + 3] = v.w;
+          valid = 4 * (k + 1);
+        }
+      }
+      fold(z, valid);
     }
   } else {
-    for (int64_t j = threadIdx.x; j < w; j += blockDim.x) fold(row[j]);
+    for (int64_t j = threadIdx.x; j < w; j += step * kBatch) {
+      float z[kBatch];
+      int valid = 0;
+#pragma unroll
+      for (int k = 0; k < kBatch; ++k) {
+        const int64_t jj = j + k * step;
+        if (jj < w) {
+          z[k] = row[jj];
+          valid = k + 1;
+        }
+      }
+      fold(z, valid);
+    }
   }
   const float bm = block_max(m, red);
   const float c = m == -INFINITY ? 0.0f : expf(m - bm);
@@ -117,8 +152,9 @@ __global__ void finish_mu_kernel(float* __restrict__ mu, const float* __restrict
   if (r < n) mu[r] = run_sz[r] / run_s[r];
 }
 
-// dz[r, j] = tau * (a (1[j = target] - p) - b p (z - mu)) for the tile's row r (one block per row).
-template <class T>
+// dz[r, j] = tau * (a (1[j = target] - p) - b p (z - mu)) for the tile's row r (one block per row; V columns per
+// step: V = 4 when the tile width allows 16-byte logits loads).
+template <class T, int V>
 __global__ void dz_kernel(T* __restrict__ dz, const float* __restrict__ logits, const int* __restrict__ targets,
                           const float* __restrict__ lse, const float* __restrict__ dlogprob,
                           const float* __restrict__ dentropy, const float* __restrict__ mu, int64_t w, int64_t v0,
@@ -136,13 +172,19 @@ __global__ void dz_kernel(T* __restrict__ dz, const float* __restrict__ logits, 
   const float b = dentropy ? dentropy[r] * tau : 0.0f;
   const float m = dentropy ? mu[r] : 0.0f;
   const int64_t tj = tg - v0;
-  for (int64_t j = threadIdx.x; j < w; j += blockDim.x) {
-    const float z = row[j];
-    const float p = expf(z - l);
-    float g = -a * p;
-    if (b != 0.0f) g -= b * p * (z - m);
-    if (j == tj) g += a;
-    out[j] = from_f32<T>(g);
+#pragma unroll 4
+  for (int64_t j0 = static_cast<int64_t>(threadIdx.x) * V; j0 < w; j0 += static_cast<int64_t>(blockDim.x) * V) {
+    const Vec<float, V> z = load_vec<V>(row + j0);
+    Vec<T, V> o;
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      const float p = expf(z.v[k] - l);
+      float g = -a * p;
+      if (b != 0.0f) g -= b * p * (z.v[k] - m);
+      if (j0 + k == tj) g += a;
+      o.v[k] = from_f32<T>(g);
+    }
+    store_vec<V>(out + j0, o);
   }
 }
 
@@ -301,9 +343,13 @@ void logprob_bwd(const Tensor& dhidden, const Tensor& dweight, const Tensor& dlo
       cuda::gemm(tile(logits, DType::F32, n, w), hc, wc, logit_p, ctx);
       dispatch_float(dzt, "logprob_bwd dz", [&](auto tag) {
         using T = decltype(tag);
-        dz_kernel<T><<<static_cast<unsigned>(n), kRowThreads, 0, st>>>(
-            reinterpret_cast<T*>(dz), logits, tg + t0, lse.ptr<float>() + t0, dlogprob.ptr<float>() + t0,
-            with_entropy ? dentropy.ptr<float>() + t0 : nullptr, mu, w, v0, sh.vocab, tau);
+        auto launch = [&](auto vc) {
+          dz_kernel<T, decltype(vc)::value><<<static_cast<unsigned>(n), kRowThreads, 0, st>>>(
+              reinterpret_cast<T*>(dz), logits, tg + t0, lse.ptr<float>() + t0, dlogprob.ptr<float>() + t0,
+              with_entropy ? dentropy.ptr<float>() + t0 : nullptr, mu, w, v0, sh.vocab, tau);
+        };
+        if (w % 4 == 0) launch(std::integral_constant<int, 4>{});
+        else launch(std::integral_constant<int, 1>{});
         RLCU_LAUNCH_CHECK(st);
       });
       const Tensor dzc = tile(dz, dzt, n, w);

@@ -4,9 +4,20 @@
 // fwd: rstd[n] = 1 / sqrt(mean_d x[n,d]^2 + eps);  out[n,d] = x[n,d] * rstd[n] * w[d]   (fp32 math, one rounding)
 // bwd: with g = dout,  dx[n,d] = rstd * (w[d] g[n,d] - x[n,d] rstd^2 mean_e(w[e] g[n,e] x[n,e]))   (overwrite)
 //      dweight[d] (F32) += sum_n g[n,d] x[n,d] rstd[n]                                   (accumulate)
-// x/out/dout/dx: F32 or BF16 (out and dx of x's dtype); weight F32 or BF16; rstd F32.
-// One warp per row with 16-byte loads when the row width allows; dweight is the deterministic two-pass column
-// reduction of cuda_common.cuh (no atomics). dx may alias dout: dweight is reduced before dx is written.
+// x/out/dout/dx: F32 or BF16 (out and dx of x's dtype); weight F32 or BF16; rstd F32. dx may alias dout.
+//
+// Layout: G lanes per row (G = the power of two covering the row's 16-byte vectors, 4..32), so a warp holds 32/G
+// rows and narrow rows (QK-norm, hd = 128 in bf16: 16 lanes) keep every lane busy. When a row has no 16-byte path
+// (odd width, misalignment) a warp takes one row element by element.
+// Backward, vector path with at most 4 vectors per lane (bf16 rows up to 1024 wide, f32 up to 512): one fused
+// kernel keeps the row in registers for dx and adds g x rstd into per-lane column sums across the rows it visits
+// (a grid of at most kFusedBlocks blocks, fixed for a given shape); each block reduces its warps in a fixed order
+// into partial[block][d] and a second kernel adds the partials in order (fp64) into dweight. Otherwise dweight is
+// the two-pass column reduction of cuda_common.cuh, run before the dx kernel (so dx may alias dout). No atomics:
+// bit-reproducible for a given shape.
+#include <algorithm>
+#include <type_traits>
+
 #include "cuda_common.cuh"
 #include "ops_cuda.h"
 
@@ -15,17 +26,30 @@ namespace rlcu::cuda {
 namespace {
 
 constexpr int kWarpsPerBlock = 8;
+constexpr int kFusedMaxSlots = 4;    // 16-byte vectors per lane in the fused backward
+constexpr int kFusedBlocks = 528;    // grid cap of the fused backward (a constant: results depend on shape only)
 
-template <class T, class W, int V>
+// Sum over the G lanes of a row group (xor partners stay inside aligned groups of G lanes).
+template <int G>
+__device__ __forceinline__ float group_sum(float v) {
+#pragma unroll
+  for (int o = G / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+template <class T, class W, int V, int G>
 __global__ void rmsnorm_fwd_kernel(T* __restrict__ out, float* __restrict__ rstd, const T* __restrict__ x,
                                    const W* __restrict__ w, int64_t rows, int64_t dim, float eps) {
-  const int lane = threadIdx.x & 31;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
-  if (row >= rows) return;
-  const T* xr = x + row * dim;
+  constexpr int kRowsPerWarp = 32 / G;
+  const int lane = threadIdx.x & 31, sub = lane % G;
+  const int64_t row =
+      (static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5)) * kRowsPerWarp + lane / G;
+  const bool ok = row < rows;  // every lane takes part in the shuffles
+  const int64_t lim = ok ? dim : 0;
+  const T* xr = x + (ok ? row : 0) * dim;
   float ss = 0.0f;
 #pragma unroll 4
-  for (int64_t c = static_cast<int64_t>(lane) * V; c < dim; c += 32 * V) {
+  for (int64_t c = static_cast<int64_t>(sub) * V; c < lim; c += G * V) {
     const Vec<T, V> v = load_vec<V>(xr + c);
 #pragma unroll
     for (int j = 0; j < V; ++j) {
@@ -33,12 +57,12 @@ __global__ void rmsnorm_fwd_kernel(T* __restrict__ out, float* __restrict__ rstd
       ss = fmaf(f, f, ss);
     }
   }
-  ss = warp_sum(ss);
+  ss = group_sum<G>(ss);
   const float r = rsqrtf(ss / static_cast<float>(dim) + eps);
-  if (lane == 0) rstd[row] = r;
-  T* orow = out + row * dim;
+  if (ok && sub == 0) rstd[row] = r;
+  T* orow = out + (ok ? row : 0) * dim;
 #pragma unroll 4
-  for (int64_t c = static_cast<int64_t>(lane) * V; c < dim; c += 32 * V) {
+  for (int64_t c = static_cast<int64_t>(sub) * V; c < lim; c += G * V) {
     const Vec<T, V> v = load_vec<V>(xr + c);
     const Vec<W, V> wv = load_vec<V>(w + c);
     Vec<T, V> o;
@@ -48,6 +72,7 @@ __global__ void rmsnorm_fwd_kernel(T* __restrict__ out, float* __restrict__ rstd
   }
 }
 
+// dx only (dweight done separately); one warp per row.
 template <class T, class W, int V>
 __global__ void rmsnorm_bwd_kernel(T* dx, const T* dout, const T* __restrict__ x, const W* __restrict__ w,
                                    const float* __restrict__ rstd, int64_t rows, int64_t dim) {
@@ -82,6 +107,86 @@ __global__ void rmsnorm_bwd_kernel(T* dx, const T* dout, const T* __restrict__ x
   }
 }
 
+// Fused backward: dx for the rows of this block's grid-stride walk, and partial[block][d] = sum over those rows of
+// g x rstd. Lane `sub` of a row group owns columns sub*V + s*G*V (s < S). Dynamic shared memory: warps * dim floats.
+template <class T, class W, int V, int G, int S>
+__global__ void rmsnorm_bwd_fused_kernel(T* dx, float* __restrict__ partial, const T* dout, const T* __restrict__ x,
+                                         const W* __restrict__ w, const float* __restrict__ rstd, int64_t rows,
+                                         int64_t dim) {
+  extern __shared__ float warp_sums[];  // [kWarpsPerBlock][dim]
+  constexpr int kRowsPerWarp = 32 / G;
+  constexpr int64_t kRowsPerBlock = kWarpsPerBlock * kRowsPerWarp;
+  const int lane = threadIdx.x & 31, sub = lane % G, warp = threadIdx.x >> 5;
+  Vec<W, V> wv[S];
+  float acc[S][V];
+#pragma unroll
+  for (int s = 0; s < S; ++s) {
+    const int64_t c = static_cast<int64_t>(sub) * V + s * G * V;
+    if (c < dim) wv[s] = load_vec<V>(w + c);
+#pragma unroll
+    for (int j = 0; j < V; ++j) acc[s][j] = 0.0f;
+  }
+  for (int64_t base = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock; base < rows;
+       base += static_cast<int64_t>(gridDim.x) * kRowsPerBlock) {
+    const int64_t row = base + warp * kRowsPerWarp + lane / G;
+    const bool ok = row < rows;
+    const int64_t off = (ok ? row : 0) * dim;
+    Vec<T, V> xv[S], gv[S];
+    float dot = 0.0f;
+#pragma unroll
+    for (int s = 0; s < S; ++s) {
+      const int64_t c = static_cast<int64_t>(sub) * V + s * G * V;
+      if (ok && c < dim) {
+        xv[s] = load_vec<V>(x + off + c);
+        gv[s] = load_vec<V>(dout + off + c);
+#pragma unroll
+        for (int j = 0; j < V; ++j) dot = fmaf(to_f32(wv[s].v[j]) * to_f32(gv[s].v[j]), to_f32(xv[s].v[j]), dot);
+      }
+    }
+    dot = group_sum<G>(dot);
+    if (!ok) continue;
+    const float r = rstd[row];
+    const float k = r * r * dot / static_cast<float>(dim);
+#pragma unroll
+    for (int s = 0; s < S; ++s) {
+      const int64_t c = static_cast<int64_t>(sub) * V + s * G * V;
+      if (c < dim) {
+        Vec<T, V> o;
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+          const float xf = to_f32(xv[s].v[j]), gf = to_f32(gv[s].v[j]);
+          o.v[j] = from_f32<T>(r * (to_f32(wv[s].v[j]) * gf - xf * k));
+          acc[s][j] = fmaf(gf * xf, r, acc[s][j]);
+        }
+        store_vec<V>(dx + off + c, o);
+      }
+    }
+  }
+  // Rows groups of one warp: butterfly over the lane bits above G (fixed order), then warps in order via smem.
+#pragma unroll
+  for (int s = 0; s < S; ++s)
+#pragma unroll
+    for (int j = 0; j < V; ++j)
+#pragma unroll
+      for (int o = 16; o >= G; o >>= 1) acc[s][j] += __shfl_xor_sync(0xffffffffu, acc[s][j], o);
+  if (lane < G) {
+#pragma unroll
+    for (int s = 0; s < S; ++s) {
+      const int64_t c = static_cast<int64_t>(sub) * V + s * G * V;
+      if (c < dim)
+#pragma unroll
+        for (int j = 0; j < V; ++j) warp_sums[warp * dim + c + j] = acc[s][j];
+    }
+  }
+  __syncthreads();
+  for (int64_t c = threadIdx.x; c < dim; c += blockDim.x) {
+    float t = warp_sums[c];
+#pragma unroll
+    for (int i = 1; i < kWarpsPerBlock; ++i) t += warp_sums[i * dim + c];
+    partial[static_cast<int64_t>(blockIdx.x) * dim + c] = t;
+  }
+}
+
 // f(n, d) = dout[n,d] * x[n,d] * rstd[n] for the dweight column reduction.
 template <class T>
 struct NormWeightGrad {
@@ -105,6 +210,30 @@ bool vec_ok(int64_t dim, std::initializer_list<const void*> ts, std::initializer
   return true;
 }
 
+// Lanes per row: the power of two (4..32) covering the row's vectors.
+int lanes_per_row(int64_t vectors) {
+  int g = 4;
+  while (g < 32 && g < vectors) g <<= 1;
+  return g;
+}
+
+template <class F>
+void with_lanes(int g, F&& f) {
+  switch (g) {
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    case 8: f(std::integral_constant<int, 8>{}); break;
+    case 16: f(std::integral_constant<int, 16>{}); break;
+    default: f(std::integral_constant<int, 32>{}); break;
+  }
+}
+
+template <class F>
+void with_slots(int64_t s, F&& f) {
+  if (s <= 1) f(std::integral_constant<int, 1>{});
+  else if (s <= 2) f(std::integral_constant<int, 2>{});
+  else f(std::integral_constant<int, 4>{});
+}
+
 void check_common(const Tensor& x, const Tensor& weight, const Tensor& rstd, const char* op) {
   check_cuda_tensor(x, op);
   check_cuda_tensor(weight, op);
@@ -112,8 +241,9 @@ void check_common(const Tensor& x, const Tensor& weight, const Tensor& rstd, con
   RLCU_CHECK(x.ndim >= 1, "{}: x must have at least one dim", op);
   RLCU_CHECK(weight.numel() == x.cols(), "{}: weight {} does not match the last dim of x {}", op, weight.shape_str(),
              x.shape_str());
-  RLCU_CHECK(rstd.dtype == DType::F32 && rstd.numel() == x.rows(), "{}: rstd must be f32 with {} elements, got {} {}",
-             op, x.rows(), dtype_name(rstd.dtype), rstd.shape_str());
+  RLCU_CHECK(rstd.dtype == DType::F32 && rstd.numel() == lead_rows(x),
+             "{}: rstd must be f32 with {} elements, got {} {}", op, lead_rows(x), dtype_name(rstd.dtype),
+             rstd.shape_str());
 }
 
 }  // namespace
@@ -124,20 +254,25 @@ void rmsnorm_fwd(const Tensor& out, const Tensor& rstd, const Tensor& x, const T
   check_cuda_tensor(out, "rmsnorm_fwd");
   RLCU_CHECK(out.numel() == x.numel() && out.dtype == x.dtype, "rmsnorm_fwd: out {} {} must match x {} {}",
              dtype_name(out.dtype), out.shape_str(), dtype_name(x.dtype), x.shape_str());
-  const int64_t rows = x.rows(), dim = x.cols();
+  const int64_t rows = lead_rows(x), dim = x.cols();
   if (rows == 0 || dim == 0) return;
   cudaStream_t s = stream_of(ctx);
-  const unsigned grid = static_cast<unsigned>(ceil_div(rows, kWarpsPerBlock));
   dispatch_float(x.dtype, "rmsnorm_fwd x", [&](auto tx) {
     using T = decltype(tx);
     dispatch_float(weight.dtype, "rmsnorm_fwd weight", [&](auto tw) {
       using W = decltype(tw);
+      constexpr int V = vec16<T>();
       if (vec_ok<T, W>(dim, {out.data, x.data}, {weight.data})) {
-        rmsnorm_fwd_kernel<T, W, vec16<T>()><<<grid, kWarpsPerBlock * 32, 0, s>>>(
-            out.ptr<T>(), rstd.ptr<float>(), x.ptr<T>(), weight.ptr<W>(), rows, dim, eps);
+        with_lanes(lanes_per_row(dim / V), [&](auto g) {
+          constexpr int G = decltype(g)::value;
+          const unsigned grid = static_cast<unsigned>(ceil_div(rows, kWarpsPerBlock * (32 / G)));
+          rmsnorm_fwd_kernel<T, W, V, G><<<grid, kWarpsPerBlock * 32, 0, s>>>(
+              out.ptr<T>(), rstd.ptr<float>(), x.ptr<T>(), weight.ptr<W>(), rows, dim, eps);
+        });
       } else {
-        rmsnorm_fwd_kernel<T, W, 1><<<grid, kWarpsPerBlock * 32, 0, s>>>(out.ptr<T>(), rstd.ptr<float>(), x.ptr<T>(),
-                                                                         weight.ptr<W>(), rows, dim, eps);
+        rmsnorm_fwd_kernel<T, W, 1, 32><<<static_cast<unsigned>(ceil_div(rows, kWarpsPerBlock)), kWarpsPerBlock * 32,
+                                          0, s>>>(out.ptr<T>(), rstd.ptr<float>(), x.ptr<T>(), weight.ptr<W>(), rows,
+                                                  dim, eps);
       }
       RLCU_LAUNCH_CHECK(s);
     });
@@ -153,22 +288,43 @@ void rmsnorm_bwd(const Tensor& dx, const Tensor& dweight, const Tensor& dout, co
   RLCU_CHECK(dx.numel() == x.numel() && dx.dtype == x.dtype && dout.numel() == x.numel() && dout.dtype == x.dtype,
              "rmsnorm_bwd: dx {} {} and dout {} {} must match x {} {}", dtype_name(dx.dtype), dx.shape_str(),
              dtype_name(dout.dtype), dout.shape_str(), dtype_name(x.dtype), x.shape_str());
-  RLCU_CHECK(dweight.dtype == DType::F32 && dweight.numel() == x.cols(), "rmsnorm_bwd: dweight must be f32 [{}], got {} {}",
-             x.cols(), dtype_name(dweight.dtype), dweight.shape_str());
-  const int64_t rows = x.rows(), dim = x.cols();
+  RLCU_CHECK(dweight.dtype == DType::F32 && dweight.numel() == x.cols(),
+             "rmsnorm_bwd: dweight must be f32 [{}], got {} {}", x.cols(), dtype_name(dweight.dtype),
+             dweight.shape_str());
+  const int64_t rows = lead_rows(x), dim = x.cols();
   if (rows == 0 || dim == 0) return;
   cudaStream_t s = stream_of(ctx);
-  float* partial = static_cast<float*>(scratch(ctx, column_scratch_floats(rows, dim) * sizeof(float)));
-  const unsigned grid = static_cast<unsigned>(ceil_div(rows, kWarpsPerBlock));
   dispatch_float(x.dtype, "rmsnorm_bwd x", [&](auto tx) {
     using T = decltype(tx);
-    column_sum_accumulate(dweight.ptr<float>(), rows, dim, NormWeightGrad<T>{dout.ptr<T>(), x.ptr<T>(),
-                                                                            rstd.ptr<float>(), dim},
-                          partial, s);
     dispatch_float(weight.dtype, "rmsnorm_bwd weight", [&](auto tw) {
       using W = decltype(tw);
-      if (vec_ok<T, W>(dim, {dx.data, dout.data, x.data}, {weight.data})) {
-        rmsnorm_bwd_kernel<T, W, vec16<T>()><<<grid, kWarpsPerBlock * 32, 0, s>>>(
+      constexpr int V = vec16<T>();
+      const bool vec = vec_ok<T, W>(dim, {dx.data, dout.data, x.data}, {weight.data});
+      const int g = lanes_per_row(dim / V);
+      const int64_t slots = ceil_div(dim / V, g);
+      if (vec && slots <= kFusedMaxSlots) {
+        with_lanes(g, [&](auto gc) {
+          constexpr int G = decltype(gc)::value;
+          with_slots(slots, [&](auto sc) {
+            constexpr int S = decltype(sc)::value;
+            const int64_t rows_per_block = kWarpsPerBlock * (32 / G);
+            const int blocks = static_cast<int>(std::min<int64_t>(ceil_div(rows, rows_per_block), kFusedBlocks));
+            float* partial = static_cast<float*>(scratch(ctx, sizeof(float) * blocks * dim));
+            const size_t smem = sizeof(float) * kWarpsPerBlock * dim;
+            rmsnorm_bwd_fused_kernel<T, W, V, G, S><<<blocks, kWarpsPerBlock * 32, smem, s>>>(
+                dx.ptr<T>(), partial, dout.ptr<T>(), x.ptr<T>(), weight.ptr<W>(), rstd.ptr<float>(), rows, dim);
+            RLCU_LAUNCH_CHECK(s);
+            column_finish(dweight.ptr<float>(), partial, blocks, dim, s);
+          });
+        });
+        return;
+      }
+      float* partial = static_cast<float*>(scratch(ctx, column_scratch_floats(rows, dim) * sizeof(float)));
+      column_sum_accumulate(dweight.ptr<float>(), rows, dim,
+                            NormWeightGrad<T>{dout.ptr<T>(), x.ptr<T>(), rstd.ptr<float>(), dim}, partial, s);
+      const unsigned grid = static_cast<unsigned>(ceil_div(rows, kWarpsPerBlock));
+      if (vec) {
+        rmsnorm_bwd_kernel<T, W, V><<<grid, kWarpsPerBlock * 32, 0, s>>>(
             dx.ptr<T>(), dout.ptr<T>(), x.ptr<T>(), weight.ptr<W>(), rstd.ptr<float>(), rows, dim);
       } else {
         rmsnorm_bwd_kernel<T, W, 1><<<grid, kWarpsPerBlock * 32, 0, s>>>(
