@@ -14,7 +14,7 @@ namespace rlcu {
 class Context {
  public:
   static Context& cpu();  // process-wide CPU context
-  // Creates a CUDA context on `device_index`: a non-blocking stream, a cuBLASLt handle and a 32 MiB workspace.
+  // Creates a CUDA context on `device_index`: a stream (blocking, so that synchronous copies order with it), a cuBLASLt handle and a 32 MiB workspace.
   static std::unique_ptr<Context> cuda(int device_index = 0);
   ~Context();
   Context(const Context&) = delete;

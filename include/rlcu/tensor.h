@@ -120,7 +120,8 @@ class Arena {
   size_t peak_ = 0;
 };
 
-// Copies between views of equal byte size on any pair of devices (synchronous).
+// Copies between views of equal byte size on any pair of devices (synchronous; on the legacy default stream, which
+// is ordered with every Context stream since those are created blocking).
 void copy_bytes(const Tensor& dst, const Tensor& src);
 // Host <-> view helpers used by tests and the CLI (synchronous).
 std::vector<float> to_host_f32(const Tensor& t);  // F32/BF16/F16 -> float

@@ -21,8 +21,10 @@ std::unique_ptr<Context> Context::cuda(int device_index) {
   c->device_ = Device::CUDA;
   c->device_index_ = device_index;
   RLCU_CUDA_CHECK(cudaSetDevice(device_index));
+  // A blocking stream: the synchronous copies of copy_bytes()/to_host_f32() (legacy default stream) are then
+  // ordered after the kernels queued here, and kernels queued afterwards wait for those copies.
   cudaStream_t s = nullptr;
-  RLCU_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  RLCU_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamDefault));
   c->stream_ = s;
   cublasLtHandle_t h = nullptr;
   RLCU_CUBLAS_CHECK(cublasLtCreate(&h));
