@@ -210,5 +210,5 @@ TEST(CliScore, CudaDevice) {
   ASSERT_EQ(r.code, 0) << r.err;
   const double err = compare_output(r.out, golden);
   std::printf("qwen3-tiny on CUDA (bf16): max |logprob - golden| = %.3e\n", err);
-  EXPECT_LT(err, 0.1);
+  EXPECT_LT(err, 6e-2);  // bf16 rounding of the float32 weights and of the activations (2.3e-2 on an H200)
 }
