@@ -30,7 +30,8 @@ T get_or(const json& j, const char* key, T def) {
   return j[key].get<T>();
 }
 
-const json& require(const json& j, const char* key, const std::string& where) {
+// `where` is a C string: gcc 13 warns about a possibly dangling reference when a temporary std::string is passed.
+const json& require(const json& j, const char* key, const char* where) {
   if (!j.contains(key)) throw Error(fmt::format("tokenizer.json: {} has no \"{}\"", where, key));
   return j[key];
 }
