@@ -64,6 +64,11 @@ struct PromptFormat {
   ChatRenderOptions render;
 };
 
+// The format for a tokenizer with the model section's chat settings (model.chat_template, model.custom_template,
+// model.enable_thinking). Throws rlcu::Error for an unknown or unrecognised template.
+PromptFormat make_prompt_format(const Tokenizer& tok, const std::string& chat_template = "auto",
+                                const std::string& custom_template = "", bool enable_thinking = true);
+
 struct DatasetStats {
   int64_t records = 0;    // records read (blank lines excluded)
   int64_t malformed = 0;  // skipped because malformed (skip_malformed only)

@@ -69,10 +69,8 @@ int run_tokenize(const TokenizeOptions& o) {
   const Tokenizer tok = Tokenizer::load(o.dir);
   std::unique_ptr<PromptFormat> format;
   if (o.chat) {
-    format = std::make_unique<PromptFormat>();
-    format->tokenizer = &tok;
-    format->chat = ChatTemplate::for_tokenizer(tok, o.chat_template, o.custom_template);
-    format->render.enable_thinking = !o.no_thinking;
+    format = std::make_unique<PromptFormat>(make_prompt_format(tok, o.chat_template, o.custom_template,
+                                                               !o.no_thinking));
   }
   std::ifstream file;
   std::istream* in = &std::cin;

@@ -147,6 +147,15 @@ void build_prompt(std::string& text, std::vector<int32_t>& ids, const std::vecto
   ids = format.tokenizer->encode(text, eo);
 }
 
+PromptFormat make_prompt_format(const Tokenizer& tok, const std::string& chat_template,
+                                const std::string& custom_template, bool enable_thinking) {
+  PromptFormat f;
+  f.tokenizer = &tok;
+  f.chat = ChatTemplate::for_tokenizer(tok, chat_template, custom_template);
+  f.render.enable_thinking = enable_thinking;
+  return f;
+}
+
 PromptDataset PromptDataset::load(const DataConfig& cfg, const PromptFormat& format) {
   if (cfg.path.empty()) throw Error("data.path: no prompt file given");
   return parse(read_file(cfg.path), cfg.path, cfg, format);

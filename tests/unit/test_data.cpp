@@ -23,12 +23,7 @@ const Tokenizer& qwen3() {
   return tok;
 }
 
-PromptFormat format(const std::string& chat = "auto") {
-  PromptFormat f;
-  f.tokenizer = &qwen3();
-  f.chat = ChatTemplate::for_tokenizer(qwen3(), chat);
-  return f;
-}
+PromptFormat format(const std::string& chat = "auto") { return make_prompt_format(qwen3(), chat); }
 
 std::string error_of(const std::function<void()>& fn) {
   try {
@@ -226,4 +221,15 @@ TEST(DataOrder, CursorRoundTripResumesTheSameStream) {
   PromptLoader other_data(bigger, 42, true);
   EXPECT_NE(error_of([&] { other_data.restore(DataCursor::from_json(saved)); }).find("7 prompts"), std::string::npos);
   EXPECT_NE(error_of([] { DataCursor::from_json(nlohmann::json{{"epoch", 1}}); }).find("position"), std::string::npos);
+}
+
+TEST(DataFields, PromptFormatFromModelSettings) {
+  const PromptFormat f = make_prompt_format(qwen3(), "auto", "", false);
+  EXPECT_EQ(f.chat.family(), ChatFamily::Qwen3);
+  std::string text;
+  std::vector<int32_t> ids;
+  build_prompt(text, ids, {ChatMessage{"user", "Hi", ""}}, f);
+  EXPECT_EQ(text, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n");
+  EXPECT_EQ(ids, qwen3().encode(text));
+  EXPECT_THROW(make_prompt_format(qwen3(), "vicuna"), Error);
 }
