@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <exception>
 
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include "cli/commands.h"
@@ -14,6 +15,8 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string("rlcu ") + RLCU_VERSION);
   app.require_subcommand(1);
   app.fallthrough(false);
+  // Logs go to stderr so that commands writing results to stdout (score, tokenize, config show) stay clean.
+  spdlog::set_default_logger(spdlog::stderr_color_mt("rlcu"));
   spdlog::set_pattern("[%H:%M:%S] %^%l%$ %v");
 
   rlcu::cli::Action action;

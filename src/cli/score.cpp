@@ -138,10 +138,6 @@ class Output {
 };
 
 int run_score(const ScoreArgs& a) {
-  // Results may go to stdout: keep log lines on stderr.
-  auto log = spdlog::stderr_color_mt("rlcu-score");
-  log->set_level(spdlog::default_logger()->level());
-  spdlog::set_default_logger(log);
   int device_index = 0;
   const Device device = parse_device(a.device, "--device", &device_index);
   std::unique_ptr<Context> cuda_ctx;
