@@ -19,6 +19,7 @@
 #include "rlcu/model.h"
 #include "rlcu/ops.h"
 #include "rlcu/optimizer.h"
+#include "rlcu/profile.h"
 
 namespace rlcu::cli {
 
@@ -28,12 +29,13 @@ struct BenchTrainArgs {
   std::string model;
   int batch = 64;
   int seq_len = 512;
-  int64_t micro_batch_tokens = 16384;
+  int64_t micro_batch_tokens = 32768;
   bool checkpointing = false;
   int steps = 3;
   int warmup = 1;
   std::string device = "cuda";
   uint64_t seed = 0;
+  bool profile = false;
 };
 
 // Dense bf16 tensor-core peak (no sparsity) by card name, in TFLOP/s; 0 when unknown.
@@ -80,15 +82,26 @@ int run_bench_train(const BenchTrainArgs& a) {
   std::mt19937_64 rng(a.seed);
   std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(mc.vocab_size - 1));
   std::normal_distribution<float> nd(0.0f, 1.0f / static_cast<float>(tokens));
-  // Fresh random sequences for every micro-batch of every step.
-  auto run_step = [&]() {
+  // Fresh random sequences for every micro-batch of every step. With `phases`, each phase ends in a sync and its
+  // wall time is added to phase_s (forward, backward, optimizer).
+  double phase_s[3] = {0, 0, 0};
+  auto run_step = [&](bool phases) {
+    auto now = [] { return std::chrono::steady_clock::now(); };
+    auto lap = [&](int i, std::chrono::steady_clock::time_point& t) {
+      if (!phases) return;
+      ctx.synchronize("bench phase");
+      const auto n = now();
+      phase_s[i] += std::chrono::duration<double>(n - t).count();
+      t = n;
+    };
     model->zero_grads(ctx);
+    auto t = now();
     for (int s0 = 0; s0 < a.batch; s0 += seqs_per_mb) {
       PackedBatch pb;
       const int n = std::min(seqs_per_mb, a.batch - s0);
       std::vector<int32_t> seq(a.seq_len);
       for (int i = 0; i < n; ++i) {
-        for (auto& t : seq) t = tok(rng);
+        for (auto& x : seq) x = tok(rng);
         pb.add_sequence(seq);
       }
       std::vector<float> w(pb.num_tokens());
@@ -97,21 +110,24 @@ int run_bench_train(const BenchTrainArgs& a) {
       Tensor dl = dlogprob.t.slice_rows(0, pb.num_tokens());
       from_host_f32(dl, w);
       tf.forward(logprob.t.slice_rows(0, pb.num_tokens()), Tensor(), db, ctx);
+      lap(0, t);
       tf.backward(dl, Tensor(), ctx);
+      lap(1, t);
     }
     opt.step(oc.lr, ctx);
+    lap(2, t);
     ctx.synchronize("bench step end");
   };
 
   spdlog::info("bench train: {} ({} layers, hidden {}, vocab {}), {} x {} tokens, micro-batch {} seqs, {}{}",
                a.model, mc.num_layers, mc.hidden_size, mc.vocab_size, a.batch, a.seq_len, seqs_per_mb,
                device_name(dev), a.checkpointing ? ", checkpointing" : "");
-  for (int i = 0; i < a.warmup; ++i) run_step();
+  for (int i = 0; i < a.warmup; ++i) run_step(false);
   reset_device_bytes_peak();
   std::vector<double> times;
   for (int i = 0; i < a.steps; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
-    run_step();
+    run_step(false);
     times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     spdlog::info("step {}: {:.3f} s", i + 1, times.back());
   }
@@ -149,6 +165,20 @@ int run_bench_train(const BenchTrainArgs& a) {
                       {"tokens_per_s", tps},      {"model_tflops", tflops},  {"mfu", peak > 0 ? tflops / peak : 0.0},
                       {"peak_bf16_tflops", peak}, {"peak_memory_gib", mem_gib}, {"parameters", model->num_parameters()}};
   fmt::print("{}\n", j.dump());
+  if (a.profile && dev == Device::CUDA) {
+    // One more step, synchronised between phases and with an event pair around every op.
+    profiler_enable(true);
+    run_step(true);
+    const std::vector<ProfileRow> rows = profiler_collect(ctx);
+    profiler_enable(false);
+    double total = 0;
+    for (const ProfileRow& r : rows) total += r.ms;
+    fmt::print("\nprofiled step: forward {:.1f} ms, backward {:.1f} ms, optimizer {:.1f} ms; ops total {:.1f} ms\n",
+               1e3 * phase_s[0], 1e3 * phase_s[1], 1e3 * phase_s[2], total);
+    fmt::print("| op | calls | ms | share |\n|---|---|---|---|\n");
+    for (size_t i = 0; i < rows.size() && i < 40; ++i)
+      fmt::print("| {} | {} | {:.2f} | {:.1f}% |\n", rows[i].name, rows[i].calls, rows[i].ms, 100 * rows[i].ms / total);
+  }
   return 0;
 }
 
@@ -169,6 +199,7 @@ void add_bench_command(CLI::App& app, Action& action) {
   train->add_option("--warmup", a.warmup, "Untimed warm-up steps")->capture_default_str();
   train->add_option("--device", a.device, "cpu, cuda or cuda:N")->capture_default_str();
   train->add_option("--seed", a.seed, "Seed of the random tokens")->capture_default_str();
+  train->add_flag("--profile", a.profile, "After timing, run one step with per-op GPU timing and print the breakdown");
   train->callback([&action] { action = [] { return run_bench_train(a); }; });
 }
 
