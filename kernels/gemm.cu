@@ -157,7 +157,7 @@ class PlanCache {
 constexpr int kFbTile = 32;
 
 template <class TI, class TO>
-__global__ void gemm_fallback_kernel(TO* __restrict__ out, const TI* __restrict__ a, const TI* __restrict__ b,
+__global__ void gemm_fallback_kernel(TO* out, const TO* c, const TI* __restrict__ a, const TI* __restrict__ b,
                                      int64_t M, int64_t N, int64_t K, bool ta, bool tb, float alpha, float beta) {
   __shared__ float as[kFbTile][kFbTile + 1];  // as[m][k]
   __shared__ float bs[kFbTile][kFbTile + 1];  // bs[k][n]
@@ -190,7 +190,7 @@ __global__ void gemm_fallback_kernel(TO* __restrict__ out, const TI* __restrict_
     const int64_t m = m0 + ty + 8 * j, n = n0 + tx;
     if (m < M && n < N) {
       float r = alpha * acc[j];
-      if (beta != 0.0f) r += beta * to_f32(out[m * N + n]);
+      if (beta != 0.0f) r += beta * to_f32(c[m * N + n]);
       out[m * N + n] = from_f32<TO>(r);
     }
   }
@@ -201,7 +201,8 @@ void launch_fallback(const Tensor& out, const Tensor& a, const Tensor& b, int64_
                      const ops::GemmParams& p, cudaStream_t s) {
   dim3 grid(static_cast<unsigned>(ceil_div(N, kFbTile)), static_cast<unsigned>(ceil_div(M, kFbTile)));
   RLCU_CHECK(grid.y <= 65535u, "gemm fallback: M = {} too large", M);
-  gemm_fallback_kernel<TI, TO><<<grid, dim3(kFbTile, 8), 0, s>>>(out.ptr<TO>(), a.ptr<TI>(), b.ptr<TI>(), M, N, K,
+  const TO* c = p.addend ? p.addend->ptr<TO>() : out.ptr<TO>();
+  gemm_fallback_kernel<TI, TO><<<grid, dim3(kFbTile, 8), 0, s>>>(out.ptr<TO>(), c, a.ptr<TI>(), b.ptr<TI>(), M, N, K,
                                                                   p.trans_a, p.trans_b, p.alpha, p.beta);
   RLCU_LAUNCH_CHECK(s);
 }
@@ -261,11 +262,18 @@ void gemm_with_path(const Tensor& out, const Tensor& a, const Tensor& b, const o
                         (a.dtype == DType::F32 && out.dtype == DType::F32);
   RLCU_CHECK(types_ok, "gemm: unsupported types {} x {} -> {} (expected bf16 x bf16 -> bf16/f32 or f32 -> f32)",
              dtype_name(a.dtype), dtype_name(b.dtype), dtype_name(out.dtype));
+  if (p.addend) {
+    check_2d(*p.addend, "gemm", "addend");
+    RLCU_CHECK(p.addend->dtype == out.dtype && p.addend->numel() == out.numel() && p.addend->cols() == N,
+               "gemm: addend {} {} must match out {} {}", dtype_name(p.addend->dtype), p.addend->shape_str(),
+               dtype_name(out.dtype), out.shape_str());
+  }
+  const Tensor& c = p.addend ? *p.addend : out;  // what the beta term reads
   cudaStream_t s = stream_of(ctx);
   if (M == 0 || N == 0) return;
-  if (K == 0) {  // empty sum: out = beta * out (beta = 0 must not read out)
+  if (K == 0) {  // empty sum: out = beta * c (beta = 0 must not read c)
     if (p.beta == 0.0f) fill(out, 0.0f, ctx);
-    else scale(out, out, p.beta, ctx);
+    else scale(out, c, p.beta, ctx);
     return;
   }
   if (path == GemmPath::Fallback) {
@@ -275,7 +283,8 @@ void gemm_with_path(const Tensor& out, const Tensor& a, const Tensor& b, const o
   auto handle = static_cast<cublasLtHandle_t>(ctx.cublaslt());
   RLCU_CHECK(handle != nullptr, "gemm: the context has no cuBLASLt handle");
   const GemmKey key{handle, a.dtype, out.dtype, p.trans_a, p.trans_b, p.beta != 0.0f, M, N, K,
-                    alignment_of(a.data), alignment_of(b.data), alignment_of(out.data)};
+                    alignment_of(a.data), alignment_of(b.data),
+                    std::min(alignment_of(out.data), alignment_of(c.data))};
   const GemmPlan& plan = PlanCache::instance().get(key, handle, ctx.workspace_bytes());
   if (!plan.has_algo) {
     RLCU_CHECK(path == GemmPath::Auto, "gemm: cuBLASLt has no algorithm for M={} N={} K={} ({} -> {})", M, N, K,
@@ -283,7 +292,7 @@ void gemm_with_path(const Tensor& out, const Tensor& a, const Tensor& b, const o
     run_fallback(out, a, b, M, N, K, p, s);
     return;
   }
-  RLCU_CUBLAS_CHECK(cublasLtMatmul(handle, plan.op, &p.alpha, b.data, plan.la, a.data, plan.lb, &p.beta, out.data,
+  RLCU_CUBLAS_CHECK(cublasLtMatmul(handle, plan.op, &p.alpha, b.data, plan.la, a.data, plan.lb, &p.beta, c.data,
                                    plan.lc, out.data, plan.lc, &plan.algo, ctx.workspace(), ctx.workspace_bytes(), s));
   RLCU_LAUNCH_CHECK(s);
 }

@@ -22,11 +22,14 @@ namespace rlcu::ops {
 // out[M,N] = alpha * op(a) @ op(b) + beta * out, with op(x) = x or x^T; 2-D row-major views.
 // Linear forward y = x W^T is gemm(y, x, W, {.trans_b = true}); dx = dy W is gemm(dx, dy, W, {});
 // dW += dy^T x is gemm(dW, dy, x, {.trans_a = true, .beta = 1}). `out` may be F32 while a/b are BF16.
+// With `addend` set, the beta term reads it instead of out: out = alpha * op(a) @ op(b) + beta * addend (same shape
+// and dtype as out, may alias it), which fuses a residual add: x_mid = x + attn Wo^T in one product.
 struct GemmParams {
   bool trans_a = false;
   bool trans_b = false;
   float alpha = 1.0f;
   float beta = 0.0f;
+  const Tensor* addend = nullptr;
 };
 void gemm(const Tensor& out, const Tensor& a, const Tensor& b, const GemmParams& p, Context& ctx);
 

@@ -8,6 +8,7 @@
 // Gradients are expressed with gemm itself: an activation gradient (dx = dy W) overwrites with beta = 0, a
 // parameter gradient (dW += dy^T x) accumulates with beta = 1. bias_grad is a parameter gradient: it ACCUMULATES
 // (+=) into dbias; bias_add updates `out` in place.
+#include <cstring>
 #include <algorithm>
 #include <vector>
 
@@ -95,6 +96,12 @@ void gemm(const Tensor& out, const Tensor& a, const Tensor& b, const ops::GemmPa
   const int64_t bk = p.trans_b ? b.shape[1] : b.shape[0], bn = p.trans_b ? b.shape[0] : b.shape[1];
   RLCU_CHECK(am == M && bn == N && ak == bk, "gemm: out {} = op(a {}, trans_a={}) @ op(b {}, trans_b={}): shapes do not match",
              out.shape_str(), a.shape_str(), p.trans_a, b.shape_str(), p.trans_b);
+  if (p.addend && p.addend->data != out.data && p.beta != 0.0f) {  // out = addend, then the usual beta * out
+    check::tensor("gemm", "addend", *p.addend, DType::F32, 2);
+    RLCU_CHECK(p.addend->shape[0] == M && p.addend->shape[1] == N, "gemm: addend {} must match out {}",
+               p.addend->shape_str(), out.shape_str());
+    std::memcpy(out.data, p.addend->data, out.nbytes());
+  }
   ref::gemm_ref<float>(out.ptr<float>(), a.ptr<float>(), b.ptr<float>(), M, N, ak, p.trans_a, p.trans_b, p.alpha,
                        p.beta);
 }

@@ -145,6 +145,33 @@ TEST(OpsCuda, GemmMatchesCpu) {
           }
 }
 
+TEST(OpsCuda, GemmWithAddendMatchesCpu) {
+  RLCU_REQUIRE_CUDA();
+  // out = alpha op(a) op(b) + beta * addend: the residual-add fusion of the model (out poisoned, addend guarded).
+  for (const DType ab : {DType::F32, DType::BF16})
+    for (int64_t m : {1, 37, 300})
+      for (cuda::GemmPath path : {cuda::GemmPath::Auto, cuda::GemmPath::Fallback}) {
+        const int64_t n = 72, k = 129;
+        const uint64_t seed = fresh_seed();
+        std::vector<float> a = rounded(random_vec(m * k, seed), ab), b = rounded(random_vec(n * k, seed + 1), ab);
+        std::vector<float> add = rounded(random_vec(m * n, seed + 2), ab);
+        ops::GemmParams p;
+        p.trans_b = true;
+        p.beta = 1.0f;
+        std::vector<float> want = add;
+        ops::gemm(hf(want, {m, n}), hf(a, {m, k}), hf(b, {n, k}), p, host());
+        GuardedTensor ga = dev(ab, {m, k}, a), gb = dev(ab, {n, k}, b), gadd = dev(ab, {m, n}, add);
+        GuardedTensor go = dev_out(ab, {m, n});
+        p.addend = &gadd.t;
+        settle();
+        cuda::gemm_with_path(go.t, ga.t, gb.t, p, path, gpu());
+        const std::string what = fmt::format("gemm+addend {}x{}x{} {} path={} seed={}", m, n, k, dn(ab),
+                                             path == cuda::GemmPath::Auto ? "cublaslt" : "fallback", seed);
+        expect_tensor(go, want, gemm_tol(ab, ab), what);
+        expect_tensor(gadd, add, tol_for(DType::F32), what + " (addend untouched)");
+      }
+}
+
 TEST(OpsCuda, GemmEmptyInnerDimension) {
   RLCU_REQUIRE_CUDA();
   // K = 0: out = beta * out; beta = 0 must not read the (NaN-poisoned) output.

@@ -66,6 +66,21 @@ TEST(OpsCpu, GemmAlphaBeta) {
   EXPECT_EQ(out, (std::vector<float>{7, 14, 21, 28}));
 }
 
+TEST(OpsCpu, GemmAddendReplacesOutInTheBetaTerm) {
+  // out = 2 * A B + 0.5 * addend, with out poisoned (not read) and the addend left untouched; then aliased.
+  std::vector<float> a = {1, 2, 3, 4}, b = {1, 0, 0, 1}, add = {10, 20, 30, 40}, out(4, kNaN);
+  Tensor ta = f32(add, {2, 2});
+  ops::GemmParams p;
+  p.alpha = 2.0f;
+  p.beta = 0.5f;
+  p.addend = &ta;
+  ops::gemm(f32(out, {2, 2}), f32(a, {2, 2}), f32(b, {2, 2}), p, cpu());
+  EXPECT_EQ(out, (std::vector<float>{7, 14, 21, 28}));
+  EXPECT_EQ(add, (std::vector<float>{10, 20, 30, 40}));
+  ops::gemm(ta, f32(a, {2, 2}), f32(b, {2, 2}), p, cpu());  // addend aliasing out
+  EXPECT_EQ(add, (std::vector<float>{7, 14, 21, 28}));
+}
+
 TEST(OpsCpu, GemmShapeMismatchThrows) {
   std::vector<float> a(6), b(6), out(4);
   ops::GemmParams p;
