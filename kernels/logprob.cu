@@ -34,7 +34,7 @@ namespace rlcu::cuda {
 
 namespace {
 
-constexpr int64_t kDefaultTokenChunk = 4096;
+constexpr int64_t kDefaultTokenChunk = 8192;
 constexpr int64_t kDefaultVocabChunk = 8192;
 LogprobChunking g_chunking;
 

@@ -10,7 +10,7 @@
 //                           layer (up to gate_up) from its saved input before differentiating it
 // Saved per layer (LayerActs): rstd1, h1 = norm1(x), [q_raw, k_raw, rstd_q, rstd_k: QK-norm inputs and stats],
 // q, k (after rope), v, attn (attention output), lse, x_mid = x + o_proj, rstd2, h2 = norm2(x_mid), gate_up.
-// swiglu(gate_up) is recomputed in backward instead of being stored.
+// act = swiglu(gate_up) is kept per layer when training without checkpointing, and recomputed in backward otherwise.
 //
 // Backward of one layer, with dres = d(layer output):
 //   MLP:  dWd += dres^T act;  dact = dres Wd;  dgu = swiglu_bwd;  dWgu += dgu^T h2;  dh = dgu Wgu
@@ -83,13 +83,14 @@ void PackedBatch::clear() {
 
 struct LayerActs {
   Tensor rstd1, h1, q_raw, k_raw, rstd_q, rstd_k, q, k, v, attn, lse, x_mid, rstd2, h2, gate_up;
+  Tensor act;  // swiglu(gate_up): kept per layer when training without checkpointing, else empty
 };
 
 struct Transformer::State {
   Arena arena;
   std::vector<Tensor> resid;
   std::vector<LayerActs> acts;
-  Tensor act, proj, rstd_f, h_f, lse_head;
+  Tensor act, rstd_f, h_f, lse_head;
   Tensor dres, dtmp, dh, dgu, dact, dattn, dq, dk, dv, dq_raw, dk_raw;
   Tensor ids, positions, targets, cu_seqlens;
   DeviceBatch last;
@@ -138,9 +139,9 @@ Transformer::Transformer(Model& model, const TransformerOptions& opt, Context& c
     plan.add(a.rstd2, f32, {Tm});
     plan.add(a.h2, ad, {Tm, H});
     plan.add(a.gate_up, ad, {Tm, 2 * I});
+    if (!shared_acts) plan.add(a.act, ad, {Tm, I});
   }
   plan.add(s_->act, ad, {Tm, I});
-  plan.add(s_->proj, ad, {Tm, H});
   plan.add(s_->rstd_f, f32, {Tm});
   plan.add(s_->h_f, ad, {Tm, H});
   plan.add(s_->lse_head, f32, {Tm});
@@ -242,19 +243,20 @@ void Transformer::State::layer_forward(const Model& m, int64_t l, const Tensor& 
   const ops::AttentionParams ap{b.num_seqs, b.max_seqlen, 1.0f / std::sqrt(static_cast<float>(hd))};
   const Tensor attn = rows(a.attn, T);
   ops::attention_fwd(attn.view({T, nq, hd}), rows(a.lse, T), q3, k3, v.view({T, nkv, hd}), b.cu_seqlens, ap, ctx);
-  const Tensor o = rows(proj, T);
-  ops::gemm(o, attn, W.o, linear, ctx);
-  if (c.o_bias) ops::bias_add(o, W.o_bias, ctx);
+  // Residual adds fused into the products: x_mid = x + attn Wo^T (+ bo), x_out = x_mid + act Wd^T.
+  ops::GemmParams residual{false, true, 1.0f, 1.0f};
   const Tensor x_mid = rows(a.x_mid, T);
-  ops::add(x_mid, x, o, ctx);
+  residual.addend = &x;
+  ops::gemm(x_mid, attn, W.o, residual, ctx);
+  if (c.o_bias) ops::bias_add(x_mid, W.o_bias, ctx);
   const Tensor h2 = rows(a.h2, T), gu = rows(a.gate_up, T);
   ops::rmsnorm_fwd(h2, rows(a.rstd2, T), x_mid, W.post_norm, eps, ctx);
   ops::gemm(gu, h2, W.gate_up, linear, ctx);
   if (!full) return;
-  const Tensor ac = rows(act, T);
+  const Tensor ac = rows(a.act.empty() ? act : a.act, T);
   ops::swiglu_fwd(ac, gu, ctx);
-  ops::gemm(o, ac, W.down, linear, ctx);
-  ops::add(x_out, x_mid, o, ctx);
+  residual.addend = &x_mid;
+  ops::gemm(x_out, ac, W.down, residual, ctx);
 }
 
 void Transformer::forward(const Tensor& logprob, const Tensor& entropy, const DeviceBatch& b, Context& ctx) {
@@ -309,8 +311,9 @@ void Transformer::backward(const Tensor& dlogprob, const Tensor& dentropy, Conte
     if (opt_.checkpointing) s_->layer_forward(model_, l, x, Tensor(), a, b, false, ctx);
 
     // MLP branch: dres = d(layer output).
-    const Tensor gu = rows(a.gate_up, T), ac = rows(s_->act, T), dact = rows(s_->dact, T), dgu = rows(s_->dgu, T);
-    ops::swiglu_fwd(ac, gu, ctx);
+    const Tensor gu = rows(a.gate_up, T), dact = rows(s_->dact, T), dgu = rows(s_->dgu, T);
+    const Tensor ac = rows(a.act.empty() ? s_->act : a.act, T);
+    if (a.act.empty()) ops::swiglu_fwd(ac, gu, ctx);
     ops::gemm(Gl.down, dres, ac, dw, ctx);
     ops::gemm(dact, dres, Wl.down, dx, ctx);
     ops::swiglu_bwd(dgu, dact, gu, ctx);
