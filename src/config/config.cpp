@@ -123,7 +123,7 @@ std::vector<FieldSpec> build_schema() {
                            "Learning-rate schedule after warm-up."),
                       {"constant", "linear", "cosine"}));
   s.push_back(range(bind_field("optimizer.warmup_steps", &RunConfig::optimizer, &OptimizerSection::warmup_steps, K::Int,
-                         "Linear warm-up steps from 0 to `optimizer.lr`."),
+                         "Linear warm-up: step i (0-based) of the first N uses `optimizer.lr` * (i+1)/N."),
                     0, 1e12));
   s.push_back(range(bind_field("optimizer.min_lr_ratio", &RunConfig::optimizer, &OptimizerSection::min_lr_ratio, K::Float,
                          "Floor of the linear/cosine decay, as a fraction of `optimizer.lr`."),
