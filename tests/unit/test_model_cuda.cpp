@@ -116,7 +116,7 @@ TEST(ModelCuda, Bf16FixturesMatchGolden) {
       }
     mean /= double(n);
     std::printf("%s on CUDA (bf16 activations): max |logprob - golden| = %.3e, mean %.3e\n", name.c_str(), worst, mean);
-    EXPECT_LT(worst, 5e-2) << name;
+    EXPECT_LT(worst, 2e-2) << name;  // the acceptance bound for rlcu score --device cuda
     EXPECT_LT(mean, 1e-2) << name;
   }
 }
