@@ -119,4 +119,30 @@ struct AdamWParams {
 void adamw_update(const Tensor& master, const Tensor& m, const Tensor& v, const Tensor& weights,
                   const Tensor& grad, const AdamWParams& p, Context& ctx);
 
+// ---- sampler ---------------------------------------------------------------------------------------------------
+// One next token per row of logits[B,V] (F32 or BF16). With z = logits / temperature (fp32; NaN counts as -inf):
+//   greedy: tokens[b] = argmax_j z_j (lowest index on ties).
+//   otherwise a draw from the parent distribution softmax(z) restricted to the kept set and renormalised, where
+//   token j is kept iff z_j >= max(kth, pth, m + log(min_p)) with m = max z:
+//     kth  (top_k > 0)  the top_k-th largest z (every token tied with it is kept too);
+//     pth  (top_p < 1)  the largest z value whose tokens with z >= it, among those kept by top-k, hold at least
+//                       top_p of that set's mass;
+//     min_p (> 0)       keeps tokens with probability >= min_p * the largest probability.
+// logprobs[b] = z_tok - logsumexp(z): the chosen token's log-prob under the temperature-scaled FULL distribution
+// (the parent, before top-k/top-p/min-p), which is what the trainer's log-prob head computes.
+// Randomness is a Gumbel race, tok = argmax_{j kept} z_j - log(-log u_j), with u_j from counter-based Philox4x32-10
+// keyed by (seed, seq_ids[b], positions[b]) and the vocabulary index: a row's token does not depend on the batch
+// it is in or on the device. A row without a finite maximum (all -inf/NaN, or a +inf) gets token -1, logprob -inf.
+// tokens[B] I32, logprobs[B] F32 (may be empty), seq_ids[B] and positions[B] I32.
+struct SampleParams {
+  uint64_t seed = 0;
+  float temperature = 1.0f;  // > 0; also scales the returned log-prob under greedy
+  int top_k = 0;             // 0 = off
+  float top_p = 1.0f;        // in (0, 1]; 1 = off
+  float min_p = 0.0f;        // in [0, 1]; 0 = off
+  bool greedy = false;
+};
+void sample(const Tensor& tokens, const Tensor& logprobs, const Tensor& logits, const Tensor& seq_ids,
+            const Tensor& positions, const SampleParams& p, Context& ctx);
+
 }  // namespace rlcu::ops

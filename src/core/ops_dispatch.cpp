@@ -230,4 +230,15 @@ void adamw_update(const Tensor& master, const Tensor& m, const Tensor& v, const 
   cuda::adamw_update(master, m, v, weights, grad, p, ctx);
 }
 
+void sample(const Tensor& tokens, const Tensor& logprobs, const Tensor& logits, const Tensor& seq_ids,
+            const Tensor& positions, const SampleParams& p, Context& ctx) {
+  check_same_device("sample", tokens.device, {&tokens, &logprobs, &logits, &seq_ids, &positions});
+  if (tokens.device == Device::CPU) {
+    cpu::sample(tokens, logprobs, logits, seq_ids, positions, p, ctx);
+    return;
+  }
+  ProfileScope prof_("sample", ctx);
+  cuda::sample(tokens, logprobs, logits, seq_ids, positions, p, ctx);
+}
+
 }  // namespace rlcu::ops
