@@ -1,6 +1,7 @@
 // Pieces of the sampler (ops::sample) shared by kernels/cpu/sample.cpp and kernels/sample.cu, so that both pick
 // the same token for the same logits and key:
-//   sample_logit(x, inv_t)    z = x * inv_t in fp32 (inv_t = 1/temperature in fp32); NaN becomes -inf
+//   sample_logit(x, inv_t)    z = x * inv_t in fp32 (inv_t = 1/temperature in fp32); NaN becomes -inf and -0
+//                             becomes +0 (equal logits get equal keys)
 //   order_key(z)              uint32 that orders like the float (thresholds are compared on these keys)
 //   sample_noise(z, ...)      Gumbel score z - log(-log u) in fp64, u from Philox keyed by
 //                             (seed, seq_id, position) with counter word 0 = vocabulary index / 4
@@ -24,7 +25,7 @@ constexpr uint32_t kSampleDomain = 0x53414D50u;
 constexpr float kNoiseSpan = 24.0f;
 
 RLCU_HD float sample_logit(float x, float inv_t) {
-  const float z = x * inv_t;
+  const float z = x * inv_t + 0.0f;  // + 0 turns -0 into +0 (not folded away without fast-math)
   return z != z ? -INFINITY : z;
 }
 

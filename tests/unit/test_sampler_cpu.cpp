@@ -229,6 +229,20 @@ TEST(SamplerCpu, TopKKeepsTies) {
   EXPECT_EQ(count[4], 0);
 }
 
+TEST(SamplerCpu, SignedZeroLogitsAreTies) {
+  // -0 and +0 are the same logit: top-k 2 of {1, +0, -0, -1} keeps both zeros.
+  const std::vector<float> row = {1.0f, 0.0f, -0.0f, -1.0f};
+  ops::SampleParams p;
+  p.seed = 18;
+  p.top_k = 2;
+  const Draws d = draw_many(row, 3000, p);
+  std::vector<int> count(4, 0);
+  for (int32_t t : d.tokens) ++count.at(t);
+  EXPECT_GT(count[1], 0);
+  EXPECT_GT(count[2], 0);
+  EXPECT_EQ(count[3], 0);
+}
+
 TEST(SamplerCpu, BatchInvariance) {
   const int64_t B = 24, V = 1000;
   std::mt19937 g(5);
