@@ -132,7 +132,9 @@ void adamw_update(const Tensor& master, const Tensor& m, const Tensor& v, const 
 // (the parent, before top-k/top-p/min-p), which is what the trainer's log-prob head computes.
 // Randomness is a Gumbel race, tok = argmax_{j kept} z_j - log(-log u_j), with u_j from counter-based Philox4x32-10
 // keyed by (seed, seq_ids[b], positions[b]) and the vocabulary index: a row's token does not depend on the batch
-// it is in or on the device. A row without a finite maximum (all -inf/NaN, or a +inf) gets token -1, logprob -inf.
+// it is in or on the device (CPU and CUDA draw the same words; they pick the same token except where two
+// candidates' scores, or a token and a top-p/min-p bound, lie within float rounding). A caller that samples the
+// same (sequence, position) again, e.g. in a later RL step, folds the step into `seed`. A row without a finite maximum (all -inf/NaN, or a +inf) gets token -1, logprob -inf.
 // tokens[B] I32, logprobs[B] F32 (may be empty), seq_ids[B] and positions[B] I32.
 struct SampleParams {
   uint64_t seed = 0;
