@@ -6,8 +6,10 @@
 
 #include <algorithm>
 #include <cmath>
-#include <numeric>
+#include <functional>
 #include <random>
+#include <string>
+#include <tuple>
 #include <vector>
 
 #include "philox.h"
