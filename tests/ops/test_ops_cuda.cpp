@@ -675,7 +675,8 @@ TEST(OpsCudaBench, LogprobHeadQwen3Shape) {
               static_cast<long long>(T), static_cast<long long>(H), static_cast<long long>(V));
   std::printf("%-14s %10s %10s %10s %12s %12s\n", "chunk TcxVc", "fwd ms", "bwd ms", "total ms", "fwd TFLOP/s",
               "bwd TFLOP/s");
-  const std::pair<int64_t, int64_t> chunks[] = {{4096, 4096}, {4096, 8192}, {8192, 8192}, {16384, 4096}};
+  const std::pair<int64_t, int64_t> chunks[] = {{4096, 8192}, {8192, 8192}, {16384, 4096}, {8192, 16384},
+                                                 {16384, 8192}, {16384, 16384}, {32768, 4096}};
   for (auto [tc, vc] : chunks) {
     cuda::set_logprob_chunking({tc, vc});
     const double fwd = time_ms([&] { ops::logprob_fwd(glp.t, gent.t, glse.t, gh.t, gw.t, gt.t, p, gpu()); });
