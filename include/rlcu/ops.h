@@ -74,6 +74,40 @@ void attention_bwd(const Tensor& dq, const Tensor& dk, const Tensor& dv, const T
                    const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
                    const Tensor& cu_seqlens, const AttentionParams& p, Context& ctx);
 
+// ---- paged KV cache (generation) -------------------------------------------------------------------------------
+// The KV cache of one layer is a pair k_cache, v_cache [num_slots, nkv, hd] (BF16 on CUDA, F32 on the CPU); the pool
+// slot of token offset o in block b is b * block_size + o (see src/engine/block_manager.h).
+// kv_cache_write: k_cache[slots[t]] = k[t], v_cache[slots[t]] = v[t] for k, v [T,nkv,hd] (same dtype as the cache);
+// slots [T] I32, a negative slot skips the row.
+void kv_cache_write(const Tensor& k_cache, const Tensor& v_cache, const Tensor& k, const Tensor& v,
+                    const Tensor& slots, Context& ctx);
+// Copy-on-write of partially filled blocks across the whole model. cache [P, num_slots, W]: every plane (P = 2 *
+// layers: each layer's K and V) viewed as rows of W = nkv * hd elements. copies [C, 3] I32 rows (src_slot,
+// dst_slot, count): rows [dst_slot, dst_slot + count) of every plane receive rows [src_slot, src_slot + count).
+// Source and destination ranges never overlap.
+void kv_block_copy(const Tensor& cache, const Tensor& copies, Context& ctx);
+// Decode attention over the paged cache: one query token per sequence, q [B,nq,hd] (its own K/V already written
+// to the cache). For sequence b, with n = context_lens[b] and token p at slot
+// block_tables[b, p / block_size] * block_size + p % block_size:
+//   out[b,h] = sum_{p<n} softmax_p(scale * q[b,h] . k_p) v_p        over kv head h / (nq/nkv) (GQA)
+// n = 0 gives an all-zero row (padding rows of a bucketed batch). block_tables [B, max_blocks] I32 (row stride
+// max_blocks; entries past ceil(n / block_size) are ignored). out [B,nq,hd] has the dtype of q.
+// Split-KV ("flash-decoding"): the CUDA kernel splits each sequence's context into at most num_splits chunks that
+// run in parallel and merges their partial results by log-sum-exp; the grid depends only on B and num_splits, never
+// on the context lengths, so a decode step can be captured in a CUDA graph. `workspace` F32 holds the partials, at
+// least paged_attention_workspace_elems(B, nq, hd, num_splits) elements (unused on the CPU, may be empty there).
+struct PagedAttentionParams {
+  int block_size = 16;
+  int num_splits = 1;  // >= 1
+  float scale = 0.0f;
+};
+inline int64_t paged_attention_workspace_elems(int64_t B, int64_t nq, int64_t hd, int64_t num_splits) {
+  return B * nq * num_splits * (hd + 2);
+}
+void paged_attention_decode(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                            const Tensor& block_tables, const Tensor& context_lens, const Tensor& workspace,
+                            const PagedAttentionParams& p, Context& ctx);
+
 // ---- SwiGLU --------------------------------------------------------------------------------------------------
 // gate_up[T,2I] holds gate in columns [0,I) and up in [I,2I); out[T,I] = silu(gate) * up.
 void swiglu_fwd(const Tensor& out, const Tensor& gate_up, Context& ctx);

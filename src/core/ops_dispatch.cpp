@@ -130,6 +130,40 @@ void attention_bwd(const Tensor& dq, const Tensor& dk, const Tensor& dv, const T
   cuda::attention_bwd(dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, p, ctx);
 }
 
+void kv_cache_write(const Tensor& k_cache, const Tensor& v_cache, const Tensor& k, const Tensor& v,
+                    const Tensor& slots, Context& ctx) {
+  check_same_device("kv_cache_write", k_cache.device, {&k_cache, &v_cache, &k, &v, &slots});
+  if (k_cache.device == Device::CPU) {
+    cpu::kv_cache_write(k_cache, v_cache, k, v, slots, ctx);
+    return;
+  }
+  ProfileScope prof_("kv_cache_write", ctx);
+  cuda::kv_cache_write(k_cache, v_cache, k, v, slots, ctx);
+}
+
+void kv_block_copy(const Tensor& cache, const Tensor& copies, Context& ctx) {
+  check_same_device("kv_block_copy", cache.device, {&cache, &copies});
+  if (cache.device == Device::CPU) {
+    cpu::kv_block_copy(cache, copies, ctx);
+    return;
+  }
+  ProfileScope prof_("kv_block_copy", ctx);
+  cuda::kv_block_copy(cache, copies, ctx);
+}
+
+void paged_attention_decode(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                            const Tensor& block_tables, const Tensor& context_lens, const Tensor& workspace,
+                            const PagedAttentionParams& p, Context& ctx) {
+  check_same_device("paged_attention_decode", out.device,
+                    {&out, &q, &k_cache, &v_cache, &block_tables, &context_lens, &workspace});
+  if (out.device == Device::CPU) {
+    cpu::paged_attention_decode(out, q, k_cache, v_cache, block_tables, context_lens, workspace, p, ctx);
+    return;
+  }
+  ProfileScope prof_("paged_attention_decode", ctx);
+  cuda::paged_attention_decode(out, q, k_cache, v_cache, block_tables, context_lens, workspace, p, ctx);
+}
+
 void swiglu_fwd(const Tensor& out, const Tensor& gate_up, Context& ctx) {
   check_same_device("swiglu_fwd", out.device, {&out, &gate_up});
   if (out.device == Device::CPU) {

@@ -1,0 +1,283 @@
+// Paged KV-cache ops on CUDA (math and shapes in include/rlcu/ops.h; CPU twin in kernels/cpu/paged_attention.cpp).
+//
+// kv_cache_write: one thread per 16-byte chunk of a K/V row, copied to its pool slot (negative slot: skipped).
+// kv_block_copy:  grid (copies, planes); each block copies `count` rows of W elements within one plane.
+// paged_attention_decode, split-KV ("flash-decoding"):
+//   grid (num_splits, nkv * head_chunks, B), 128 threads (4 warps). One block reads one KV head's tokens in
+//   [split * tps, min(n, (split+1) * tps)), tps = ceil(n / num_splits), once for up to 8 query heads of its GQA
+//   group (head_chunks = ceil(group / 8)). Each warp walks every 4th token: lanes hold hd/32 elements of q, k, v;
+//   the dot products are warp sums; an online softmax keeps (max, sum, acc) per query head. The 4 warps merge in
+//   shared memory. With one split the block writes out = acc / sum; otherwise it writes the split's normalised
+//   output and log-sum-exp to the workspace, and paged_decode_merge_kernel combines the splits:
+//   out = sum_s exp(lse_s - L) o_s with L = log sum_s exp(lse_s). Empty splits have lse = -inf; n = 0 gives zeros.
+//   The grid depends on B and num_splits only, so a captured CUDA graph stays valid for any context lengths.
+// Accumulation in fp32. No gradients: generation only.
+#include <cmath>
+
+#include "cuda_common.cuh"
+#include "ops_cuda.h"
+
+namespace rlcu::cuda {
+
+namespace {
+
+constexpr int kDecodeWarps = 4;
+constexpr int kMaxHeadsPerBlock = 8;
+
+template <class T, int V>
+__global__ void kv_cache_write_kernel(T* __restrict__ kc, T* __restrict__ vc, const T* __restrict__ k,
+                                      const T* __restrict__ v, const int* __restrict__ slots, int64_t T_,
+                                      int64_t row, int64_t num_slots) {
+  const int64_t per_row = row / V, n = T_ * per_row;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t t = i / per_row, c = (i % per_row) * V;
+    const int s = slots[t];
+    if (s < 0 || s >= num_slots) continue;
+    store_vec<V>(kc + s * row + c, load_vec<V>(k + t * row + c));
+    store_vec<V>(vc + s * row + c, load_vec<V>(v + t * row + c));
+  }
+}
+
+template <class T>
+__global__ void kv_block_copy_kernel(T* __restrict__ cache, const int* __restrict__ copies, int64_t slots,
+                                     int64_t W) {
+  const int* c = copies + 3 * blockIdx.x;
+  const int64_t src = c[0], dst = c[1], n = c[2];
+  T* plane = cache + static_cast<int64_t>(blockIdx.y) * slots * W;
+  for (int64_t i = threadIdx.x; i < n * W; i += blockDim.x) plane[dst * W + i] = plane[src * W + i];
+}
+
+// EPL = elements of a head row per lane (hd <= 32 * EPL).
+template <class T, int EPL>
+__global__ void __launch_bounds__(kDecodeWarps * 32)
+    paged_decode_kernel(T* __restrict__ out, float* __restrict__ ws, const T* __restrict__ q,
+                        const T* __restrict__ kc, const T* __restrict__ vc, const int* __restrict__ tables,
+                        const int* __restrict__ lens, int nq, int nkv, int hd, int max_blocks, int block_size,
+                        int num_splits, float scale) {
+  const int split = blockIdx.x, b = blockIdx.z;
+  const int group = nq / nkv, chunks = (group + kMaxHeadsPerBlock - 1) / kMaxHeadsPerBlock;
+  const int g = blockIdx.y / chunks, h0 = g * group + (blockIdx.y % chunks) * kMaxHeadsPerBlock;
+  const int nh = min(kMaxHeadsPerBlock, g * group + group - h0);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int n = lens[b];
+  const int tps = (n + num_splits - 1) / num_splits;
+  const int t0 = split * tps, t1 = min(n, t0 + tps);
+
+  float qr[kMaxHeadsPerBlock][EPL], acc[kMaxHeadsPerBlock][EPL], m[kMaxHeadsPerBlock], l[kMaxHeadsPerBlock];
+#pragma unroll
+  for (int h = 0; h < kMaxHeadsPerBlock; ++h) {
+    m[h] = -INFINITY;
+    l[h] = 0.0f;
+#pragma unroll
+    for (int e = 0; e < EPL; ++e) {
+      const int d = lane * EPL + e;
+      qr[h][e] = (h < nh && d < hd) ? to_f32(q[(static_cast<int64_t>(b) * nq + h0 + h) * hd + d]) * scale : 0.0f;
+      acc[h][e] = 0.0f;
+    }
+  }
+  const int* table = tables + static_cast<int64_t>(b) * max_blocks;
+  for (int t = t0 + warp; t < t1; t += kDecodeWarps) {
+    const int64_t slot = static_cast<int64_t>(table[t / block_size]) * block_size + t % block_size;
+    const int64_t base = (slot * nkv + g) * hd;
+    float kr[EPL], vr[EPL];
+#pragma unroll
+    for (int e = 0; e < EPL; ++e) {
+      const int d = lane * EPL + e;
+      kr[e] = d < hd ? to_f32(kc[base + d]) : 0.0f;
+      vr[e] = d < hd ? to_f32(vc[base + d]) : 0.0f;
+    }
+#pragma unroll
+    for (int h = 0; h < kMaxHeadsPerBlock; ++h) {
+      if (h >= nh) break;
+      float s = 0.0f;
+#pragma unroll
+      for (int e = 0; e < EPL; ++e) s += qr[h][e] * kr[e];
+      s = warp_sum(s);
+      const float mn = fmaxf(m[h], s), corr = __expf(m[h] - mn), p = __expf(s - mn);
+      l[h] = l[h] * corr + p;
+#pragma unroll
+      for (int e = 0; e < EPL; ++e) acc[h][e] = acc[h][e] * corr + p * vr[e];
+      m[h] = mn;
+    }
+  }
+
+  // Merge the warps: warp w publishes (m, l, acc) per head; warp 0 combines.
+  __shared__ float sm_m[kDecodeWarps][kMaxHeadsPerBlock], sm_l[kDecodeWarps][kMaxHeadsPerBlock];
+  __shared__ float sm_acc[kDecodeWarps][kMaxHeadsPerBlock][32 * EPL];
+  if (lane == 0)
+    for (int h = 0; h < nh; ++h) {
+      sm_m[warp][h] = m[h];
+      sm_l[warp][h] = l[h];
+    }
+#pragma unroll
+  for (int h = 0; h < kMaxHeadsPerBlock; ++h)
+    if (h < nh)
+#pragma unroll
+      for (int e = 0; e < EPL; ++e) sm_acc[warp][h][lane * EPL + e] = acc[h][e];
+  __syncthreads();
+  // Each thread finishes some (head, dim) pairs.
+  for (int i = threadIdx.x; i < nh * hd; i += blockDim.x) {
+    const int h = i / hd, d = i % hd;
+    float M = -INFINITY;
+    for (int w = 0; w < kDecodeWarps; ++w) M = fmaxf(M, sm_m[w][h]);
+    float L = 0.0f, A = 0.0f;
+    if (M > -INFINITY)
+      for (int w = 0; w < kDecodeWarps; ++w) {
+        const float c = __expf(sm_m[w][h] - M);
+        L += c * sm_l[w][h];
+        A += c * sm_acc[w][h][d];
+      }
+    const int64_t row = static_cast<int64_t>(b) * nq + h0 + h;
+    if (num_splits == 1) {
+      out[row * hd + d] = from_f32<T>(L > 0.0f ? A / L : 0.0f);
+    } else {
+      float* o = ws + (row * num_splits + split) * hd;
+      o[d] = L > 0.0f ? A / L : 0.0f;
+      if (d == 0) {
+        float* lse = ws + static_cast<int64_t>(gridDim.z) * nq * num_splits * hd;
+        lse[row * num_splits + split] = L > 0.0f ? M + __logf(L) : -INFINITY;
+      }
+    }
+  }
+}
+
+// One block per (b, head): combines the splits' normalised outputs by their log-sum-exp.
+template <class T>
+__global__ void paged_decode_merge_kernel(T* __restrict__ out, const float* __restrict__ ws, int64_t rows, int hd,
+                                          int num_splits) {
+  const int64_t row = blockIdx.x;
+  const float* lse = ws + rows * num_splits * hd + row * num_splits;
+  float M = -INFINITY;
+  for (int s = 0; s < num_splits; ++s) M = fmaxf(M, lse[s]);
+  float W = 0.0f;
+  if (M > -INFINITY)
+    for (int s = 0; s < num_splits; ++s) W += __expf(lse[s] - M);
+  for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+    float a = 0.0f;
+    if (M > -INFINITY)
+      for (int s = 0; s < num_splits; ++s) a += __expf(lse[s] - M) * ws[(row * num_splits + s) * hd + d];
+    out[row * hd + d] = from_f32<T>(W > 0.0f ? a / W : 0.0f);
+  }
+}
+
+void check_cache(const char* op, const Tensor& k_cache, const Tensor& v_cache) {
+  check_cuda_tensor(k_cache, op);
+  check_cuda_tensor(v_cache, op);
+  RLCU_CHECK(k_cache.ndim == 3 && v_cache.ndim == 3 && k_cache.dtype == v_cache.dtype &&
+                 v_cache.shape[0] == k_cache.shape[0] && v_cache.shape[1] == k_cache.shape[1] &&
+                 v_cache.shape[2] == k_cache.shape[2],
+             "{}: k_cache {} {} and v_cache {} {} must be equal [slots, nkv, hd] tensors", op,
+             dtype_name(k_cache.dtype), k_cache.shape_str(), dtype_name(v_cache.dtype), v_cache.shape_str());
+}
+
+}  // namespace
+
+void kv_cache_write(const Tensor& k_cache, const Tensor& v_cache, const Tensor& k, const Tensor& v,
+                    const Tensor& slots, Context& ctx) {
+  const char* op = "kv_cache_write";
+  check_cache(op, k_cache, v_cache);
+  RLCU_CHECK(k.dtype == k_cache.dtype && v.dtype == k_cache.dtype && k.ndim == 3 && v.ndim == 3 &&
+                 k.shape[1] == k_cache.shape[1] && k.shape[2] == k_cache.shape[2] && v.shape[0] == k.shape[0] &&
+                 v.shape[1] == k.shape[1] && v.shape[2] == k.shape[2],
+             "{}: k {} {} / v {} {} do not match the cache {} {}", op, dtype_name(k.dtype), k.shape_str(),
+             dtype_name(v.dtype), v.shape_str(), dtype_name(k_cache.dtype), k_cache.shape_str());
+  RLCU_CHECK(slots.dtype == DType::I32 && slots.numel() == k.shape[0], "{}: slots {} {} for {} rows", op,
+             dtype_name(slots.dtype), slots.shape_str(), k.shape[0]);
+  const int64_t T_ = k.shape[0], row = k.shape[1] * k.shape[2];
+  if (T_ == 0) return;
+  dispatch_float(k.dtype, op, [&](auto tag) {
+    using T = decltype(tag);
+    constexpr int V = vec16<T>();
+    auto* kc = k_cache.ptr<T>();
+    auto* vc = v_cache.ptr<T>();
+    const bool vec = row % V == 0 && is_aligned(kc, 16) && is_aligned(vc, 16) && is_aligned(k.data, 16) &&
+                     is_aligned(v.data, 16);
+    if (vec)
+      kv_cache_write_kernel<T, V><<<grid_for(T_ * row / V, 256), 256, 0, stream_of(ctx)>>>(
+          kc, vc, k.ptr<T>(), v.ptr<T>(), slots.ptr<int>(), T_, row, k_cache.shape[0]);
+    else
+      kv_cache_write_kernel<T, 1><<<grid_for(T_ * row, 256), 256, 0, stream_of(ctx)>>>(
+          kc, vc, k.ptr<T>(), v.ptr<T>(), slots.ptr<int>(), T_, row, k_cache.shape[0]);
+    RLCU_CUDA_CHECK(cudaGetLastError());
+  });
+}
+
+void kv_block_copy(const Tensor& cache, const Tensor& copies, Context& ctx) {
+  const char* op = "kv_block_copy";
+  check_cuda_tensor(cache, op);
+  RLCU_CHECK(cache.ndim == 3, "{}: cache has shape {}, expected [planes, slots, W]", op, cache.shape_str());
+  RLCU_CHECK(copies.dtype == DType::I32 && copies.ndim == 2 && copies.shape[1] == 3,
+             "{}: copies {} {}, expected i32 [C, 3]", op, dtype_name(copies.dtype), copies.shape_str());
+  const int64_t C = copies.shape[0];
+  if (C == 0) return;
+  RLCU_CHECK(C < (int64_t(1) << 31) && cache.shape[0] < 65536, "{}: too many copies or planes", op);
+  dispatch_float(cache.dtype, op, [&](auto tag) {
+    using T = decltype(tag);
+    kv_block_copy_kernel<T><<<dim3(static_cast<unsigned>(C), static_cast<unsigned>(cache.shape[0])), 256, 0,
+                              stream_of(ctx)>>>(cache.ptr<T>(), copies.ptr<int>(), cache.shape[1], cache.shape[2]);
+    RLCU_CUDA_CHECK(cudaGetLastError());
+  });
+}
+
+void paged_attention_decode(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                            const Tensor& block_tables, const Tensor& context_lens, const Tensor& workspace,
+                            const ops::PagedAttentionParams& p, Context& ctx) {
+  const char* op = "paged_attention_decode";
+  check_cache(op, k_cache, v_cache);
+  check_cuda_tensor(q, op);
+  check_cuda_tensor(out, op);
+  RLCU_CHECK(q.ndim == 3 && out.ndim == 3 && q.dtype == k_cache.dtype && out.dtype == q.dtype &&
+                 out.shape[0] == q.shape[0] && out.shape[1] == q.shape[1] && out.shape[2] == q.shape[2],
+             "{}: q {} {} / out {} {} must be equal [B, nq, hd] tensors of the cache dtype {}", op,
+             dtype_name(q.dtype), q.shape_str(), dtype_name(out.dtype), out.shape_str(), dtype_name(k_cache.dtype));
+  const int64_t B = q.shape[0], nq = q.shape[1], hd = q.shape[2], nkv = k_cache.shape[1];
+  RLCU_CHECK(k_cache.shape[2] == hd && nkv >= 1 && nq % nkv == 0 && hd >= 1 && hd <= 256,
+             "{}: q {} does not match the cache {} (hd <= 256, nq a multiple of nkv)", op, q.shape_str(),
+             k_cache.shape_str());
+  RLCU_CHECK(block_tables.dtype == DType::I32 && block_tables.ndim == 2 && block_tables.shape[0] == B,
+             "{}: block_tables {} {}, expected i32 [{}, max_blocks]", op, dtype_name(block_tables.dtype),
+             block_tables.shape_str(), B);
+  RLCU_CHECK(context_lens.dtype == DType::I32 && context_lens.numel() == B, "{}: context_lens {} {} for {} rows", op,
+             dtype_name(context_lens.dtype), context_lens.shape_str(), B);
+  RLCU_CHECK(p.block_size >= 1 && p.num_splits >= 1 && p.num_splits <= 65535,
+             "{}: block_size {} and num_splits {} out of range", op, p.block_size, p.num_splits);
+  if (p.num_splits > 1)
+    RLCU_CHECK(workspace.dtype == DType::F32 &&
+                   workspace.numel() >= ops::paged_attention_workspace_elems(B, nq, hd, p.num_splits),
+               "{}: workspace {} {} smaller than {} f32 elements", op, dtype_name(workspace.dtype),
+               workspace.shape_str(), ops::paged_attention_workspace_elems(B, nq, hd, p.num_splits));
+  if (B == 0) return;
+  RLCU_CHECK(B < 65536, "{}: batch {} too large", op, B);
+  const int group = static_cast<int>(nq / nkv);
+  const int chunks = (group + kMaxHeadsPerBlock - 1) / kMaxHeadsPerBlock;
+  const dim3 grid(static_cast<unsigned>(p.num_splits), static_cast<unsigned>(nkv * chunks),
+                  static_cast<unsigned>(B));
+  float* ws = p.num_splits > 1 ? workspace.ptr<float>() : nullptr;
+  dispatch_float(q.dtype, op, [&](auto tag) {
+    using T = decltype(tag);
+    auto launch = [&](auto epl) {
+      constexpr int EPL = decltype(epl)::value;
+      paged_decode_kernel<T, EPL><<<grid, kDecodeWarps * 32, 0, stream_of(ctx)>>>(
+          out.ptr<T>(), ws, q.ptr<T>(), k_cache.ptr<T>(), v_cache.ptr<T>(), block_tables.ptr<int>(),
+          context_lens.ptr<int>(), static_cast<int>(nq), static_cast<int>(nkv), static_cast<int>(hd),
+          static_cast<int>(block_tables.shape[1]), p.block_size, p.num_splits, p.scale);
+    };
+    if (hd <= 32)
+      launch(std::integral_constant<int, 1>{});
+    else if (hd <= 64)
+      launch(std::integral_constant<int, 2>{});
+    else if (hd <= 128)
+      launch(std::integral_constant<int, 4>{});
+    else
+      launch(std::integral_constant<int, 8>{});
+    RLCU_CUDA_CHECK(cudaGetLastError());
+    if (p.num_splits > 1) {
+      paged_decode_merge_kernel<T><<<static_cast<unsigned>(B * nq), 128, 0, stream_of(ctx)>>>(
+          out.ptr<T>(), ws, B * nq, static_cast<int>(hd), p.num_splits);
+      RLCU_CUDA_CHECK(cudaGetLastError());
+    }
+  });
+}
+
+}  // namespace rlcu::cuda
