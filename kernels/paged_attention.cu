@@ -3,9 +3,11 @@
 // kv_cache_write: one thread per 16-byte chunk of a K/V row, copied to its pool slot (negative slot: skipped).
 // kv_block_copy:  grid (copies, planes); each block copies `count` rows of W elements within one plane.
 // paged_attention_decode, split-KV ("flash-decoding"):
-//   grid (num_splits, nkv * head_chunks, B), 128 threads (4 warps). One block reads one KV head's tokens in
-//   [split * tps, min(n, (split+1) * tps)), tps = ceil(n / num_splits), once for up to 8 query heads of its GQA
-//   group (head_chunks = ceil(group / 8)). Each warp walks every 4th token: lanes hold hd/32 elements of q, k, v;
+//   grid (num_splits, nkv * head_chunks, B), 128 threads (4 warps). A sequence of n tokens uses
+//   ns = clamp(ceil(n / 64), 1, num_splits) splits (blocks with split >= ns only mark their split empty); one block
+//   reads one KV head's tokens in [split * tps, min(n, (split+1) * tps)), tps = ceil(n / ns), once for up to 8 query
+//   heads of its GQA group (head_chunks = ceil(group / 8)). Each warp takes 4 consecutive tokens per step (all
+//   loads issued first), the warps interleaving; lanes hold hd/32 elements of q, k, v;
 //   the dot products are warp sums; an online softmax keeps (max, sum, acc) per query head. The 4 warps merge in
 //   shared memory. With one split the block writes out = acc / sum; otherwise it writes the split's normalised
 //   output and log-sum-exp to the workspace, and paged_decode_merge_kernel combines the splits:
@@ -23,6 +25,8 @@ namespace {
 
 constexpr int kDecodeWarps = 4;
 constexpr int kMaxHeadsPerBlock = 8;
+constexpr int kUnroll = 4;
+constexpr int kMinSplitTokens = 64;
 
 template <class T, int V>
 __global__ void kv_cache_write_kernel(T* __restrict__ kc, T* __restrict__ vc, const T* __restrict__ k,
@@ -61,8 +65,10 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
   const int nh = min(kMaxHeadsPerBlock, g * group + group - h0);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int n = lens[b];
-  const int tps = (n + num_splits - 1) / num_splits;
-  const int t0 = split * tps, t1 = min(n, t0 + tps);
+  // Splits actually used by this sequence: at most num_splits chunks of at least kMinSplitTokens tokens.
+  const int ns = max(1, min(num_splits, (n + kMinSplitTokens - 1) / kMinSplitTokens));
+  const int tps = (n + ns - 1) / ns;
+  const int t0 = split * tps, t1 = split < ns ? min(n, t0 + tps) : t0;
 
   float qr[kMaxHeadsPerBlock][EPL], acc[kMaxHeadsPerBlock][EPL], m[kMaxHeadsPerBlock], l[kMaxHeadsPerBlock];
 #pragma unroll
@@ -77,28 +83,40 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
     }
   }
   const int* table = tables + static_cast<int64_t>(b) * max_blocks;
-  for (int t = t0 + warp; t < t1; t += kDecodeWarps) {
-    const int64_t slot = static_cast<int64_t>(table[t / block_size]) * block_size + t % block_size;
-    const int64_t base = (slot * nkv + g) * hd;
-    float kr[EPL], vr[EPL];
+  // Each warp takes kUnroll consecutive tokens per step and issues all their loads before any arithmetic, so
+  // several K/V rows are in flight per warp.
+  for (int tb = t0 + warp * kUnroll; tb < t1; tb += kDecodeWarps * kUnroll) {
+    float kr[kUnroll][EPL], vr[kUnroll][EPL];
 #pragma unroll
-    for (int e = 0; e < EPL; ++e) {
-      const int d = lane * EPL + e;
-      kr[e] = d < hd ? to_f32(kc[base + d]) : 0.0f;
-      vr[e] = d < hd ? to_f32(vc[base + d]) : 0.0f;
+    for (int u = 0; u < kUnroll; ++u) {
+      const int t = tb + u;
+      if (t < t1) {
+        const int64_t slot = static_cast<int64_t>(table[t / block_size]) * block_size + t % block_size;
+        const int64_t base = (slot * nkv + g) * hd;
+#pragma unroll
+        for (int e = 0; e < EPL; ++e) {
+          const int d = lane * EPL + e;
+          kr[u][e] = d < hd ? to_f32(kc[base + d]) : 0.0f;
+          vr[u][e] = d < hd ? to_f32(vc[base + d]) : 0.0f;
+        }
+      }
     }
 #pragma unroll
-    for (int h = 0; h < kMaxHeadsPerBlock; ++h) {
-      if (h >= nh) break;
-      float s = 0.0f;
+    for (int u = 0; u < kUnroll; ++u) {
+      if (tb + u >= t1) break;
 #pragma unroll
-      for (int e = 0; e < EPL; ++e) s += qr[h][e] * kr[e];
-      s = warp_sum(s);
-      const float mn = fmaxf(m[h], s), corr = __expf(m[h] - mn), p = __expf(s - mn);
-      l[h] = l[h] * corr + p;
+      for (int h = 0; h < kMaxHeadsPerBlock; ++h) {
+        if (h >= nh) break;
+        float s = 0.0f;
 #pragma unroll
-      for (int e = 0; e < EPL; ++e) acc[h][e] = acc[h][e] * corr + p * vr[e];
-      m[h] = mn;
+        for (int e = 0; e < EPL; ++e) s += qr[h][e] * kr[u][e];
+        s = warp_sum(s);
+        const float mn = fmaxf(m[h], s), corr = __expf(m[h] - mn), p = __expf(s - mn);
+        l[h] = l[h] * corr + p;
+#pragma unroll
+        for (int e = 0; e < EPL; ++e) acc[h][e] = acc[h][e] * corr + p * vr[u][e];
+        m[h] = mn;
+      }
     }
   }
 

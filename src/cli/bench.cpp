@@ -201,6 +201,7 @@ void add_bench_command(CLI::App& app, Action& action) {
   train->add_option("--seed", a.seed, "Seed of the random tokens")->capture_default_str();
   train->add_flag("--profile", a.profile, "After timing, run one step with per-op GPU timing and print the breakdown");
   train->callback([&action] { action = [] { return run_bench_train(a); }; });
+  add_bench_rollout_command(bench, action);
 }
 
 }  // namespace rlcu::cli

@@ -1,0 +1,235 @@
+// `rlcu bench rollout`: times the rollout engine on random prompts (prompts x samples sequences, temperature 1, no
+// EOS stop, so every sequence generates exactly --new-tokens tokens), then checks the rollout's log-probs against
+// the training path (a Transformer forward of prompt + completion, as `rlcu score` computes them).
+//
+// Reported: generated tokens/s over the whole generate() call (prefill included); time per decode step; the mean
+// decode batch; KV pool size and peak use; and the fraction of the HBM roofline: the bytes a decode step must read
+// at least — every weight once (bf16, the LM head included) plus the K/V of every context token of every sequence —
+// summed over the run's decode steps, divided by the decode time and by the card's peak memory bandwidth.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <random>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "cli/commands.h"
+#include "rlcu/context.h"
+#include "rlcu/engine.h"
+#include "rlcu/model.h"
+
+namespace rlcu::cli {
+
+namespace {
+
+struct BenchRolloutArgs {
+  std::string model;
+  int prompts = 32;
+  int samples = 8;
+  int prompt_len = 128;
+  int new_tokens = 256;
+  int repeats = 3;
+  std::string device = "cuda";
+  uint64_t seed = 0;
+  int64_t max_batch = 256;
+  double kv_fraction = 0.9;
+  bool no_graphs = false;
+};
+
+// Peak HBM bandwidth by card name (vendor figures), bytes/s; 0 when unknown.
+double hbm_peak_bytes(const std::string& name) {
+  struct Entry {
+    const char* key;
+    double tbs;
+  };
+  static const Entry table[] = {{"H200", 4.8}, {"H100 PCIe", 2.0}, {"H100 NVL", 3.9}, {"H100", 3.35},
+                                {"H800", 3.35}, {"A100-SXM4-80GB", 2.04}, {"A100", 1.55}, {"L40S", 0.864}};
+  for (const Entry& e : table)
+    if (name.find(e.key) != std::string::npos) return e.tbs * 1e12;
+  return 0;
+}
+
+int run_bench_rollout(const BenchRolloutArgs& a) {
+  if (a.prompts < 1 || a.samples < 1 || a.prompt_len < 1 || a.new_tokens < 1 || a.repeats < 1)
+    throw UsageError("--prompts, --samples, --prompt-len, --new-tokens and --repeats must be >= 1");
+  int dev_index = 0;
+  const Device dev = parse_device(a.device, "--device", &dev_index);
+  std::unique_ptr<Context> cuda_ctx;
+  if (dev == Device::CUDA) cuda_ctx = Context::cuda(dev_index);
+  Context& ctx = dev == Device::CUDA ? *cuda_ctx : Context::cpu();
+  auto model = Model::load(a.model, ModelOptions{}, ctx);
+  const ModelConfig& mc = model->config();
+
+  engine::EngineOptions eo;
+  eo.max_batch = std::max<int64_t>(a.max_batch, a.samples);
+  eo.kv_fraction = a.kv_fraction;
+  eo.prefill_tokens = std::max<int64_t>(8192, a.prompt_len);
+  eo.max_model_len = a.prompt_len + a.new_tokens;
+  eo.cuda_graphs = !a.no_graphs;
+  engine::Engine eng(*model, eo, ctx);
+
+  std::mt19937_64 rng(a.seed);
+  std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(mc.vocab_size - 1));
+  auto make_requests = [&] {
+    std::vector<engine::Request> reqs(static_cast<size_t>(a.prompts));
+    for (auto& r : reqs) {
+      r.prompt.resize(static_cast<size_t>(a.prompt_len));
+      for (auto& x : r.prompt) x = tok(rng);
+      r.n = a.samples;
+    }
+    return reqs;
+  };
+  engine::SamplingOptions so;
+  so.sample.temperature = 1.0f;
+  so.max_new_tokens = a.new_tokens;
+  so.ignore_eos = true;
+
+  spdlog::info("bench rollout: {} ({} layers, hidden {}), {} prompts x {} samples, {} prompt -> {} new tokens, "
+               "KV pool {} blocks x {} tokens ({:.2f} GiB)",
+               a.model, mc.num_layers, mc.hidden_size, a.prompts, a.samples, a.prompt_len, a.new_tokens,
+               eng.kv_blocks(), eng.block_size(), static_cast<double>(eng.kv_bytes()) / (1 << 30));
+  // Warm-up: captures the decode graphs of every bucket the run passes through.
+  so.sample.seed = a.seed + 1000;
+  eng.generate(make_requests(), so);
+  std::vector<double> times, step_ms, tps;
+  std::vector<engine::Request> last_reqs;
+  std::vector<engine::Completion> last;
+  engine::EngineStats st;
+  for (int r = 0; r < a.repeats; ++r) {
+    so.sample.seed = a.seed + static_cast<uint64_t>(r);
+    last_reqs = make_requests();
+    last = eng.generate(last_reqs, so);
+    st = eng.stats();
+    times.push_back(st.total_seconds);
+    tps.push_back(static_cast<double>(st.generated_tokens) / st.total_seconds);
+    step_ms.push_back(1e3 * st.decode_seconds / std::max<int64_t>(1, st.decode_steps));
+    spdlog::info("run {}: {:.3f} s, {:.0f} tokens/s, {} decode steps of {:.2f} ms, prefill {:.1f} ms, {} preemptions",
+                 r + 1, st.total_seconds, tps.back(), st.decode_steps, step_ms.back(), 1e3 * st.prefill_seconds,
+                 st.preemptions);
+  }
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  const double tps_med = median(tps), step_med = median(step_ms);
+
+  // Roofline: bytes a decode step must read, over the last run.
+  const double weight_bytes = static_cast<double>(model->num_parameters()) * 2.0;
+  const double kv_token_bytes = 2.0 * static_cast<double>(mc.num_layers * mc.kv_dim()) * 2.0;
+  double kv_bytes_read = 0;
+  for (const auto& c : last) {
+    const double P = static_cast<double>(last_reqs[static_cast<size_t>(c.request)].prompt.size());
+    const double T = static_cast<double>(c.ids.size());
+    // decode steps feed tokens 2..T: contexts P+1 .. P+T-1
+    if (T > 1) kv_bytes_read += (T - 1) * (2 * P + T) / 2.0 * kv_token_bytes;
+  }
+  const double bytes = weight_bytes * static_cast<double>(st.decode_steps) + kv_bytes_read;
+  std::string card = "cpu";
+  double peak_bw = 0;
+  if (dev == Device::CUDA)
+    for (const GpuInfo& g : cuda_devices())
+      if (g.index == dev_index) {
+        card = g.name;
+        peak_bw = hbm_peak_bytes(g.name);
+      }
+  const double achieved_bw = st.decode_seconds > 0 ? bytes / st.decode_seconds : 0;
+
+  // Mismatch against the training path: forward of prompt + completion, compare the completion's log-probs.
+  TransformerOptions to;
+  to.max_tokens = 16384;
+  to.act_dtype = default_act_dtype(dev);
+  to.max_tokens = std::max<int64_t>(to.max_tokens, a.prompt_len + a.new_tokens);
+  Transformer tf(*model, to, ctx);
+  OwnedTensor lp = OwnedTensor::make(DType::F32, dev, {to.max_tokens});
+  double sum_abs = 0, max_abs = 0;
+  int64_t count = 0;
+  PackedBatch pb;
+  std::vector<const engine::Completion*> in_batch;
+  auto flush = [&] {
+    if (pb.num_tokens() == 0) return;
+    const DeviceBatch db = tf.upload(pb, ctx);
+    const Tensor l = lp.t.slice_rows(0, pb.num_tokens());
+    tf.forward(l, Tensor(), db, ctx);
+    ctx.synchronize("bench rollout: scored");
+    const std::vector<float> host = to_host_f32(l);
+    for (size_t i = 0; i < in_batch.size(); ++i) {
+      const engine::Completion& c = *in_batch[i];
+      const int64_t P = static_cast<int64_t>(last_reqs[static_cast<size_t>(c.request)].prompt.size());
+      const int64_t base = pb.cu_seqlens[i];
+      for (size_t k = 0; k < c.ids.size(); ++k) {
+        // logprob of completion token k = log p(ids[P+k] | ...), stored at row P+k-1 of the sequence.
+        const double d = std::fabs(static_cast<double>(host[static_cast<size_t>(base + P + k - 1)]) - c.logprobs[k]);
+        sum_abs += d;
+        max_abs = std::max(max_abs, d);
+        ++count;
+      }
+    }
+    pb.clear();
+    in_batch.clear();
+  };
+  for (const auto& c : last) {
+    std::vector<int32_t> seq = last_reqs[static_cast<size_t>(c.request)].prompt;
+    seq.insert(seq.end(), c.ids.begin(), c.ids.end());
+    if (pb.num_tokens() + static_cast<int64_t>(seq.size()) > to.max_tokens) flush();
+    pb.add_sequence(seq);
+    in_batch.push_back(&c);
+  }
+  flush();
+  const double mean_abs = count ? sum_abs / static_cast<double>(count) : 0;
+
+  fmt::print("| card | sequences | prompt -> new | tokens/s | ms / decode step | mean decode batch | KV pool GiB | "
+             "peak KV use | HBM GB/s | roofline | mean abs dlogprob | max abs dlogprob |\n"
+             "|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  fmt::print("| {} | {} x {} | {} -> {} | {:.0f} | {:.3f} | {:.1f} | {:.2f} | {:.1f}% | {:.0f} | {} | {:.2e} | {:.2e} |\n",
+             card, a.prompts, a.samples, a.prompt_len, a.new_tokens, tps_med, step_med, st.mean_decode_batch(),
+             static_cast<double>(eng.kv_bytes()) / (1 << 30),
+             100.0 * static_cast<double>(st.peak_blocks_used) / static_cast<double>(eng.kv_blocks()),
+             achieved_bw / 1e9, peak_bw > 0 ? fmt::format("{:.1f}%", 100 * achieved_bw / peak_bw) : std::string("-"),
+             mean_abs, max_abs);
+  nlohmann::json j{{"bench", "rollout"},
+                   {"card", card},
+                   {"prompts", a.prompts},
+                   {"samples", a.samples},
+                   {"prompt_len", a.prompt_len},
+                   {"new_tokens", a.new_tokens},
+                   {"tokens_per_s", tps_med},
+                   {"ms_per_decode_step", step_med},
+                   {"mean_decode_batch", st.mean_decode_batch()},
+                   {"decode_steps", st.decode_steps},
+                   {"prefill_s", st.prefill_seconds},
+                   {"preemptions", st.preemptions},
+                   {"kv_pool_gib", static_cast<double>(eng.kv_bytes()) / (1 << 30)},
+                   {"hbm_bytes_per_s", achieved_bw},
+                   {"hbm_roofline_fraction", peak_bw > 0 ? achieved_bw / peak_bw : 0.0},
+                   {"mean_abs_dlogprob", mean_abs},
+                   {"max_abs_dlogprob", max_abs},
+                   {"cuda_graphs", !a.no_graphs}};
+  fmt::print("{}\n", j.dump());
+  return 0;
+}
+
+}  // namespace
+
+void add_bench_rollout_command(CLI::App* bench, Action& action) {
+  static BenchRolloutArgs a;
+  CLI::App* cmd = bench->add_subcommand("rollout", "Time the rollout engine on random prompts");
+  cmd->add_option("--model", a.model, "Hugging Face model directory")->required();
+  cmd->add_option("--prompts", a.prompts, "Prompts per run")->capture_default_str();
+  cmd->add_option("--samples", a.samples, "Samples per prompt")->capture_default_str();
+  cmd->add_option("--prompt-len", a.prompt_len, "Tokens per prompt")->capture_default_str();
+  cmd->add_option("--new-tokens", a.new_tokens, "Tokens generated per sample")->capture_default_str();
+  cmd->add_option("--repeats", a.repeats, "Timed runs (the median is reported) after one warm-up run")
+      ->capture_default_str();
+  cmd->add_option("--device", a.device, "cpu, cuda or cuda:N")->capture_default_str();
+  cmd->add_option("--seed", a.seed, "Seed of the random prompts and the sampler")->capture_default_str();
+  cmd->add_option("--max-batch", a.max_batch, "Sequences decoded together at most")->capture_default_str();
+  cmd->add_option("--kv-fraction", a.kv_fraction, "CUDA: share of free memory for the KV cache")
+      ->capture_default_str()
+      ->check(CLI::Range(0.01, 1.0));
+  cmd->add_flag("--no-graphs", a.no_graphs, "Launch decode steps eagerly instead of replaying CUDA graphs");
+  cmd->callback([&action] { action = [] { return run_bench_rollout(a); }; });
+}
+
+}  // namespace rlcu::cli

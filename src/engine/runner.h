@@ -1,0 +1,83 @@
+// The engine's model runner: the decoder forward for generation, written against include/rlcu/ops.h, over a
+// paged KV cache. Inference only; one residual buffer updated in place (the residual adds are fused into the
+// o_proj and down_proj products, as in training), activations in the model's working dtype (BF16 on CUDA, F32 on
+// the CPU), logits in F32.
+//
+//   prefill(batch): packed prompts (positions from 0): every layer writes its K/V for all tokens into the cache at
+//     their slots and attends densely within each sequence (ops::attention_fwd — a prefill always starts at
+//     position 0, also when a preempted sequence is recomputed, so no cached context is read); then the final
+//     hidden rows listed in `logit_rows` (a row may repeat: the n samples of a prompt) become logits [R, V].
+//   decode(batch): one token per sequence: K/V written at its slot, ops::paged_attention_decode over the context
+//     through the block tables, logits [B, V]. On CUDA the step from the embedding to the logits is captured once
+//     per batch bucket in a CUDA graph and replayed; rows past the live batch are padding (slot -1, context 0).
+//   sample(): ops::sample on the first R rows of the last logits.
+//
+// Cache layout: one buffer [L, 2, num_slots, nkv, hd]; layer l's K is plane 2l, its V plane 2l+1, slot s = block *
+// block_size + offset (see block_manager.h). Host-side inputs are staged in page-locked memory on CUDA and copied
+// with one asynchronous copy per array; sample() synchronises (the scheduler needs the tokens).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "engine/block_manager.h"
+#include "rlcu/context.h"
+#include "rlcu/model.h"
+#include "rlcu/ops.h"
+
+namespace rlcu::engine {
+
+struct RunnerOptions {
+  int64_t max_tokens = 8192;  // prefill budget (tokens per pass)
+  int64_t max_batch = 256;    // decode rows and logit rows
+  int64_t num_blocks = 0;
+  int64_t block_size = 16;
+  int64_t max_blocks_per_seq = 0;  // block-table row width (covers max_model_len)
+  int num_splits = 1;              // split-KV chunks per sequence at most
+  bool cuda_graphs = true;
+};
+
+struct PrefillInput {
+  std::vector<int32_t> ids, positions, slots;  // [T]
+  std::vector<int32_t> cu_seqlens{0};          // [S+1]
+  int32_t max_seqlen = 0;
+  std::vector<int32_t> logit_rows;             // [R] token rows whose logits are wanted
+};
+
+struct DecodeInput {
+  std::vector<int32_t> ids, positions, slots, context_lens;  // [B]
+  std::vector<int32_t> block_tables;                         // [B * max_blocks_per_seq]
+};
+
+class Runner {
+ public:
+  Runner(const Model& model, const RunnerOptions& opt, Context& ctx);
+  ~Runner();
+  Runner(const Runner&) = delete;
+  Runner& operator=(const Runner&) = delete;
+
+  // Bytes needed for everything but the KV pool (activations, logits, staging, workspace).
+  static size_t activation_bytes(const ModelConfig& c, const RunnerOptions& opt, DType act);
+  size_t activation_bytes() const;
+  size_t kv_bytes() const;
+
+  void copy_blocks(const std::vector<BlockCopy>& copies);
+  void prefill(const PrefillInput& in);  // logits for in.logit_rows.size() rows
+  void decode(const DecodeInput& in);    // logits for in.ids.size() rows
+  // Samples the first `seq_ids.size()` rows of the last logits; fills tokens and logprobs (host).
+  void sample(std::vector<int32_t>& tokens, std::vector<float>& logprobs, const std::vector<int32_t>& seq_ids,
+              const std::vector<int32_t>& positions, const ops::SampleParams& p);
+  // The last logits (F32 [rows, V]) for tests.
+  Tensor logits(int64_t rows) const;
+  int64_t graphs_captured() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Decode batch buckets: 1, 2, 4, 8, 16, then multiples of 16, capped at max_batch.
+int64_t decode_bucket(int64_t batch, int64_t max_batch);
+
+}  // namespace rlcu::engine
