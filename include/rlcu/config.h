@@ -21,6 +21,8 @@ struct RunSection {
   int64_t seed = 0;                      // one seed for every random choice of the run
   std::string output_dir = "runs/rlcu";  // where a run writes its outputs
   std::string device = "cuda";           // cpu | cuda | cuda:N
+  int64_t save_every = 0;                // checkpoint every N steps; 0 = only at the end
+  int64_t keep_checkpoints = 0;          // keep the newest N checkpoints; 0 = all
 };
 
 struct ModelSection {
@@ -43,11 +45,67 @@ struct OptimizerSection {
   double min_lr_ratio = 0.0;  // floor of linear/cosine decay as a fraction of lr
 };
 
+// RL objective. Policy loss per token t of sequence i, ratio r = exp(logp - logp_old), advantage A:
+//   -min(r A, clip(r, 1 - clip_low, 1 + clip_high) A), and for A < 0 with dual_clip c > 1 at most -c A;
+//   plus kl_coef * KL_k(logp, logp_ref) (unless kl_in_reward) - entropy_coef * entropy; aggregated by loss_agg.
+struct AlgorithmSection {
+  std::string name = "grpo";           // grpo | ppo | rloo | reinforce_pp
+  std::string scale_rewards = "group";  // group | batch | none: divide advantages by the group's / batch's std
+  double clip_low = 0.2;
+  double clip_high = 0.2;
+  double dual_clip = 0.0;  // 0 = off, else > 1
+  int64_t num_iterations = 1;  // mu: policy updates per rollout batch
+  double kl_coef = 0.0;
+  std::string kl_estimator = "k3";  // k1 | k2 | k3
+  bool kl_in_reward = false;        // subtract kl_coef * KL from the reward instead of adding it to the loss
+  double entropy_coef = 0.0;
+  // token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm
+  std::string loss_agg = "token-mean";
+  bool dynamic_sampling = false;  // drop groups whose rewards are all equal
+  bool mask_truncated = false;    // completions cut at rollout.max_new_tokens get no loss
+  double gamma = 1.0;             // PPO/GAE discount
+  double lam = 0.95;              // GAE lambda
+  bool whiten_advantages = true;  // PPO: normalise advantages over the batch
+  double value_clip = 0.2;        // PPO critic value clipping; 0 = off
+  double critic_lr = 1e-5;
+  std::string critic_init = "policy";  // "policy" or a model directory
+};
+
+struct TrainSection {
+  int64_t steps = 100;
+  int64_t prompts_per_step = 8;
+  int64_t micro_batch_tokens = 8192;
+  bool checkpointing = false;  // activation checkpointing (recompute each layer in backward)
+  int64_t log_samples = 4;     // completions per step written to samples.jsonl
+};
+
+struct RolloutSection {
+  int64_t group_size = 8;
+  int64_t max_new_tokens = 256;
+  double temperature = 1.0;
+  double top_p = 1.0;
+  int64_t top_k = 0;  // 0 = off
+  double min_p = 0.0;
+  std::string stop;  // stop strings separated by `|`; `\|` is a literal bar, `\\` a literal backslash
+  double kv_fraction = 0.9;
+  int64_t block_size = 16;
+  int64_t max_batch = 256;
+  bool cuda_graphs = true;
+  int64_t prefill_tokens = 8192;
+};
+
+// Splits rollout.stop into its stop strings (see RolloutSection::stop). Throws rlcu::Error naming `what` on a
+// dangling or unknown escape or an empty stop string.
+std::vector<std::string> parse_stop_strings(const std::string& encoded, const std::string& what = "rollout.stop");
+
 struct RunConfig {
   RunSection run;
   ModelSection model;
   DataConfig data;
   OptimizerSection optimizer;
+  AlgorithmSection algorithm;
+  TrainSection train;
+  RolloutSection rollout;
 };
 
 enum class FieldKind { Int, Float, Bool, String, Enum };

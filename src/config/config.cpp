@@ -40,6 +40,8 @@ FieldSpec choices(FieldSpec f, std::vector<std::string> c) {
   return f;
 }
 
+void add_algorithm_train_rollout(std::vector<FieldSpec>& s);
+
 std::vector<FieldSpec> build_schema() {
   using K = FieldKind;
   std::vector<FieldSpec> s;
@@ -62,6 +64,12 @@ std::vector<FieldSpec> build_schema() {
     };
     s.push_back(f);
   }
+  s.push_back(range(bind_field("run.save_every", &RunConfig::run, &RunSection::save_every, K::Int,
+                               "Save a checkpoint every N steps (and at the end); 0 = only at the end."),
+                    0, 1e12));
+  s.push_back(range(bind_field("run.keep_checkpoints", &RunConfig::run, &RunSection::keep_checkpoints, K::Int,
+                               "Keep only the newest N checkpoints of the run; 0 = keep all."),
+                    0, 1e12));
   // model
   s.push_back(bind_field("model.path", &RunConfig::model, &ModelSection::path, K::String,
                    "Hugging Face model directory (config.json and *.safetensors)."));
@@ -128,6 +136,7 @@ std::vector<FieldSpec> build_schema() {
   s.push_back(range(bind_field("optimizer.min_lr_ratio", &RunConfig::optimizer, &OptimizerSection::min_lr_ratio, K::Float,
                          "Floor of the linear/cosine decay, as a fraction of `optimizer.lr`."),
                     0, 1));
+  add_algorithm_train_rollout(s);
   return s;
 }
 
@@ -135,6 +144,146 @@ std::string fmt_num(double v) {
   std::ostringstream o;
   o << v;
   return o.str();
+}
+
+// algorithm, train and rollout sections.
+void add_algorithm_train_rollout(std::vector<FieldSpec>& s) {
+  using K = FieldKind;
+  using A = AlgorithmSection;
+  using T = TrainSection;
+  using R = RolloutSection;
+  constexpr double kNoMax = 1e12;  // "no upper bound" in expectation()
+  const auto alg = [](const std::string& key, auto mem, FieldKind kind, const std::string& doc) {
+    return bind_field("algorithm." + key, &RunConfig::algorithm, mem, kind, doc);
+  };
+  const auto train = [](const std::string& key, auto mem, FieldKind kind, const std::string& doc) {
+    return bind_field("train." + key, &RunConfig::train, mem, kind, doc);
+  };
+  const auto roll = [](const std::string& key, auto mem, FieldKind kind, const std::string& doc) {
+    return bind_field("rollout." + key, &RunConfig::rollout, mem, kind, doc);
+  };
+  // algorithm
+  s.push_back(choices(alg("name", &A::name, K::Enum,
+                          "RL algorithm: `grpo` (group-normalised advantages), `ppo` (critic + GAE), `rloo` "
+                          "(leave-one-out baseline), `reinforce_pp` (REINFORCE++, batch-normalised returns)."),
+                      {"grpo", "ppo", "rloo", "reinforce_pp"}));
+  s.push_back(choices(alg("scale_rewards", &A::scale_rewards, K::Enum,
+                          "Divide centred rewards by the std of their group, of the whole batch, or not at all "
+                          "(`none`: Dr. GRPO)."),
+                      {"group", "batch", "none"}));
+  s.push_back(range(alg("clip_low", &A::clip_low, K::Float, "PPO ratio clip below: ratio >= 1 - clip_low."), 0, 1));
+  s.push_back(range(alg("clip_high", &A::clip_high, K::Float,
+                        "PPO ratio clip above: ratio <= 1 + clip_high (larger than clip_low: clip-higher)."),
+                    0, kNoMax));
+  s.push_back(range(alg("dual_clip", &A::dual_clip, K::Float,
+                        "Dual-clip constant c: for negative advantages the loss is at most -c * A; 0 = off, "
+                        "else > 1."),
+                    0, kNoMax));
+  s.push_back(range(alg("num_iterations", &A::num_iterations, K::Int,
+                        "Policy updates per rollout batch (mu); above 1 the ratio to the rollout policy moves."),
+                    1, 1e6));
+  s.push_back(range(alg("kl_coef", &A::kl_coef, K::Float,
+                        "Weight of the KL penalty to the reference model (the initial policy); 0 = no reference "
+                        "model."),
+                    0, kNoMax));
+  s.push_back(choices(alg("kl_estimator", &A::kl_estimator, K::Enum,
+                          "KL estimator per token, d = logp_ref - logp: `k1` = -d, `k2` = d^2 / 2, "
+                          "`k3` = exp(d) - 1 - d."),
+                      {"k1", "k2", "k3"}));
+  s.push_back(alg("kl_in_reward", &A::kl_in_reward, K::Bool,
+                  "Subtract `algorithm.kl_coef` * KL from the per-token reward instead of adding it to the loss."));
+  s.push_back(range(alg("entropy_coef", &A::entropy_coef, K::Float,
+                        "Weight of the entropy bonus (subtracted from the loss); 0 = off."),
+                    0, kNoMax));
+  s.push_back(choices(alg("loss_agg", &A::loss_agg, K::Enum,
+                          "Loss aggregation: mean over all tokens, mean over sequences of the token mean / token "
+                          "sum, or token sum divided by `rollout.max_new_tokens` (Dr. GRPO)."),
+                      {"token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"}));
+  s.push_back(alg("dynamic_sampling", &A::dynamic_sampling, K::Bool,
+                  "Drop groups whose rewards are all equal (zero advantage) and sample more prompts (DAPO)."));
+  s.push_back(alg("mask_truncated", &A::mask_truncated, K::Bool,
+                  "Completions cut off at `rollout.max_new_tokens` get no loss (overlong filtering)."));
+  s.push_back(range(alg("gamma", &A::gamma, K::Float, "PPO: discount of the GAE returns."), 0, 1));
+  s.push_back(range(alg("lam", &A::lam, K::Float, "PPO: GAE lambda."), 0, 1));
+  s.push_back(alg("whiten_advantages", &A::whiten_advantages, K::Bool,
+                  "PPO and REINFORCE++: normalise advantages to zero mean and unit std over the batch."));
+  s.push_back(range(alg("value_clip", &A::value_clip, K::Float,
+                        "PPO: clip the new value to the old value +- this in the critic loss; 0 = off."),
+                    0, kNoMax));
+  s.push_back(range(alg("critic_lr", &A::critic_lr, K::Float, "PPO: peak learning rate of the critic."), 0, 1, true));
+  {
+    FieldSpec f = alg("critic_init", &A::critic_init, K::String,
+                      "PPO: the critic's initial transformer: `policy` (a copy of the policy model) or a model "
+                      "directory.");
+    f.check = [](const std::string& v) -> std::string {
+      return v.empty() ? "`policy` or a model directory" : "";
+    };
+    s.push_back(f);
+  }
+  // train
+  s.push_back(range(train("steps", &T::steps, K::Int, "Training steps (one rollout batch each)."), 1, kNoMax));
+  s.push_back(range(train("prompts_per_step", &T::prompts_per_step, K::Int,
+                          "Prompts per step; each gets `rollout.group_size` completions."),
+                    1, 1e9));
+  s.push_back(range(train("micro_batch_tokens", &T::micro_batch_tokens, K::Int,
+                          "Token budget of one packed training micro-batch; gradients accumulate over them."),
+                    1, 1e9));
+  s.push_back(train("checkpointing", &T::checkpointing, K::Bool,
+                    "Activation checkpointing: keep each layer's input only and recompute the layer in backward."));
+  s.push_back(range(train("log_samples", &T::log_samples, K::Int,
+                          "Completions per step written to samples.jsonl (with prompt and reward); 0 = none."),
+                    0, 1e9));
+  // rollout
+  s.push_back(range(roll("group_size", &R::group_size, K::Int, "Completions sampled per prompt (G)."), 1, 1e6));
+  s.push_back(range(roll("max_new_tokens", &R::max_new_tokens, K::Int, "Longest completion, in tokens."), 1, 1e9));
+  s.push_back(range(roll("temperature", &R::temperature, K::Float,
+                         "Sampling temperature; the trainer scores log-probs at the same temperature."),
+                    0, kNoMax, true));
+  s.push_back(range(roll("top_p", &R::top_p, K::Float, "Nucleus sampling mass; 1 = off."), 0, 1, true));
+  s.push_back(range(roll("top_k", &R::top_k, K::Int, "Sample among the k most likely tokens; 0 = off."), 0, 1e9));
+  s.push_back(range(roll("min_p", &R::min_p, K::Float,
+                         "Drop tokens whose probability is below min_p times the top token's; 0 = off."),
+                    0, 1));
+  {
+    FieldSpec f = roll("stop", &R::stop, K::String,
+                       "Stop strings, separated by a vertical bar; a backslash makes the next bar or backslash "
+                       "literal. Generation also stops at the model's EOS tokens. Empty = none.");
+    f.check = [](const std::string& v) -> std::string {
+      try {
+        parse_stop_strings(v);
+        return "";
+      } catch (const Error&) {
+        return "non-empty stop strings separated by `|`, with `\\|` and `\\\\` as the only escapes";
+      }
+    };
+    s.push_back(f);
+  }
+  s.push_back(range(roll("kv_fraction", &R::kv_fraction, K::Float,
+                         "Fraction of the GPU memory left after weights and training state given to the KV cache."),
+                    0, 1, true));
+  s.push_back(range(roll("block_size", &R::block_size, K::Int, "Tokens per paged KV-cache block."), 1, 1024));
+  s.push_back(range(roll("max_batch", &R::max_batch, K::Int, "Most sequences decoded together."), 1, 1e6));
+  s.push_back(roll("cuda_graphs", &R::cuda_graphs, K::Bool, "Replay captured CUDA graphs for the decode steps."));
+  s.push_back(range(roll("prefill_tokens", &R::prefill_tokens, K::Int, "Token budget of one prefill batch."), 1,
+                    1e9));
+}
+
+// Checks between keys, after every key passed its own validation; messages name every key involved.
+void check_cross_fields(const RunConfig& c, const std::string& source) {
+  const AlgorithmSection& a = c.algorithm;
+  const auto fail = [&](const std::string& what) { throw Error(fmt::format("{}: {}", source, what)); };
+  if (a.dual_clip != 0 && a.dual_clip <= 1)
+    fail(fmt::format("`algorithm.dual_clip`: expected 0 (off) or a number > 1, got {}", fmt_num(a.dual_clip)));
+  if ((a.name == "grpo" || a.name == "rloo") && c.rollout.group_size < 2)
+    fail(fmt::format("`algorithm.name` = {} compares the completions of one prompt and needs `rollout.group_size` "
+                     ">= 2, got {}",
+                     a.name, c.rollout.group_size));
+  if (a.dynamic_sampling && c.rollout.group_size < 2)
+    fail(fmt::format("`algorithm.dynamic_sampling` needs `rollout.group_size` >= 2, got {}", c.rollout.group_size));
+  if (c.data.max_prompt_tokens > 0 && c.data.max_prompt_tokens + c.rollout.max_new_tokens > c.train.micro_batch_tokens)
+    fail(fmt::format("`data.max_prompt_tokens` + `rollout.max_new_tokens` ({} + {}) exceed `train.micro_batch_tokens` "
+                     "({}): a whole sequence must fit in one micro-batch",
+                     c.data.max_prompt_tokens, c.rollout.max_new_tokens, c.train.micro_batch_tokens));
 }
 
 std::string short_json(const json& v) {
@@ -279,6 +428,29 @@ std::string apply_override(json& doc, const std::string& ov) {
 
 }  // namespace
 
+std::vector<std::string> parse_stop_strings(const std::string& encoded, const std::string& what) {
+  std::vector<std::string> out;
+  if (encoded.empty()) return out;
+  std::string cur;
+  for (size_t i = 0; i < encoded.size(); ++i) {
+    const char ch = encoded[i];
+    if (ch == '\\') {
+      if (i + 1 == encoded.size() || (encoded[i + 1] != '|' && encoded[i + 1] != '\\'))
+        throw Error(fmt::format("{}: `\\` at byte {} must be followed by `|` or `\\`", what, i));
+      cur += encoded[++i];
+    } else if (ch == '|') {
+      if (cur.empty()) throw Error(fmt::format("{}: empty stop string before byte {}", what, i));
+      out.push_back(cur);
+      cur.clear();
+    } else {
+      cur += ch;
+    }
+  }
+  if (cur.empty()) throw Error(fmt::format("{}: empty stop string at the end", what));
+  out.push_back(cur);
+  return out;
+}
+
 std::string FieldSpec::expectation() const {
   switch (kind) {
     case FieldKind::Bool: return "true or false";
@@ -340,6 +512,7 @@ RunConfig parse_config(const std::string& text, const std::string& source, const
   for (const std::string& ov : overrides) overridden.insert(apply_override(doc, ov));
   RunConfig cfg;
   walk(doc, "", source, overridden, cfg);
+  check_cross_fields(cfg, source);
   return cfg;
 }
 

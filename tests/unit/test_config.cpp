@@ -89,3 +89,120 @@ TEST(Config, ResolvedDumpRoundTrips) {
     EXPECT_NE(dumped.find("\"" + leaf + "\""), std::string::npos) << f.path;
   }
 }
+
+TEST(Config, TrainerSectionDefaults) {
+  const RunConfig c = parse_config("{}", "cfg.json");
+  EXPECT_EQ(c.run.save_every, 0);
+  EXPECT_EQ(c.run.keep_checkpoints, 0);
+  EXPECT_EQ(c.algorithm.name, "grpo");
+  EXPECT_EQ(c.algorithm.scale_rewards, "group");
+  EXPECT_DOUBLE_EQ(c.algorithm.clip_low, 0.2);
+  EXPECT_DOUBLE_EQ(c.algorithm.clip_high, 0.2);
+  EXPECT_DOUBLE_EQ(c.algorithm.dual_clip, 0.0);
+  EXPECT_EQ(c.algorithm.num_iterations, 1);
+  EXPECT_DOUBLE_EQ(c.algorithm.kl_coef, 0.0);
+  EXPECT_EQ(c.algorithm.kl_estimator, "k3");
+  EXPECT_FALSE(c.algorithm.kl_in_reward);
+  EXPECT_DOUBLE_EQ(c.algorithm.entropy_coef, 0.0);
+  EXPECT_EQ(c.algorithm.loss_agg, "token-mean");
+  EXPECT_FALSE(c.algorithm.dynamic_sampling);
+  EXPECT_FALSE(c.algorithm.mask_truncated);
+  EXPECT_DOUBLE_EQ(c.algorithm.gamma, 1.0);
+  EXPECT_DOUBLE_EQ(c.algorithm.lam, 0.95);
+  EXPECT_TRUE(c.algorithm.whiten_advantages);
+  EXPECT_DOUBLE_EQ(c.algorithm.value_clip, 0.2);
+  EXPECT_DOUBLE_EQ(c.algorithm.critic_lr, 1e-5);
+  EXPECT_EQ(c.algorithm.critic_init, "policy");
+  EXPECT_EQ(c.train.steps, 100);
+  EXPECT_EQ(c.train.prompts_per_step, 8);
+  EXPECT_EQ(c.train.micro_batch_tokens, 8192);
+  EXPECT_FALSE(c.train.checkpointing);
+  EXPECT_EQ(c.train.log_samples, 4);
+  EXPECT_EQ(c.rollout.group_size, 8);
+  EXPECT_EQ(c.rollout.max_new_tokens, 256);
+  EXPECT_DOUBLE_EQ(c.rollout.temperature, 1.0);
+  EXPECT_DOUBLE_EQ(c.rollout.top_p, 1.0);
+  EXPECT_EQ(c.rollout.top_k, 0);
+  EXPECT_DOUBLE_EQ(c.rollout.min_p, 0.0);
+  EXPECT_EQ(c.rollout.stop, "");
+  EXPECT_DOUBLE_EQ(c.rollout.kv_fraction, 0.9);
+  EXPECT_EQ(c.rollout.block_size, 16);
+  EXPECT_EQ(c.rollout.max_batch, 256);
+  EXPECT_TRUE(c.rollout.cuda_graphs);
+  EXPECT_EQ(c.rollout.prefill_tokens, 8192);
+}
+
+TEST(Config, TrainerSectionValuesAndRanges) {
+  const RunConfig c = parse_config(
+      R"({"algorithm": {"name": "ppo", "kl_estimator": "k1", "loss_agg": "seq-mean-token-sum-norm", "dual_clip": 3},
+          "train": {"steps": 5}, "rollout": {"top_p": 0.9, "stop": "</answer>|\\|"}, "run": {"keep_checkpoints": 2}})",
+      "cfg.json", {"rollout.group_size=1", "algorithm.critic_init=/models/critic"});
+  EXPECT_EQ(c.algorithm.name, "ppo");
+  EXPECT_EQ(c.algorithm.kl_estimator, "k1");
+  EXPECT_EQ(c.algorithm.loss_agg, "seq-mean-token-sum-norm");
+  EXPECT_DOUBLE_EQ(c.algorithm.dual_clip, 3.0);
+  EXPECT_EQ(c.algorithm.critic_init, "/models/critic");
+  EXPECT_EQ(c.train.steps, 5);
+  EXPECT_EQ(c.rollout.group_size, 1);  // PPO needs no group
+  EXPECT_EQ(c.run.keep_checkpoints, 2);
+  EXPECT_EQ(parse_stop_strings(c.rollout.stop), (std::vector<std::string>{"</answer>", "|"}));
+
+  EXPECT_NE(error_of(R"({"algorithm": {"name": "dpo"}})").find("one of grpo, ppo, rloo, reinforce_pp"),
+            std::string::npos);
+  EXPECT_NE(error_of(R"({"algorithm": {"kl_estimator": "k4"}})").find("`algorithm.kl_estimator`"), std::string::npos);
+  EXPECT_NE(error_of(R"({"algorithm": {"num_iterations": 0}})").find("an integer >= 1"), std::string::npos);
+  EXPECT_NE(error_of(R"({"algorithm": {"kl_coef": -0.1}})").find("`algorithm.kl_coef`"), std::string::npos);
+  EXPECT_NE(error_of(R"({"algorithm": {"lam": 1.5}})").find("a number >= 0 and <= 1"), std::string::npos);
+  EXPECT_NE(error_of(R"({"algorithm": {"critic_init": ""}})").find("`policy` or a model directory"),
+            std::string::npos);
+  EXPECT_NE(error_of(R"({"train": {"steps": 0}})").find("`train.steps`: expected an integer >= 1"), std::string::npos);
+  EXPECT_NE(error_of(R"({"train": {"log_samples": -1}})").find("`train.log_samples`"), std::string::npos);
+  EXPECT_NE(error_of(R"({"rollout": {"temperature": 0}})").find("`rollout.temperature`: expected a number > 0"),
+            std::string::npos);
+  EXPECT_NE(error_of(R"({"rollout": {"top_p": 0}})").find("a number > 0 and <= 1"), std::string::npos);
+  EXPECT_NE(error_of(R"({"rollout": {"top_p": 1.01}})").find("`rollout.top_p`"), std::string::npos);
+  EXPECT_NE(error_of(R"({"rollout": {"min_p": 2}})").find("`rollout.min_p`"), std::string::npos);
+  EXPECT_NE(error_of(R"({"rollout": {"kv_fraction": 0}})").find("`rollout.kv_fraction`"), std::string::npos);
+  EXPECT_NE(error_of(R"({"rollout": {"block_size": 0}})").find("`rollout.block_size`"), std::string::npos);
+  EXPECT_NE(error_of(R"({"rollout": {"cuda_graphs": 1}})").find("expected true or false"), std::string::npos);
+  EXPECT_NE(error_of(R"({"run": {"save_every": -1}})").find("`run.save_every`: expected an integer >= 0"),
+            std::string::npos);
+  EXPECT_NE(error_of(R"({"rollout": {"stop": "a||b"}})").find("`rollout.stop`"), std::string::npos);
+  EXPECT_NE(error_of(R"({"rollout": {"stop": "a\\"}})").find("`rollout.stop`"), std::string::npos);
+}
+
+TEST(Config, CrossFieldChecksNameTheKeys) {
+  EXPECT_EQ(error_of(R"({"algorithm": {"name": "rloo"}, "rollout": {"group_size": 1}})"),
+            "cfg.json: `algorithm.name` = rloo compares the completions of one prompt and needs "
+            "`rollout.group_size` >= 2, got 1");
+  EXPECT_NE(error_of("{}", {"rollout.group_size=1"}).find("`algorithm.name` = grpo"), std::string::npos);
+  EXPECT_NO_THROW(parse_config(R"({"algorithm": {"name": "reinforce_pp"}, "rollout": {"group_size": 1}})", "c"));
+  EXPECT_NE(error_of(R"({"algorithm": {"name": "ppo", "dynamic_sampling": true}, "rollout": {"group_size": 1}})")
+                .find("`algorithm.dynamic_sampling` needs `rollout.group_size` >= 2"),
+            std::string::npos);
+  EXPECT_EQ(error_of(R"({"algorithm": {"dual_clip": 0.5}})"),
+            "cfg.json: `algorithm.dual_clip`: expected 0 (off) or a number > 1, got 0.5");
+  EXPECT_NE(error_of(R"({"algorithm": {"dual_clip": 1}})").find("`algorithm.dual_clip`"), std::string::npos);
+  const std::string e = error_of(R"({"rollout": {"max_new_tokens": 8000}})");
+  EXPECT_NE(e.find("`data.max_prompt_tokens` + `rollout.max_new_tokens` (1024 + 8000) exceed "
+                   "`train.micro_batch_tokens` (8192)"),
+            std::string::npos)
+      << e;
+  EXPECT_NO_THROW(parse_config(R"({"rollout": {"max_new_tokens": 8000}, "data": {"max_prompt_tokens": 192}})", "c"));
+}
+
+TEST(Config, StopStringEncoding) {
+  EXPECT_TRUE(parse_stop_strings("").empty());
+  EXPECT_EQ(parse_stop_strings("a"), (std::vector<std::string>{"a"}));
+  EXPECT_EQ(parse_stop_strings("\n\n|</s>"), (std::vector<std::string>{"\n\n", "</s>"}));
+  EXPECT_EQ(parse_stop_strings("x\\|y|\\\\"), (std::vector<std::string>{"x|y", "\\"}));
+  EXPECT_THROW(parse_stop_strings("|a"), Error);
+  EXPECT_THROW(parse_stop_strings("a|"), Error);
+  EXPECT_THROW(parse_stop_strings("a\\n"), Error);
+  try {
+    parse_stop_strings("ab\\", "rollout.stop");
+    ADD_FAILURE() << "no error";
+  } catch (const Error& err) {
+    EXPECT_NE(std::string(err.what()).find("rollout.stop: `\\` at byte 2"), std::string::npos) << err.what();
+  }
+}

@@ -1,0 +1,17 @@
+// Graceful stop on SIGINT / SIGTERM. The first signal only sets a flag: the trainer polls stop_requested() at its
+// safe points (between steps), saves a checkpoint and exits cleanly. A second signal ends the process at once with
+// exit code 130 (no checkpoint).
+#pragma once
+
+namespace rlcu {
+
+// Installs the handlers for SIGINT and SIGTERM (idempotent) and clears any earlier request.
+void install_stop_handlers();
+// Puts the default SIGINT / SIGTERM dispositions back.
+void uninstall_stop_handlers();
+bool stop_requested();
+int stop_signal();  // the signal that asked to stop (SIGINT or SIGTERM), 0 when none
+// Forgets a request (after the trainer has acted on it, or between tests).
+void clear_stop_request();
+
+}  // namespace rlcu
