@@ -1,0 +1,216 @@
+// External reward command (include/rlcu/reward.h): `/bin/sh -c CMD` with its stdin and stdout on pipes. A batch
+// writes N JSON request lines and reads N reply lines; writing and reading are interleaved through poll() on
+// non-blocking pipes, so a command that answers each line before reading the next cannot deadlock against a full
+// pipe. The whole batch has one deadline (timeout_s after its start).
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <nlohmann/json.hpp>
+
+#include "rlcu/error.h"
+#include "rlcu/reward.h"
+
+namespace rlcu {
+
+using json = nlohmann::json;
+
+namespace {
+
+std::string clip(const std::string& s) { return s.size() > 200 ? s.substr(0, 197) + "..." : s; }
+
+void set_nonblocking(int fd) {
+  const int flags = fcntl(fd, F_GETFL, 0);
+  fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+}
+
+// Parses one reply line: a JSON number or {"reward": number}. Returns "" and sets *out, or what is wrong.
+std::string parse_reply(const std::string& line, float* out) {
+  const json j = json::parse(line, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return "not valid JSON";
+  const json* v = &j;
+  if (j.is_object()) {
+    auto it = j.find("reward");
+    if (it == j.end()) return "an object without a `reward` field";
+    v = &*it;
+  }
+  if (!v->is_number()) return "expected a number or {\"reward\": number}";
+  const double d = v->get<double>();
+  if (!std::isfinite(d)) return "the reward is not finite";
+  *out = static_cast<float>(d);
+  return "";
+}
+
+}  // namespace
+
+RewardCommand::RewardCommand(std::string command, double timeout_s)
+    : command_(std::move(command)), timeout_s_(timeout_s) {
+  if (command_.empty()) throw Error("reward.command_line: the reward command is empty");
+  if (!(timeout_s_ > 0)) throw Error("reward.command_timeout_s: expected a number > 0");
+}
+
+RewardCommand::~RewardCommand() { stop(); }
+
+void RewardCommand::start() {
+  signal(SIGPIPE, SIG_IGN);
+  int in_pipe[2], out_pipe[2];
+  if (pipe(in_pipe) != 0) throw Error(fmt::format("reward command `{}`: pipe: {}", command_, std::strerror(errno)));
+  if (pipe(out_pipe) != 0) {
+    close(in_pipe[0]);
+    close(in_pipe[1]);
+    throw Error(fmt::format("reward command `{}`: pipe: {}", command_, std::strerror(errno)));
+  }
+  const pid_t pid = fork();
+  if (pid < 0) {
+    for (int fd : {in_pipe[0], in_pipe[1], out_pipe[0], out_pipe[1]}) close(fd);
+    throw Error(fmt::format("reward command `{}`: fork: {}", command_, std::strerror(errno)));
+  }
+  if (pid == 0) {
+    // Child: only async-signal-safe calls until exec.
+    signal(SIGPIPE, SIG_DFL);
+    dup2(in_pipe[0], STDIN_FILENO);
+    dup2(out_pipe[1], STDOUT_FILENO);
+    close(in_pipe[0]);
+    close(in_pipe[1]);
+    close(out_pipe[0]);
+    close(out_pipe[1]);
+    execl("/bin/sh", "sh", "-c", command_.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  close(in_pipe[0]);
+  close(out_pipe[1]);
+  fcntl(in_pipe[1], F_SETFD, FD_CLOEXEC);
+  fcntl(out_pipe[0], F_SETFD, FD_CLOEXEC);
+  set_nonblocking(in_pipe[1]);
+  set_nonblocking(out_pipe[0]);
+  pid_ = pid;
+  to_child_ = in_pipe[1];
+  from_child_ = out_pipe[0];
+  pending_.clear();
+  spdlog::debug("reward command `{}` started (pid {})", command_, pid_);
+}
+
+void RewardCommand::stop() {
+  if (to_child_ >= 0) close(to_child_);
+  if (from_child_ >= 0) close(from_child_);
+  to_child_ = from_child_ = -1;
+  pending_.clear();
+  if (pid_ <= 0) return;
+  // Closed stdin asks a well-behaved command to finish; give it 2 s, then SIGTERM, then SIGKILL.
+  int status = 0;
+  bool reaped = false;
+  for (int i = 0; i < 200 && !reaped; ++i) {
+    if (waitpid(pid_, &status, WNOHANG) == pid_) reaped = true;
+    else usleep(10000);
+  }
+  if (!reaped) {
+    kill(pid_, SIGTERM);
+    for (int i = 0; i < 100 && !reaped; ++i) {
+      if (waitpid(pid_, &status, WNOHANG) == pid_) reaped = true;
+      else usleep(10000);
+    }
+  }
+  if (!reaped) {
+    kill(pid_, SIGKILL);
+    waitpid(pid_, &status, 0);
+  }
+  pid_ = -1;
+}
+
+std::vector<float> RewardCommand::score(const std::vector<std::string>& prompts,
+                                        const std::vector<std::string>& completions,
+                                        const std::vector<std::string>& answers) {
+  const size_t n = completions.size();
+  RLCU_CHECK(prompts.size() == n && answers.size() == n, "RewardCommand::score: {} prompts, {} completions, {} answers",
+             prompts.size(), n, answers.size());
+  std::vector<float> out(n, 0.0f);
+  if (n == 0) return out;
+  if (pid_ <= 0) start();
+
+  std::string request;
+  for (size_t i = 0; i < n; ++i) {
+    json j = json::object();
+    j["prompt"] = prompts[i];
+    j["completion"] = completions[i];
+    j["answer"] = answers[i];
+    j["index"] = i;
+    request += j.dump(-1, ' ', false, json::error_handler_t::replace);
+    request += '\n';
+  }
+
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s_);
+  size_t written = 0, replies = 0;
+  // On failure: stop the process (the next batch restarts it) and throw.
+  const auto fail = [&](const std::string& what) {
+    stop();
+    throw Error(fmt::format("reward command `{}`: {}", command_, what));
+  };
+  char buf[65536];
+  while (replies < n) {
+    // Complete lines already buffered.
+    size_t nl;
+    while (replies < n && (nl = pending_.find('\n')) != std::string::npos) {
+      std::string line = pending_.substr(0, nl);
+      pending_.erase(0, nl + 1);
+      if (!line.empty() && line.back() == '\r') line.pop_back();
+      float r = 0.0f;
+      const std::string err = parse_reply(line, &r);
+      if (!err.empty())
+        fail(fmt::format("reply line {} of the batch (completion index {}): {}: `{}`", replies + 1, replies, err,
+                         clip(line)));
+      out[replies++] = r;
+    }
+    if (replies == n) break;
+
+    const double left_ms =
+        std::chrono::duration<double, std::milli>(deadline - std::chrono::steady_clock::now()).count();
+    if (left_ms <= 0)
+      fail(fmt::format("timed out after {} s waiting for reply line {} of {} of the batch", timeout_s_, replies + 1, n));
+    pollfd fds[2];
+    int nfds = 0;
+    fds[nfds++] = pollfd{from_child_, POLLIN, 0};
+    if (written < request.size()) fds[nfds++] = pollfd{to_child_, POLLOUT, 0};
+    const int rc = poll(fds, static_cast<nfds_t>(nfds), static_cast<int>(std::ceil(std::min(left_ms, 1e9))));
+    if (rc < 0) {
+      if (errno == EINTR) continue;
+      fail(fmt::format("poll: {}", std::strerror(errno)));
+    }
+    if (nfds == 2 && (fds[1].revents & (POLLOUT | POLLERR | POLLHUP))) {
+      const ssize_t w = write(to_child_, request.data() + written, request.size() - written);
+      if (w > 0) {
+        written += static_cast<size_t>(w);
+        if (written == request.size()) spdlog::trace("reward command: batch of {} requests written", n);
+      } else if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+        fail(fmt::format("exited or closed its input before reply line {} of {} of the batch ({})", replies + 1, n,
+                         std::strerror(errno)));
+      }
+    }
+    if (fds[0].revents & (POLLIN | POLLERR | POLLHUP)) {
+      const ssize_t r = read(from_child_, buf, sizeof buf);
+      if (r > 0) {
+        pending_.append(buf, static_cast<size_t>(r));
+      } else if (r == 0) {
+        // EOF: a last line without a newline still counts as a reply.
+        if (!pending_.empty() && replies + 1 == n && pending_.find('\n') == std::string::npos) {
+          pending_ += '\n';
+          continue;
+        }
+        fail(fmt::format("exited (end of output) before reply line {} of {} of the batch", replies + 1, n));
+      } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+        fail(fmt::format("read: {}", std::strerror(errno)));
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace rlcu
