@@ -98,6 +98,24 @@ struct RolloutSection {
 // dangling or unknown escape or an empty stop string.
 std::vector<std::string> parse_stop_strings(const std::string& encoded, const std::string& what = "rollout.stop");
 
+// Rewards: total = sum of weight * component over the enabled components (weight 0 = off); see include/rlcu/reward.h.
+struct RewardSection {
+  double math_answer = 1.0;
+  double exact_match = 0.0;
+  double contains = 0.0;
+  double format = 0.0;
+  double length = 0.0;
+  double command = 0.0;
+  double model = 0.0;
+  std::string contains_text;     // "" = the answer
+  std::string format_tags;       // comma-separated tags that must occur in order
+  int64_t length_max = 0;        // DAPO overlong penalty: max completion tokens L
+  int64_t length_buffer = 0;     // and the soft buffer C
+  std::string command_line;      // /bin/sh -c command, one JSON line in and one reward out per completion
+  double command_timeout_s = 60.0;
+  std::string model_path;        // sequence-classification reward model directory
+};
+
 struct RunConfig {
   RunSection run;
   ModelSection model;
@@ -106,6 +124,7 @@ struct RunConfig {
   AlgorithmSection algorithm;
   TrainSection train;
   RolloutSection rollout;
+  RewardSection reward;
 };
 
 enum class FieldKind { Int, Float, Bool, String, Enum };

@@ -41,6 +41,7 @@ FieldSpec choices(FieldSpec f, std::vector<std::string> c) {
 }
 
 void add_algorithm_train_rollout(std::vector<FieldSpec>& s);
+void add_reward(std::vector<FieldSpec>& s);
 
 std::vector<FieldSpec> build_schema() {
   using K = FieldKind;
@@ -137,6 +138,7 @@ std::vector<FieldSpec> build_schema() {
                          "Floor of the linear/cosine decay, as a fraction of `optimizer.lr`."),
                     0, 1));
   add_algorithm_train_rollout(s);
+  add_reward(s);
   return s;
 }
 
@@ -266,6 +268,48 @@ void add_algorithm_train_rollout(std::vector<FieldSpec>& s) {
   s.push_back(roll("cuda_graphs", &R::cuda_graphs, K::Bool, "Replay captured CUDA graphs for the decode steps."));
   s.push_back(range(roll("prefill_tokens", &R::prefill_tokens, K::Int, "Token budget of one prefill batch."), 1,
                     1e9));
+}
+
+// reward section (component weights and their parameters; include/rlcu/reward.h gives the rules).
+void add_reward(std::vector<FieldSpec>& s) {
+  using K = FieldKind;
+  using W = RewardSection;
+  const auto rew = [](const std::string& key, auto mem, FieldKind kind, const std::string& doc) {
+    return bind_field("reward." + key, &RunConfig::reward, mem, kind, doc);
+  };
+  const auto weight = [&](const std::string& key, double W::*mem, const std::string& what) {
+    return range(rew(key, mem, K::Float, "Weight of the `" + key + "` reward (" + what + "); 0 = off."), -1e6, 1e6);
+  };
+  s.push_back(weight("math_answer", &W::math_answer,
+                     "1 when the last `\\boxed{}`, else the number after `#### `, else the last number equals the "
+                     "answer numerically, else 0"));
+  s.push_back(weight("exact_match", &W::exact_match, "1 when the trimmed completion equals the trimmed answer, else 0"));
+  s.push_back(weight("contains", &W::contains,
+                     "1 when the completion contains `reward.contains_text`, or the answer when that is empty"));
+  s.push_back(weight("format", &W::format, "1 when the tags of `reward.format_tags` occur in order, else 0"));
+  s.push_back(weight("length", &W::length,
+                     "overlong penalty from 0 to -1 set by `reward.length_max` and `reward.length_buffer`"));
+  s.push_back(weight("command", &W::command, "the number printed by `reward.command_line` per completion"));
+  s.push_back(weight("model", &W::model, "the score of the reward model at `reward.model_path`"));
+  s.push_back(rew("contains_text", &W::contains_text, K::String,
+                  "Text the `contains` component looks for; empty = the record's answer."));
+  s.push_back(rew("format_tags", &W::format_tags, K::String,
+                  "Comma-separated tags the `format` component wants in order, e.g. "
+                  "`<think>,</think>,<answer>,</answer>`."));
+  s.push_back(range(rew("length_max", &W::length_max, K::Int,
+                        "Overlong penalty: completions longer than this many tokens get -1."),
+                    0, 1e9));
+  s.push_back(range(rew("length_buffer", &W::length_buffer, K::Int,
+                        "Overlong penalty: the last this-many tokens before `reward.length_max` ramp from 0 to -1."),
+                    0, 1e9));
+  s.push_back(rew("command_line", &W::command_line, K::String,
+                  "Shell command (`/bin/sh -c`) reading one JSON line per completion and printing one reward per "
+                  "line."));
+  s.push_back(range(rew("command_timeout_s", &W::command_timeout_s, K::Float,
+                        "Seconds the command may take to answer one batch."),
+                    0, 1e6, true));
+  s.push_back(rew("model_path", &W::model_path, K::String,
+                  "Reward model directory (Hugging Face sequence classification, `score.weight` of one label)."));
 }
 
 // Checks between keys, after every key passed its own validation; messages name every key involved.
