@@ -92,9 +92,9 @@ void kv_block_copy(const Tensor& cache, const Tensor& copies, Context& ctx);
 //   out[b,h] = sum_{p<n} softmax_p(scale * q[b,h] . k_p) v_p        over kv head h / (nq/nkv) (GQA)
 // n = 0 gives an all-zero row (padding rows of a bucketed batch). block_tables [B, max_blocks] I32 (row stride
 // max_blocks; entries past ceil(n / block_size) are ignored). out [B,nq,hd] has the dtype of q.
-// Split-KV ("flash-decoding"): the CUDA kernel splits each sequence's context into at most num_splits chunks (of at
-// least 64 tokens) that run in parallel and merges their partial results by log-sum-exp; the grid depends only on B and num_splits, never
-// on the context lengths, so a decode step can be captured in a CUDA graph. `workspace` F32 holds the partials, at
+// Split-KV ("flash-decoding"): the CUDA kernel splits a context of n tokens into min(num_splits, ceil(n / 64))
+// equal chunks that run in parallel and merges their partial results by log-sum-exp; the grid depends only on B and
+// num_splits, never on the context lengths, so a decode step can be captured in a CUDA graph. `workspace` F32 holds the partials, at
 // least paged_attention_workspace_elems(B, nq, hd, num_splits) elements (unused on the CPU, may be empty there).
 struct PagedAttentionParams {
   int block_size = 16;
