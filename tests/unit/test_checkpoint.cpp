@@ -1,7 +1,8 @@
 // Checkpoints on the CPU with the qwen3-tiny fixture: bit-exact round trip of master weights, Adam moments and
 // trainer state; byte-identical files for the same state; the saved model reloads with Model::load as the master
 // rounded to bf16; tied embeddings stored once; atomicity (leftover .tmp directories, incomplete checkpoints, a
-// stale `latest`); keep_checkpoints pruning; errors naming the file and tensor; the stop-signal handlers.
+// stale `latest`); keep_checkpoints pruning; errors naming the file and tensor; the stop-signal handlers. On a GPU:
+// the same round trip with CUDA tensors (F32 master, BF16 working weights recomputed from it).
 #include <gtest/gtest.h>
 
 #include <csignal>
@@ -19,6 +20,7 @@
 #include "rlcu/optimizer.h"
 #include "rlcu/safetensors.h"
 #include "rlcu/signals.h"
+#include "ops/gpu_test_util.h"
 
 using namespace rlcu;
 namespace fs = std::filesystem;
@@ -330,6 +332,75 @@ TEST(Checkpoint, ErrorsNameTheFileAndTensor) {
   w.extra_tensors.push_back({"master.model.norm.weight", Tensor(buf.data(), DType::F32, Device::CPU, {64}),
                              DType::F32, {}});
   EXPECT_NE(error_of([&] { save_checkpoint(w); }).find("collides"), std::string::npos);
+}
+
+TEST(Checkpoint, CudaRoundTripRestoresMasterMomentsAndBf16Weights) {
+  RLCU_REQUIRE_CUDA();
+  auto ctx = Context::cuda(0);
+  const auto load = [&] { return Model::load(fixture_model("qwen3-tiny"), ModelOptions{true}, *ctx); };
+  OptimizerSection cfg;
+  cfg.lr = 1e-3;
+  auto ma = load();
+  AdamW oa(cfg, ma->flat_master(), ma->flat_grads(), ma->flat_weights(), *ctx);
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0.f, 0.01f);
+  const auto random_grads = [&](const Model& m, uint32_t seed) {
+    rng.seed(seed);
+    for (const HfTensor& h : m.hf_tensors()) {
+      std::vector<float> g(static_cast<size_t>(h.grad.numel()));
+      for (float& x : g) x = nd(rng);
+      from_host_f32(h.grad, g);
+    }
+  };
+  for (uint32_t s = 0; s < 2; ++s) {
+    random_grads(*ma, 10 + s);
+    oa.step(cfg.lr, *ctx);
+  }
+  ctx->synchronize("test: trained");
+  const std::string run = fresh_dir();
+  CheckpointWrite w;
+  w.run_dir = run;
+  w.step = 2;
+  w.model = ma.get();
+  w.optimizer = &oa;
+  const fs::path d = save_checkpoint(w);
+
+  auto mb = load();
+  AdamW ob(cfg, mb->flat_master(), mb->flat_grads(), mb->flat_weights(), *ctx);
+  restore_training_state(load_checkpoint(run), *mb, &ob, *ctx);
+  ctx->synchronize("test: restored");
+  const auto host_bytes = [](const Tensor& t) {
+    std::vector<uint8_t> b(t.nbytes());
+    copy_bytes(Tensor(b.data(), DType::U8, Device::CPU, {static_cast<int64_t>(b.size())}),
+               Tensor(t.data, DType::U8, t.device, {static_cast<int64_t>(t.nbytes())}));
+    return b;
+  };
+  EXPECT_EQ(host_bytes(ma->flat_master()), host_bytes(mb->flat_master()));
+  EXPECT_EQ(host_bytes(ma->flat_weights()), host_bytes(mb->flat_weights()));  // BF16 recomputed by cast
+  EXPECT_EQ(host_bytes(oa.exp_avg()), host_bytes(ob.exp_avg()));
+  EXPECT_EQ(host_bytes(oa.exp_avg_sq()), host_bytes(ob.exp_avg_sq()));
+  EXPECT_EQ(ob.steps_done(), 2);
+
+  // The saved model is the master rounded to bf16, which is also the live BF16 working copy.
+  const auto re = Model::load(d.string(), ModelOptions{}, Context::cpu());
+  for (size_t i = 0; i < re->hf_tensors().size(); ++i) {
+    const std::vector<float> master = to_host_f32(ma->hf_tensors()[i].master);
+    const std::vector<float> work = to_host_f32(ma->hf_tensors()[i].weight);
+    const float* x = re->hf_tensors()[i].weight.ptr<float>();
+    for (size_t j = 0; j < master.size(); ++j) {
+      ASSERT_EQ(x[j], round_to_bf16(master[j])) << re->hf_tensors()[i].name << "[" << j << "]";
+      ASSERT_EQ(x[j], work[j]) << re->hf_tensors()[i].name << "[" << j << "]";
+    }
+  }
+
+  // One more identical step on both stays bit-identical.
+  random_grads(*ma, 99);
+  random_grads(*mb, 99);
+  oa.step(cfg.lr, *ctx);
+  ob.step(cfg.lr, *ctx);
+  ctx->synchronize("test: stepped");
+  EXPECT_EQ(host_bytes(ma->flat_master()), host_bytes(mb->flat_master()));
+  EXPECT_EQ(host_bytes(ma->flat_weights()), host_bytes(mb->flat_weights()));
 }
 
 TEST(StopSignals, FirstSignalSetsTheFlag) {
