@@ -145,7 +145,7 @@ std::string save_checkpoint(const CheckpointWrite& w) {
   fs::create_directories(ck_root, ec);
   if (ec) throw Error(fmt::format("{}: cannot create: {}", ck_root.string(), ec.message()));
   // Leftovers of an interrupted save (only one trainer writes a run directory).
-  for (const auto& e : fs::directory_iterator(ck_root)) {
+  for (const auto& e : fs::directory_iterator(ck_root, ec)) {
     const std::string n = e.path().filename().string();
     if (n.rfind(kTmpPrefix, 0) == 0 || n.rfind(kOldPrefix, 0) == 0) {
       spdlog::info("{}: removing the leftover of an interrupted save", e.path().string());
@@ -245,7 +245,7 @@ std::vector<int64_t> list_checkpoints(const std::string& run_dir) {
   const fs::path root = fs::path(run_dir) / "checkpoints";
   std::error_code ec;
   if (!fs::is_directory(root, ec)) return steps;
-  for (const auto& e : fs::directory_iterator(root)) {
+  for (const auto& e : fs::directory_iterator(root, ec)) {
     const int64_t s = parse_step_name(e.path().filename().string());
     if (s >= 0 && fs::is_regular_file(e.path() / "trainer_state.json")) steps.push_back(s);
   }
