@@ -3,8 +3,14 @@
 // than one thread block's chunk) and every rule-based component on random byte strings built from the pieces the
 // rules look at (\boxed{, braces, `#### `, signs, commas, fractions, tags, arbitrary bytes). Results must be
 // bit-identical; outputs are guarded (poisoned body, sentinels after the end). Batch sizes include 1 and odd sizes.
+// RLCU_OPS_BENCH=1 adds a timing of the device path against the CPU twin.
+#include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
@@ -254,4 +260,78 @@ TEST(RewardCuda, RewardSetMatchesCpu) {
     EXPECT_EQ(got.total, want.total) << "seed " << seed << " n " << n;
     EXPECT_EQ(got.components, want.components) << "seed " << seed << " n " << n;
   }
+}
+
+// With RLCU_OPS_BENCH=1: time the device path (detokenise + math_answer + format) on 4096 completions of 512 tokens
+// against the CPU twin, with CUDA events (median of 10 runs after a warm-up).
+TEST(RewardCuda, BenchDetokenizeAndRules) {
+  RLCU_REQUIRE_CUDA();
+  if (!std::getenv("RLCU_OPS_BENCH")) GTEST_SKIP() << "set RLCU_OPS_BENCH=1 to time the reward ops";
+  std::mt19937_64 g(1234);
+  const Tokenizer tok = Tokenizer::load(std::string(RLCU_TEST_FIXTURES) + "/tokenizers/qwen3");
+  TokenBytesTable table = TokenBytesTable::build(tok);
+  table.upload(gpu());
+  const int64_t N = 4096, L = 512;
+  std::vector<int32_t> ids;
+  std::vector<int64_t> off{0};
+  HostText answers, tags;
+  tags.add("<think>");
+  tags.add("</think>");
+  for (int64_t i = 0; i < N; ++i) {
+    std::string t = "<think>";
+    while (static_cast<int64_t>(t.size()) < 3 * L) t += random_piece(g);
+    for (char& c : t)
+      if (static_cast<unsigned char>(c) >= 0x80) c = '?';
+    std::vector<int32_t> e = tok.encode(t + "</think> \\boxed{42}");
+    e.resize(static_cast<size_t>(L));
+    ids.insert(ids.end(), e.begin(), e.end());
+    off.push_back(static_cast<int64_t>(ids.size()));
+    answers.add("42");
+  }
+  DevCopy d_ids(ids, DType::I32), d_off(off, DType::I64);
+  DevText d_ans(answers), d_tags(tags);
+  OwnedTensor boff = OwnedTensor::make(DType::I64, Device::CUDA, {N + 1});
+  OwnedTensor bytes = OwnedTensor::make(DType::U8, Device::CUDA, {N * L * table.max_token_bytes()});
+  OwnedTensor out = OwnedTensor::make(DType::F32, Device::CUDA, {N});
+  const auto device_pass = [&] {
+    detokenize_offsets(boff.t, d_ids.o.t, d_off.o.t, table, gpu());
+    detokenize_bytes(bytes.t, boff.t, d_ids.o.t, d_off.o.t, table, gpu());
+    const TextBatch text{bytes.t, boff.t};
+    reward_math_answer(out.t, text, d_ans.view(), gpu());
+    reward_format(out.t, text, d_tags.view(), gpu());
+  };
+  device_pass();
+  gpu().synchronize("bench");
+  std::vector<float> ms;
+  cudaEvent_t a, b;
+  cudaEventCreate(&a);
+  cudaEventCreate(&b);
+  for (int r = 0; r < 10; ++r) {
+    cudaEventRecord(a, static_cast<cudaStream_t>(gpu().stream()));
+    device_pass();
+    cudaEventRecord(b, static_cast<cudaStream_t>(gpu().stream()));
+    cudaEventSynchronize(b);
+    float t = 0;
+    cudaEventElapsedTime(&t, a, b);
+    ms.push_back(t);
+  }
+  std::sort(ms.begin(), ms.end());
+  // CPU twin on the same batch.
+  std::vector<int64_t> h_boff(static_cast<size_t>(N + 1));
+  const auto t0 = std::chrono::steady_clock::now();
+  detokenize_offsets(host_view(h_boff, DType::I64), host_view(ids, DType::I32), host_view(off, DType::I64), table,
+                     Context::cpu());
+  std::vector<uint8_t> h_bytes(static_cast<size_t>(h_boff.back()));
+  detokenize_bytes(host_view(h_bytes, DType::U8), host_view(h_boff, DType::I64), host_view(ids, DType::I32),
+                   host_view(off, DType::I64), table, Context::cpu());
+  std::vector<float> h_out(static_cast<size_t>(N));
+  const TextBatch h_text{host_view(h_bytes, DType::U8), host_view(h_boff, DType::I64)};
+  reward_math_answer(host_view(h_out, DType::F32), h_text, answers.host(), Context::cpu());
+  reward_format(host_view(h_out, DType::F32), h_text, tags.host(), Context::cpu());
+  const double cpu_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("reward ops, %lld completions x %lld tokens (%lld bytes): CUDA %.3f ms (median of 10), CPU twin %.1f ms\n",
+              static_cast<long long>(N), static_cast<long long>(L), static_cast<long long>(h_boff.back()), ms[5],
+              cpu_ms);
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
 }
