@@ -2,13 +2,14 @@
 # On a GPU machine: build, run every test (CUDA included), the Hugging Face parity check, and the training
 # benchmark side by side with the PyTorch baseline (when .carry/bench/baseline_hf_train.py is present).
 # Logs go to $OUT (or ./gpu-logs); a summary is printed last.
-#   STAGES  space-separated subset of: build test parity bench baseline   (default: all)
+#   STAGES  space-separated subset of: build test models parity bench rollout baseline   (default: all but models)
+#           models: only write the random-init Hugging Face models that parity also writes
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 out="${OUT:-$root/gpu-logs}"
 mkdir -p "$out"
-stages="${STAGES:-build test parity bench baseline}"
+stages="${STAGES:-build test parity bench rollout baseline}"
 has() { [[ " $stages " == *" $1 "* ]]; }
 summary=()
 
@@ -29,11 +30,23 @@ if has parity; then
     > "$out/parity.log" 2>&1
   summary+=("parity (exit $?):" "$(grep -E '^\|' "$out/parity.log")")
 fi
+if has models && ! has parity; then
+  python3 scripts/parity_hf.py --out /tmp/rlcu_parity --save-only > "$out/models.log" 2>&1
+  summary+=("models (exit $?)")
+fi
 if has bench && [ -d "$model" ]; then
   for ck in "" "--checkpointing"; do
     build-gpu/rlcu bench train --model "$model" --batch 64 --seq-len 512 --steps 5 $ck >> "$out/bench.log" 2>&1
   done
   summary+=("bench:" "$(grep -E '^\| (qwen|model)' "$out/bench.log" | sort -u)")
+fi
+if has rollout && [ -d "$model" ]; then
+  for shape in "32 8" "8 8"; do
+    set -- $shape
+    build-gpu/rlcu bench rollout --model "$model" --prompts "$1" --samples "$2" --prompt-len 128 --new-tokens 256 \
+      >> "$out/rollout.log" 2>&1
+  done
+  summary+=("rollout:" "$(grep -E '^\| [A-Z]' "$out/rollout.log")")
 fi
 if has baseline && [ -f .carry/bench/baseline_hf_train.py ]; then
   PYTHONUNBUFFERED=1 python3 .carry/bench/baseline_hf_train.py > "$out/baseline.log" 2>&1

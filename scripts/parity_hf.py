@@ -35,6 +35,7 @@ def main():
     ap.add_argument("--out", default="/tmp/rlcu_parity")
     ap.add_argument("--models", default=",".join(SHAPES))
     ap.add_argument("--lengths", default="300,17,1,180")
+    ap.add_argument("--save-only", action="store_true", help="only write the random-init model directories")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     torch.manual_seed(0)
@@ -50,6 +51,9 @@ def main():
                 if "norm" in n or n.endswith(".bias"):
                     p.add_(torch.randn_like(p) * 0.1)
         model.save_pretrained(d)
+        if args.save_only:
+            print(f"saved {d}")
+            continue
         model = model.float().cuda()
         model.config._attn_implementation = "eager"
         seqs = [torch.randint(0, 151936, (n,)).tolist() for n in lengths]

@@ -102,6 +102,8 @@ class Engine {
   size_t kv_bytes() const;           // the pool's device/host bytes
   size_t activation_bytes() const;   // the engine's other buffers
   int64_t max_model_len() const;
+  // Turns CUDA-graph replay of decode steps on or off (e.g. to time each op with the profiler).
+  void set_cuda_graphs(bool on);
 
  private:
   struct Impl;

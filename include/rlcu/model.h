@@ -197,6 +197,12 @@ class Transformer {
   // gradients accumulate into model.grads().
   void backward(const Tensor& dlogprob, const Tensor& dentropy, Context& ctx);
 
+  // Backward from a gradient of the final hidden states (e.g. a value head's), instead of the log-prob head:
+  // write d(final_hidden()) into final_hidden_grad_buffer() [T, H] (act dtype) after forward, then call this.
+  // The head's parameters get no gradient; the rest accumulate as in backward().
+  Tensor final_hidden_grad_buffer() const;
+  void backward_hidden(const Tensor& dhidden, Context& ctx);
+
   const TransformerOptions& options() const { return opt_; }
   size_t activation_bytes() const;
   // Final hidden states after the last norm, [T, H] of the last forward (e.g. for a value head).
@@ -204,6 +210,7 @@ class Transformer {
 
  private:
   struct State;
+  void backward_from_final(const Tensor& dh, Context& ctx);
   std::unique_ptr<State> s_;
   Model& model_;
   TransformerOptions opt_;

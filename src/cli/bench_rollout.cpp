@@ -19,6 +19,7 @@
 #include "rlcu/context.h"
 #include "rlcu/engine.h"
 #include "rlcu/model.h"
+#include "rlcu/profile.h"
 
 namespace rlcu::cli {
 
@@ -36,6 +37,7 @@ struct BenchRolloutArgs {
   int64_t max_batch = 256;
   double kv_fraction = 0.9;
   bool no_graphs = false;
+  bool profile = false;
 };
 
 // Peak HBM bandwidth by card name (vendor figures), bytes/s; 0 when unknown.
@@ -207,6 +209,23 @@ int run_bench_rollout(const BenchRolloutArgs& a) {
                    {"max_abs_dlogprob", max_abs},
                    {"cuda_graphs", !a.no_graphs}};
   fmt::print("{}\n", j.dump());
+  if (a.profile && dev == Device::CUDA) {
+    // One more run with every decode step launched eagerly and an event pair around every op.
+    eng.set_cuda_graphs(false);
+    profiler_enable(true);
+    eng.generate(make_requests(), so);
+    const std::vector<ProfileRow> rows = profiler_collect(ctx);
+    profiler_enable(false);
+    eng.set_cuda_graphs(!a.no_graphs);
+    const engine::EngineStats& ps = eng.stats();
+    double total = 0;
+    for (const ProfileRow& r : rows) total += r.ms;
+    fmt::print("\nprofiled run (no graphs): {:.1f} ms in {} decode steps and {} prefill passes; ops total {:.1f} ms\n",
+               1e3 * ps.total_seconds, ps.decode_steps, ps.prefill_passes, total);
+    fmt::print("| op | calls | ms | share |\n|---|---|---|---|\n");
+    for (size_t i = 0; i < rows.size() && i < 30; ++i)
+      fmt::print("| {} | {} | {:.2f} | {:.1f}% |\n", rows[i].name, rows[i].calls, rows[i].ms, 100 * rows[i].ms / total);
+  }
   return 0;
 }
 
@@ -229,6 +248,7 @@ void add_bench_rollout_command(CLI::App* bench, Action& action) {
       ->capture_default_str()
       ->check(CLI::Range(0.01, 1.0));
   cmd->add_flag("--no-graphs", a.no_graphs, "Launch decode steps eagerly instead of replaying CUDA graphs");
+  cmd->add_flag("--profile", a.profile, "After timing, run once more without graphs, timing every op on the GPU");
   cmd->callback([&action] { action = [] { return run_bench_rollout(a); }; });
 }
 

@@ -16,6 +16,7 @@ void add_config_command(CLI::App& app, Action& action);
 void add_bench_command(CLI::App& app, Action& action);
 void add_score_command(CLI::App& app, Action& action);
 void add_generate_command(CLI::App& app, Action& action);
+void add_train_command(CLI::App& app, Action& action);
 void add_bench_rollout_command(CLI::App* bench, Action& action);  // `bench rollout`, registered by bench
 void add_init_model_command(CLI::App& app, Action& action);
 void add_data_synth_command(CLI::App& app, Action& action);

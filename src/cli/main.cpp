@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
   rlcu::cli::add_bench_command(app, action);
   rlcu::cli::add_score_command(app, action);
   rlcu::cli::add_generate_command(app, action);
+  rlcu::cli::add_train_command(app, action);
   rlcu::cli::add_init_model_command(app, action);
   rlcu::cli::add_data_synth_command(app, action);
 

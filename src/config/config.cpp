@@ -451,7 +451,10 @@ std::string apply_override(json& doc, const std::string& ov) {
   json value = json::parse(raw, nullptr, /*allow_exceptions=*/false);
   if (value.is_discarded()) value = raw;  // bare words are strings
   const std::string source = "--set " + key;
-  if (!find_field(key)) unknown_key(source, key);
+  const FieldSpec* field = find_field(key);
+  if (!field) unknown_key(source, key);
+  // A text field takes the value as written: --set reward.contains_text=42 means the string "42".
+  if ((field->kind == FieldKind::String || field->kind == FieldKind::Enum) && !value.is_string()) value = raw;
   json* node = &doc;
   size_t start = 0;
   while (true) {

@@ -132,6 +132,7 @@ int64_t Engine::block_size() const { return impl_->bm->block_size(); }
 size_t Engine::kv_bytes() const { return impl_->runner->kv_bytes(); }
 size_t Engine::activation_bytes() const { return impl_->runner->activation_bytes(); }
 int64_t Engine::max_model_len() const { return impl_->max_len; }
+void Engine::set_cuda_graphs(bool on) { impl_->runner->set_cuda_graphs(on); }
 
 std::vector<Completion> Engine::generate(const std::vector<Request>& requests, const SamplingOptions& sp,
                                          const ProgressFn& progress) {

@@ -259,6 +259,7 @@ Runner::~Runner() {
 size_t Runner::activation_bytes() const { return impl_->arena.capacity() + impl_->host_bytes; }
 size_t Runner::kv_bytes() const { return impl_->kv_buf.size(); }
 int64_t Runner::graphs_captured() const { return static_cast<int64_t>(impl_->graphs.size()); }
+void Runner::set_cuda_graphs(bool on) { impl_->o.cuda_graphs = on; }
 Tensor Runner::logits(int64_t n) const { return rows(impl_->logits_, n); }
 
 

@@ -71,6 +71,7 @@ class Runner {
   // The last logits (F32 [rows, V]) for tests.
   Tensor logits(int64_t rows) const;
   int64_t graphs_captured() const;
+  void set_cuda_graphs(bool on);
 
  private:
   struct Impl;

@@ -286,21 +286,44 @@ void Transformer::backward(const Tensor& dlogprob, const Tensor& dentropy, Conte
   RLCU_CHECK(opt_.training, "backward on a Transformer built without training");
   RLCU_CHECK(s_->have_forward, "backward without a preceding forward");
   const DeviceBatch& b = s_->last;
+  const ModelWeights& W = model_.weights();
+  const ModelWeights& G = model_.grads();
+  const int64_t T = b.num_tokens;
+  RLCU_CHECK(dlogprob.numel() == T && dlogprob.dtype == DType::F32, "backward: dlogprob must be F32 [{}]", T);
+  RLCU_CHECK(dentropy.empty() || (dentropy.numel() == T && dentropy.dtype == DType::F32),
+             "backward: dentropy must be empty or F32 [{}]", T);
+  const Tensor dh = rows(s_->dh, T);
+  ops::logprob_bwd(dh, G.lm_head, dlogprob, dentropy, rows(s_->h_f, T), W.lm_head, b.targets, rows(s_->lse_head, T),
+                   ops::LogprobParams{opt_.inv_temperature}, ctx);
+  backward_from_final(dh, ctx);
+}
+
+Tensor Transformer::final_hidden_grad_buffer() const {
+  RLCU_CHECK(opt_.training && s_->have_forward, "final_hidden_grad_buffer: needs a training forward");
+  return rows(s_->dh, s_->last.num_tokens);
+}
+
+void Transformer::backward_hidden(const Tensor& dhidden, Context& ctx) {
+  RLCU_CHECK(opt_.training, "backward on a Transformer built without training");
+  RLCU_CHECK(s_->have_forward, "backward without a preceding forward");
+  const int64_t T = s_->last.num_tokens;
+  RLCU_CHECK(dhidden.numel() == T * model_.config().hidden_size && dhidden.dtype == opt_.act_dtype &&
+                 dhidden.data == s_->dh.data,
+             "backward_hidden: dhidden must be final_hidden_grad_buffer()");
+  backward_from_final(dhidden, ctx);
+}
+
+void Transformer::backward_from_final(const Tensor& dh, Context& ctx) {
+  const DeviceBatch& b = s_->last;
   const ModelConfig& c = model_.config();
   const ModelWeights& W = model_.weights();
   const ModelWeights& G = model_.grads();
   const int64_t T = b.num_tokens, L = c.num_layers, nq = c.num_heads, nkv = c.num_kv_heads, hd = c.head_dim;
-  RLCU_CHECK(dlogprob.numel() == T && dlogprob.dtype == DType::F32, "backward: dlogprob must be F32 [{}]", T);
-  RLCU_CHECK(dentropy.empty() || (dentropy.numel() == T && dentropy.dtype == DType::F32),
-             "backward: dentropy must be empty or F32 [{}]", T);
   const ops::GemmParams dx{false, false, 1.0f, 0.0f};      // dx = dy W
   const ops::GemmParams dx_acc{false, false, 1.0f, 1.0f};  // dx += dy W
   const ops::GemmParams dw{true, false, 1.0f, 1.0f};       // dW += dy^T x
   const ops::AttentionParams ap{b.num_seqs, b.max_seqlen, 1.0f / std::sqrt(static_cast<float>(hd))};
-
-  const Tensor dres = rows(s_->dres, T), dtmp = rows(s_->dtmp, T), dh = rows(s_->dh, T);
-  ops::logprob_bwd(dh, G.lm_head, dlogprob, dentropy, rows(s_->h_f, T), W.lm_head, b.targets, rows(s_->lse_head, T),
-                   ops::LogprobParams{opt_.inv_temperature}, ctx);
+  const Tensor dres = rows(s_->dres, T), dtmp = rows(s_->dtmp, T);
   ops::rmsnorm_bwd(dres, G.final_norm, dh, rows(s_->x_in(L, true), T), W.final_norm, rows(s_->rstd_f, T), ctx);
 
   for (int64_t l = L - 1; l >= 0; --l) {

@@ -1,0 +1,22 @@
+// `rlcu train`: on-policy RL post-training on one device (see src/train/trainer.cpp for the step).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace rlcu {
+
+struct TrainArgs {
+  std::string config;                  // config file; empty with resume = RUN_DIR/config.json
+  std::vector<std::string> overrides;  // --set key=value
+  std::string resume;                  // run directory to continue from its latest checkpoint
+  std::string device;                  // overrides run.device when set
+  int64_t stop_after = 0;              // > 0: save a checkpoint and stop after this many steps of this invocation
+};
+
+// Runs the training loop; returns the process exit code (0 done, 128 + signal after a stop request, with a
+// checkpoint saved). Throws rlcu::Error for bad configs, data or models.
+int run_train(const TrainArgs& args);
+
+}  // namespace rlcu
