@@ -3,10 +3,14 @@
 // group_advantages / rloo_advantages: one warp per group of G rewards. Lane j sums rewards j, j+32, ... in fp64 and
 //   the warp adds the lanes in a fixed butterfly: mean (pass 1), then the unbiased std from the squared deviations
 //   (pass 2); every read of the group happens before the warp's first write, so adv may alias rewards. Mode "batch"
-//   first runs one block over all N rewards (fp64, fixed order) for the batch std.
-// reinforce_pp_advantages / gae_advantages: one thread per sequence runs the backward recurrence in fp64 (token
-//   rewards -kl_coef kl_t + final reward; G_t = r_t + gamma G_{t+1}; GAE delta/A), writes the F32 result; whitening
-//   then takes mean and unbiased std of those F32 values in one block (fp64, fixed order) and rescales every token.
+//   first takes the batch std over all N rewards (fp64, fixed order, see whitening below).
+// reinforce_pp_advantages / gae_advantages: the backward recurrence acc_t = c_t + a acc_{t+1} (REINFORCE++: c = token
+//   reward, a = gamma; GAE: c = delta_t, a = gamma lambda) in fp64, one warp per sequence: each lane folds a
+//   contiguous chunk into an affine map, a fixed-order shuffle scan over the lanes gives each chunk its carry, and a
+//   second pass writes the F32 results (the CPU twin runs the plain sequential loop; both are fp64, so they agree to
+//   fp32 rounding). Whitening then takes mean and unbiased std of those F32 values (fp64: per-block partial
+//   sums over fixed grid-stride slices, the block count a function of T only, added in block order) and rescales
+//   every token.
 // broadcast_to_tokens / loss_weights: grid-stride over sequences, block threads over a sequence's tokens.
 // Everything overwrites its outputs; no float atomics, so results are bit-reproducible.
 #include <cmath>
@@ -19,27 +23,54 @@ namespace rlcu::cuda {
 
 namespace {
 
-constexpr int kStatThreads = 1024;
-
 enum GroupMode : int { kGroupStd = 0, kBatchStd = 1, kNoStd = 2, kLeaveOneOut = 3 };
 
-// out[0] = mean, out[1] = unbiased std (0 for n <= 1) of x[0, n), fp64, one block of kStatThreads.
-__global__ void mean_std_kernel(double* __restrict__ out, const float* __restrict__ x, int64_t n) {
+// Mean and unbiased std of x[0, n) in fp64, deterministic: pass 1 gives each of `blocks` blocks (a function of n
+// only) a grid-stride slice, summed per thread and tree-reduced per block; pass 2 adds the block partials in a fixed
+// order. Run once for the sum (mean) and once for the squared deviations from that mean (std, 0 for n <= 1).
+constexpr int kMomentThreads = 256;
+inline int moment_blocks(int64_t n) { return static_cast<int>(grid_for(n, kMomentThreads * 8, 512)); }
+
+__global__ void moment_partial_kernel(double* __restrict__ partial, const float* __restrict__ x, int64_t n,
+                                      const double* __restrict__ mean) {
   __shared__ double red[32];
-  double s = 0.0;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += static_cast<double>(x[i]);
-  s = block_sum(s, red);
-  const double m = n > 0 ? s / static_cast<double>(n) : 0.0;
-  double q = 0.0;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+  const double m = mean ? mean[0] : 0.0;
+  double acc = 0.0;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const double d = static_cast<double>(x[i]) - m;
-    q += d * d;
+    acc += mean ? d * d : d;
   }
-  q = block_sum(q, red);
+  acc = block_sum(acc, red);
+  if (threadIdx.x == 0) partial[blockIdx.x] = acc;
+}
+
+// stats[0] = mean (second == false) or stats[1] = unbiased std (second == true) from the block partials.
+__global__ void moment_finish_kernel(double* __restrict__ stats, const double* __restrict__ partial, int blocks,
+                                     int64_t n, bool second) {
+  __shared__ double red[32];
+  double acc = 0.0;
+  for (int i = threadIdx.x; i < blocks; i += blockDim.x) acc += partial[i];
+  acc = block_sum(acc, red);
   if (threadIdx.x == 0) {
-    out[0] = m;
-    out[1] = n > 1 ? sqrt(q / static_cast<double>(n - 1)) : 0.0;
+    if (!second) stats[0] = n > 0 ? acc / static_cast<double>(n) : 0.0;
+    else stats[1] = n > 1 ? sqrt(acc / static_cast<double>(n - 1)) : 0.0;
   }
+}
+
+// stats[2] (device) = {mean, std} of x; `partial` holds moment_blocks(n) doubles.
+void launch_mean_std(double* stats, double* partial, const float* x, int64_t n, cudaStream_t s) {
+  const int blocks = moment_blocks(n);
+  moment_partial_kernel<<<blocks, kMomentThreads, 0, s>>>(partial, x, n, nullptr);
+  moment_finish_kernel<<<1, kMomentThreads, 0, s>>>(stats, partial, blocks, n, false);
+  moment_partial_kernel<<<blocks, kMomentThreads, 0, s>>>(partial, x, n, stats);
+  moment_finish_kernel<<<1, kMomentThreads, 0, s>>>(stats, partial, blocks, n, true);
+  RLCU_LAUNCH_CHECK(s);
+}
+
+// Scratch for launch_mean_std: 2 statistics followed by the partials.
+double* mean_std_scratch(Context& ctx, int64_t n) {
+  return static_cast<double*>(scratch(ctx, sizeof(double) * (2 + moment_blocks(n))));
 }
 
 // One warp per group; blockDim.x a multiple of 32.
@@ -87,29 +118,62 @@ __device__ __forceinline__ double kl_value(int k, double logp, double ref) {
   return exp(x) - x - 1.0;
 }
 
-// One thread per sequence: backward scan of the token rewards (REINFORCE++ returns or GAE).
-__global__ void returns_scan_kernel(float* __restrict__ adv, float* __restrict__ returns,
-                                    const float* __restrict__ values, const float* __restrict__ seq_rewards,
-                                    const float* __restrict__ old_logp, const float* __restrict__ ref_logp,
+// The per-token term c_t of the backward recurrence acc_t = c_t + a acc_{t+1} (acc_e = 0):
+// REINFORCE++ c_t = r_t, a = gamma;  GAE c_t = delta_t = r_t + gamma V_{t+1} - V_t, a = gamma lambda.
+struct ScanInputs {
+  const float* values;
+  const float* seq_rewards;
+  const float* old_logp;
+  const float* ref_logp;
+};
+__device__ __forceinline__ double scan_term(const ScanInputs& in, const ScanParams& p, int64_t s, int64_t t,
+                                            int64_t e) {
+  double r = in.old_logp ? -p.kl_coef * kl_value(p.kl, in.old_logp[t], in.ref_logp[t]) : 0.0;
+  if (t == e - 1) r += static_cast<double>(in.seq_rewards[s]);
+  if (!p.gae) return r;
+  const double next_v = t + 1 < e ? static_cast<double>(in.values[t + 1]) : 0.0;
+  return r + p.gamma * next_v - static_cast<double>(in.values[t]);
+}
+
+// One warp per sequence. Lane k owns the contiguous chunk [lo_k, hi_k) of the sequence's tokens. Pass 1: each lane
+// folds its chunk from the right into the affine map x -> L + F x (x = acc at hi_k, F = a^len_k). A fixed-order
+// suffix scan of these maps over the lanes (shuffles, fp64) gives every lane the value acc at hi_k (its carry).
+// Pass 2: each lane re-runs its chunk from the carry and writes the F32 results.
+__global__ void returns_scan_kernel(float* __restrict__ adv, float* __restrict__ returns, ScanInputs in,
                                     const int32_t* __restrict__ cu, int64_t n_seqs, ScanParams p) {
-  for (int64_t s = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; s < n_seqs;
-       s += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t b = cu[s], e = cu[s + 1];
-    double acc = 0.0, next_v = 0.0;
-    for (int64_t t = e - 1; t >= b; --t) {
-      double r = old_logp ? -p.kl_coef * kl_value(p.kl, old_logp[t], ref_logp[t]) : 0.0;
-      if (t == e - 1) r += static_cast<double>(seq_rewards[s]);
-      if (p.gae) {
-        const double vt = values[t];
-        acc = (r + p.gamma * next_v - vt) + p.gl * acc;
-        next_v = vt;
-        adv[t] = static_cast<float>(acc);
-        returns[t] = static_cast<float>(acc + vt);
-      } else {
-        acc = r + p.gamma * acc;
-        adv[t] = static_cast<float>(acc);
-        if (returns) returns[t] = static_cast<float>(acc);
-      }
+  const int lane = threadIdx.x & 31;
+  const int64_t s = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (s >= n_seqs) return;  // whole warps leave together
+  const int64_t b = cu[s], e = cu[s + 1];
+  const double a = p.gae ? p.gl : p.gamma;
+  const int64_t chunk = (e - b + 31) / 32;
+  const int64_t lo = b + lane * chunk < e ? b + lane * chunk : e;
+  const int64_t hi = lo + chunk < e ? lo + chunk : e;
+  double L = 0.0, F = 1.0;
+  for (int64_t t = hi - 1; t >= lo; --t) {
+    L = scan_term(in, p, s, t, e) + a * L;
+    F *= a;
+  }
+  // Inclusive suffix scan: lane k ends with the composition of the maps of lanes k..31 (identity past the end).
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const double L2 = __shfl_down_sync(0xffffffffu, L, o);
+    const double F2 = __shfl_down_sync(0xffffffffu, F, o);
+    if (lane + o < 32) {
+      L = L + F * L2;
+      F = F * F2;
+    }
+  }
+  double acc = __shfl_down_sync(0xffffffffu, L, 1);  // acc at hi_k = the composed value of lanes k+1..31
+  if (lane == 31) acc = 0.0;
+  for (int64_t t = hi - 1; t >= lo; --t) {
+    acc = scan_term(in, p, s, t, e) + a * acc;
+    if (p.gae) {
+      adv[t] = static_cast<float>(acc);
+      returns[t] = static_cast<float>(acc + static_cast<double>(in.values[t]));
+    } else {
+      adv[t] = static_cast<float>(acc);
+      if (returns) returns[t] = static_cast<float>(acc);
     }
   }
 }
@@ -174,9 +238,8 @@ void launch_group(const Tensor& adv, const Tensor& rewards, int G, int mode, dou
   cudaStream_t s = stream_of(ctx);
   double* stats = nullptr;
   if (mode == kBatchStd) {
-    stats = static_cast<double*>(scratch(ctx, 2 * sizeof(double)));
-    mean_std_kernel<<<1, kStatThreads, 0, s>>>(stats, rewards.ptr<float>(), N);
-    RLCU_LAUNCH_CHECK(s);
+    stats = mean_std_scratch(ctx, N);
+    launch_mean_std(stats, stats + 2, rewards.ptr<float>(), N, s);
   }
   const int64_t groups = N / G;
   constexpr int kWarps = 4;
@@ -204,15 +267,15 @@ void launch_scan(const char* op, const Tensor& adv, const Tensor& returns, const
   sp.kl = static_cast<int>(rp.kl);
   if (N == 0 || T == 0) return;
   cudaStream_t s = stream_of(ctx);
-  double* stats = whiten ? static_cast<double*>(scratch(ctx, 2 * sizeof(double))) : nullptr;
-  returns_scan_kernel<<<grid_for(N, 128), 128, 0, s>>>(
-      adv.ptr<float>(), returns.empty() ? nullptr : returns.ptr<float>(),
-      values.empty() ? nullptr : values.ptr<float>(), seq_rewards.ptr<float>(),
-      kl ? old_logp.ptr<float>() : nullptr, kl ? ref_logp.ptr<float>() : nullptr, cu_seqlens.ptr<int32_t>(), N, sp);
+  double* stats = whiten ? mean_std_scratch(ctx, T) : nullptr;
+  const ScanInputs in{values.empty() ? nullptr : values.ptr<float>(), seq_rewards.ptr<float>(),
+                      kl ? old_logp.ptr<float>() : nullptr, kl ? ref_logp.ptr<float>() : nullptr};
+  constexpr int kScanWarps = 4;
+  returns_scan_kernel<<<static_cast<unsigned>(ceil_div(N, kScanWarps)), 32 * kScanWarps, 0, s>>>(
+      adv.ptr<float>(), returns.empty() ? nullptr : returns.ptr<float>(), in, cu_seqlens.ptr<int32_t>(), N, sp);
   RLCU_LAUNCH_CHECK(s);
   if (whiten) {
-    mean_std_kernel<<<1, kStatThreads, 0, s>>>(stats, adv.ptr<float>(), T);
-    RLCU_LAUNCH_CHECK(s);
+    launch_mean_std(stats, stats + 2, adv.ptr<float>(), T, s);
     whiten_kernel<<<grid_for(T, 256, 4096), 256, 0, s>>>(adv.ptr<float>(), T, stats, eps);
     RLCU_LAUNCH_CHECK(s);
   }

@@ -4,9 +4,15 @@
 // thousands (up to 10^5 tokens for the losses). Outputs are guarded device tensors (poisoned with NaN, sentinels after
 // the end); the accumulated statistics start from non-zero values; the reductions run twice and must agree bit for
 // bit. Tolerances: tol_for(F32).
+//
+// With RLCU_RL_BENCH=1 the suite also times each op at rollout-batch sizes (CUDA events, median of 5 after a
+// warm-up).
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <random>
@@ -121,7 +127,8 @@ TEST(RlOpsCuda, ReinforcePPAndGaeMatchCpu) {
   struct Shape {
     int n, min_len, max_len;
   };
-  const Shape shapes[] = {{1, 1, 1}, {1, 37, 37}, {7, 0, 13}, {64, 1, 200}, {3, 2500, 3100}, {257, 0, 40}};
+  const Shape shapes[] = {{1, 1, 1},       {1, 37, 37},  {7, 0, 13},      {64, 1, 200},
+                          {3, 2500, 3100}, {257, 0, 40}, {200, 500, 4000}};
   for (const Shape& sh : shapes)
     for (int kl = -1; kl < 3; ++kl)
       for (bool whiten : {false, true}) {
@@ -260,4 +267,77 @@ TEST(RlOpsCuda, ValueLossMatchesCpu) {
       expect_same_bits(download(gst), st1, "value stats twice " + what);
       for (const GuardedTensor* g : {&gv, &gov, &gR, &gw}) g->check_guards("inputs " + what);
     }
+}
+
+// ---- timings (RLCU_RL_BENCH=1) -------------------------------------------------------------------------------------
+
+namespace {
+
+template <class F>
+double time_ms(F&& f, int reps = 5) {
+  auto s = static_cast<cudaStream_t>(gpu().stream());
+  f();
+  settle();
+  cudaEvent_t a, b;
+  RLCU_CUDA_CHECK(cudaEventCreate(&a));
+  RLCU_CUDA_CHECK(cudaEventCreate(&b));
+  std::vector<double> ms;
+  for (int i = 0; i < reps; ++i) {
+    RLCU_CUDA_CHECK(cudaEventRecord(a, s));
+    f();
+    RLCU_CUDA_CHECK(cudaEventRecord(b, s));
+    RLCU_CUDA_CHECK(cudaEventSynchronize(b));
+    float t = 0;
+    RLCU_CUDA_CHECK(cudaEventElapsedTime(&t, a, b));
+    ms.push_back(t);
+  }
+  RLCU_CUDA_CHECK(cudaEventDestroy(a));
+  RLCU_CUDA_CHECK(cudaEventDestroy(b));
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+}  // namespace
+
+TEST(RlOpsCudaBench, RolloutBatchSizes) {
+  RLCU_REQUIRE_CUDA();
+  const char* env = std::getenv("RLCU_RL_BENCH");
+  if (!env || std::strcmp(env, "1") != 0) GTEST_SKIP() << "set RLCU_RL_BENCH=1 to time the RL ops";
+  const uint64_t seed = fresh_seed();
+  std::printf("\n%-44s %10s\n", "op (shape)", "ms");
+  for (auto [n, len] : {std::pair<int, int>{64, 256}, std::pair<int, int>{512, 2048}, std::pair<int, int>{64, 8192}}) {
+    std::vector<int32_t> cu = random_cu(n, len, len, seed);
+    const size_t T = static_cast<size_t>(cu.back());
+    GuardedTensor dcu = dev_i32(cu), R = dev(random_vec(n, seed + 1)), lp = dev(random_vec(T, seed + 2, -5, 0)),
+                  rp = dev(random_vec(T, seed + 3, -5, 0)), V = dev(random_vec(T, seed + 4)), adv = dev_out(T),
+                  ret = dev_out(T), w = dev_out(T), dl = dev_out(T), st = dev(std::vector<float>(kPolicyStats, 0.0f));
+    GaeParams gp;
+    gp.reward = {0.05f, KlEstimator::K1};
+    ReturnsParams rpp;
+    rpp.reward = gp.reward;
+    const std::string shape = std::to_string(n) + " x " + std::to_string(len);
+    std::printf("%-44s %10.3f\n", ("gae_advantages, whiten (" + shape + ")").c_str(),
+                time_ms([&] { gae_advantages(adv.t, ret.t, V.t, R.t, lp.t, rp.t, dcu.t, gp, gpu()); }));
+    std::printf("%-44s %10.3f\n", ("reinforce_pp_advantages, whiten (" + shape + ")").c_str(),
+                time_ms([&] { reinforce_pp_advantages(adv.t, ret.t, R.t, lp.t, rp.t, dcu.t, rpp, gpu()); }));
+    std::printf("%-44s %10.3f\n", ("loss_weights seq-mean-token-mean (" + shape + ")").c_str(),
+                time_ms([&] {
+                  loss_weights(w.t, dcu.t, Tensor(), {LossAgg::SeqMeanTokenMean, static_cast<int64_t>(T), n, 0},
+                               gpu());
+                }));
+    PolicyLossParams pp;
+    pp.kl_coef = 0.01f;
+    pp.dual_clip = 3.0f;
+    std::printf("%-44s %10.3f\n", ("policy_loss k3, dual clip (" + shape + ")").c_str(),
+                time_ms([&] { policy_loss(dl.t, Tensor(), st.t, lp.t, rp.t, V.t, ret.t, w.t, Tensor(), pp, gpu()); }));
+    GuardedTensor st2 = dev(std::vector<float>(kValueStats, 0.0f));
+    std::printf("%-44s %10.3f\n", ("value_loss clip 0.2 (" + shape + ")").c_str(),
+                time_ms([&] { value_loss(dl.t, st2.t, V.t, lp.t, ret.t, w.t, {0.2f}, gpu()); }));
+  }
+  for (int G : {8, 64}) {
+    const int N = 4096;
+    GuardedTensor r = dev(random_rewards(N, seed + 7, true)), a = dev_out(N);
+    std::printf("%-44s %10.3f\n", ("group_advantages group (N=4096, G=" + std::to_string(G) + ")").c_str(),
+                time_ms([&] { group_advantages(a.t, r.t, {G, AdvantageNorm::Group, 1e-6f}, gpu()); }));
+  }
 }
