@@ -116,6 +116,19 @@ struct RewardSection {
   std::string model_path;        // sequence-classification reward model directory
 };
 
+// Supervised fine-tuning (`rlcu sft`): loss = mean negative log-likelihood of the completion (assistant) tokens.
+struct SftSection {
+  std::string path;                          // JSONL of {"prompt", "completion"} or {"messages": [...]} records
+  std::string eval_path;                     // held-out JSONL; empty = hold out eval_fraction of `path`
+  double eval_fraction = 0.05;               // share of `path` held out when eval_path is empty
+  int64_t epochs = 1;                        // passes over the training records (when steps = 0)
+  int64_t steps = 0;                         // optimizer steps; 0 = as many as `epochs` take
+  int64_t batch_tokens = 16384;              // tokens (prompt + completion) per optimizer step
+  int64_t eval_every = 0;                    // held-out loss every N steps (and at the start and the end)
+  int64_t max_seq_tokens = 0;                // longer sequences are dropped; 0 = train.micro_batch_tokens
+  std::string completion_field = "completion";  // record field holding the completion text
+};
+
 struct RunConfig {
   RunSection run;
   ModelSection model;
@@ -125,6 +138,7 @@ struct RunConfig {
   TrainSection train;
   RolloutSection rollout;
   RewardSection reward;
+  SftSection sft;
 };
 
 enum class FieldKind { Int, Float, Bool, String, Enum };

@@ -20,5 +20,7 @@ void add_train_command(CLI::App& app, Action& action);
 void add_bench_rollout_command(CLI::App* bench, Action& action);  // `bench rollout`, registered by bench
 void add_init_model_command(CLI::App& app, Action& action);
 void add_data_synth_command(CLI::App& app, Action& action);
+void add_sft_command(CLI::App& app, Action& action);
+void add_eval_command(CLI::App& app, Action& action);
 
 }  // namespace rlcu::cli

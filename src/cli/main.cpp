@@ -29,6 +29,8 @@ int main(int argc, char** argv) {
   rlcu::cli::add_train_command(app, action);
   rlcu::cli::add_init_model_command(app, action);
   rlcu::cli::add_data_synth_command(app, action);
+  rlcu::cli::add_sft_command(app, action);
+  rlcu::cli::add_eval_command(app, action);
 
   try {
     app.parse(argc, argv);

@@ -42,6 +42,7 @@ FieldSpec choices(FieldSpec f, std::vector<std::string> c) {
 
 void add_algorithm_train_rollout(std::vector<FieldSpec>& s);
 void add_reward(std::vector<FieldSpec>& s);
+void add_sft(std::vector<FieldSpec>& s);
 
 std::vector<FieldSpec> build_schema() {
   using K = FieldKind;
@@ -139,6 +140,7 @@ std::vector<FieldSpec> build_schema() {
                     0, 1));
   add_algorithm_train_rollout(s);
   add_reward(s);
+  add_sft(s);
   return s;
 }
 
@@ -310,6 +312,38 @@ void add_reward(std::vector<FieldSpec>& s) {
                     0, 1e6, true));
   s.push_back(rew("model_path", &W::model_path, K::String,
                   "Reward model directory (Hugging Face sequence classification, `score.weight` of one label)."));
+}
+
+// sft section (`rlcu sft`; src/train/sft.cpp gives the data format and the loss).
+void add_sft(std::vector<FieldSpec>& s) {
+  using K = FieldKind;
+  using F = SftSection;
+  const auto sft = [](const std::string& key, auto mem, FieldKind kind, const std::string& doc) {
+    return bind_field("sft." + key, &RunConfig::sft, mem, kind, doc);
+  };
+  s.push_back(sft("path", &F::path, K::String,
+                  "SFT data (JSONL): {\"prompt\", \"completion\"} or {\"messages\": [...]} records; the loss covers "
+                  "the completion / the assistant turns."));
+  s.push_back(sft("eval_path", &F::eval_path, K::String,
+                  "Held-out SFT data (JSONL); empty = hold out `sft.eval_fraction` of `sft.path`."));
+  s.push_back(range(sft("eval_fraction", &F::eval_fraction, K::Float,
+                        "Share of `sft.path` held out (a seeded choice) when `sft.eval_path` is empty; 0 = none."),
+                    0, 0.9));
+  s.push_back(range(sft("epochs", &F::epochs, K::Int, "Passes over the training records (when `sft.steps` is 0)."), 1,
+                    1e9));
+  s.push_back(range(sft("steps", &F::steps, K::Int, "Optimizer steps; 0 = as many as `sft.epochs` take."), 0, 1e12));
+  s.push_back(range(sft("batch_tokens", &F::batch_tokens, K::Int,
+                        "Tokens (prompt + completion) per optimizer step, accumulated over micro-batches of "
+                        "`train.micro_batch_tokens`."),
+                    1, 1e12));
+  s.push_back(range(sft("eval_every", &F::eval_every, K::Int,
+                        "Held-out loss every N steps (also at the start and the end); 0 = start and end only."),
+                    0, 1e12));
+  s.push_back(range(sft("max_seq_tokens", &F::max_seq_tokens, K::Int,
+                        "Longer sequences are dropped (and counted); 0 = `train.micro_batch_tokens`."),
+                    0, 1e9));
+  s.push_back(sft("completion_field", &F::completion_field, K::String,
+                  "Record field holding the completion text of prompt/completion records."));
 }
 
 // Checks between keys, after every key passed its own validation; messages name every key involved.

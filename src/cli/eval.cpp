@@ -1,0 +1,255 @@
+// `rlcu eval --model DIR --data FILE.jsonl [--reward NAME[=WEIGHT]]... [--set reward.KEY=VALUE]... [--n K]
+//   [--greedy] [--temperature T] [--max-new-tokens N] [--seed S] [--device cpu|cuda[:N]] [--output FILE.json]
+//   [--chat-template NAME] [--samples-out FILE.jsonl] [--stop STR]... [--max-batch N] [--kv-fraction F]`
+//
+// Generates n completions per prompt with the paged-KV engine, scores them with the reward set and reports the
+// metrics of include/rlcu/eval.h (mean reward, accuracy, pass@1, pass@k with k = n, mean length, per-component
+// means). Data records: {"prompt": text | messages} or {"messages": [...]} plus "answer" (the data.* defaults of
+// `rlcu train`: prompts rendered with the chat template and its generation prompt; every record is checked, with
+// file:line in messages, before the model loads). Rewards: default math_answer with weight 1; each --reward
+// replaces that default set (NAME one of reward_component_names(), WEIGHT default 1); component parameters come
+// from --set reward.KEY=VALUE (the config keys). Output: a table on stdout; --output writes the metrics as one JSON
+// object, --samples-out one JSON line per completion (prompt order, then sample order):
+//   {"index", "sample", "prompt", "answer", "completion", "reward", "correct", "length", "finish_reason",
+//    "rewards/<component>": value...}
+// Files are written to a temporary name and renamed, so an error never leaves a partial file.
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <chrono>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "cli/output.h"
+#include "rlcu/config.h"
+#include "rlcu/context.h"
+#include "rlcu/data.h"
+#include "rlcu/engine.h"
+#include "rlcu/eval.h"
+#include "rlcu/model.h"
+#include "rlcu/reward.h"
+#include "rlcu/tokenizer.h"
+
+namespace rlcu::cli {
+
+namespace {
+
+using nlohmann::ordered_json;
+
+struct EvalArgs {
+  std::string model, data, output, samples_out, device = "cpu", chat_template = "auto";
+  std::vector<std::string> rewards, sets, stop;
+  int n = 1;
+  bool greedy = false;
+  float temperature = 1.0f;
+  int64_t max_new_tokens = 256;
+  uint64_t seed = 0;
+  int64_t max_batch = 256;
+  double kv_fraction = 0.9;
+};
+
+// The reward section from --reward and --set (validated through the config schema).
+RewardSection reward_section(const EvalArgs& a) {
+  std::vector<std::string> ov;
+  if (!a.rewards.empty()) {
+    for (const std::string& name : reward_component_names()) ov.push_back("reward." + name + "=0");
+    for (const std::string& r : a.rewards) {
+      const size_t eq = r.find('=');
+      const std::string name = r.substr(0, eq);
+      const std::vector<std::string>& names = reward_component_names();
+      if (std::find(names.begin(), names.end(), name) == names.end()) {
+        std::string all;
+        for (const std::string& n : names) all += (all.empty() ? "" : ", ") + n;
+        throw UsageError(fmt::format("--reward {}: unknown reward `{}` (expected one of {})", r, name, all));
+      }
+      ov.push_back("reward." + name + "=" + (eq == std::string::npos ? std::string("1") : r.substr(eq + 1)));
+    }
+  }
+  for (const std::string& s : a.sets) {
+    if (s.rfind("reward.", 0) != 0)
+      throw UsageError(fmt::format("--set {}: only reward.* keys apply to eval, e.g. --set reward.format_tags=<a>,</a>",
+                                   s));
+    ov.push_back(s);
+  }
+  return parse_config("{}", "eval", ov).reward;
+}
+
+std::string pct(double v) { return fmt::format("{:.2f}%", 100.0 * v); }
+
+int run_eval(const EvalArgs& a) {
+  if (a.n < 1) throw UsageError("--n must be >= 1");
+  if (a.max_new_tokens < 1) throw UsageError("--max-new-tokens must be >= 1");
+  if (!(a.temperature > 0)) throw UsageError("--temperature must be > 0");
+  int device_index = 0;
+  const Device device = parse_device(a.device, "--device", &device_index);
+  const RewardSection rs = reward_section(a);
+  validate_reward_section(rs);
+
+  // ---- prompts (checked before the model loads) ------------------------------------------------------------------
+  const Tokenizer tok = Tokenizer::load(a.model);
+  const PromptFormat format = make_prompt_format(tok, a.chat_template);
+  const ModelConfig mc = ModelConfig::load(a.model);
+  DataConfig dc;
+  dc.path = a.data;
+  dc.max_prompt_tokens = 0;
+  dc.shuffle = false;
+  const PromptDataset data = PromptDataset::load(dc, format);
+  int64_t longest = 0;
+  for (int64_t i = 0; i < data.size(); ++i) {
+    for (int32_t id : data[i].ids)
+      if (id >= mc.vocab_size)
+        throw Error(fmt::format("{}:{}: token id {} is outside the model's vocabulary of {}", a.data, data[i].line, id,
+                                mc.vocab_size));
+    longest = std::max<int64_t>(longest, static_cast<int64_t>(data[i].ids.size()));
+  }
+  Output out(a.output);
+  std::unique_ptr<Output> samples_out = a.samples_out.empty() ? nullptr : std::make_unique<Output>(a.samples_out);
+
+  // ---- generate --------------------------------------------------------------------------------------------------
+  std::unique_ptr<Context> cuda_ctx;
+  if (device == Device::CUDA) cuda_ctx = Context::cuda(device_index);
+  Context& ctx = cuda_ctx ? *cuda_ctx : Context::cpu();
+  const auto model = Model::load(a.model, ModelOptions{}, ctx);
+  engine::EngineOptions eo;
+  eo.max_batch = std::max<int64_t>(a.max_batch, a.n);
+  eo.kv_fraction = a.kv_fraction;
+  eo.prefill_tokens = std::max<int64_t>(8192, longest);
+  eo.max_model_len = longest + a.max_new_tokens;
+  if (mc.max_position_embeddings > 0) eo.max_model_len = std::min(eo.max_model_len, mc.max_position_embeddings);
+  engine::Engine eng(*model, eo, ctx);
+  engine::SamplingOptions so;
+  so.sample.seed = a.seed;
+  so.sample.temperature = a.temperature;
+  so.sample.greedy = a.greedy;
+  so.max_new_tokens = a.max_new_tokens;
+  so.eos_ids = mc.eos_token_ids;
+  for (int32_t id : tok.eos_ids())
+    if (std::find(so.eos_ids.begin(), so.eos_ids.end(), id) == so.eos_ids.end()) so.eos_ids.push_back(id);
+  std::vector<std::string> bytes(static_cast<size_t>(mc.vocab_size));
+  for (int64_t i = 0; i < mc.vocab_size && i < tok.vocab_size(); ++i)
+    bytes[static_cast<size_t>(i)] = tok.token_bytes(static_cast<int32_t>(i));
+  so.token_bytes = &bytes;
+  so.stop_strings = a.stop;
+  std::vector<engine::Request> reqs;
+  for (int64_t i = 0; i < data.size(); ++i) reqs.push_back({data[i].ids, a.n});
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::vector<engine::Completion> comps = eng.generate(reqs, so);
+  const double gen_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+  // ---- score -----------------------------------------------------------------------------------------------------
+  RewardSet rewards(rs, &tok, ctx);
+  RewardBatch rb;
+  std::vector<std::string> texts;
+  for (const engine::Completion& c : comps) {
+    const PromptSample& ps = data[c.request];
+    texts.push_back(tok.decode(c.ids));
+    rb.items.push_back({ps.text, ps.ids, c.ids, ps.answer, texts.back()});
+  }
+  const RewardResult rr = rewards.score(rb);
+  const std::string judge = correctness_component(rewards.enabled());
+  std::vector<EvalCompletion> ec;
+  for (size_t i = 0; i < comps.size(); ++i) {
+    EvalCompletion e;
+    e.prompt = comps[i].request;
+    e.reward = rr.total[i];
+    e.length = static_cast<int64_t>(comps[i].ids.size());
+    for (const auto& [name, vals] : rr.components) e.components[name] = vals[i];
+    e.correct = is_correct(judge, judge.empty() ? 0.0 : e.components.at(judge), e.reward);
+    ec.push_back(std::move(e));
+  }
+  const EvalSummary s = summarize_eval(ec, data.size(), a.n);
+
+  // ---- outputs ---------------------------------------------------------------------------------------------------
+  if (samples_out) {
+    for (size_t i = 0; i < comps.size(); ++i) {
+      const engine::Completion& c = comps[i];
+      const PromptSample& ps = data[c.request];
+      ordered_json j;
+      j["index"] = c.request;
+      j["sample"] = c.sample;
+      j["prompt"] = ps.text;
+      j["answer"] = ps.answer;
+      j["completion"] = texts[i];
+      j["reward"] = ec[i].reward;
+      j["correct"] = ec[i].correct;
+      j["length"] = ec[i].length;
+      j["finish_reason"] = engine::finish_reason_name(c.finish);
+      for (const auto& [name, v] : ec[i].components) j["rewards/" + name] = v;
+      samples_out->write(j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
+    }
+    samples_out->commit();
+  }
+  ordered_json j;
+  j["model"] = a.model;
+  j["data"] = a.data;
+  j["prompts"] = s.prompts;
+  j["n"] = s.n;
+  j["completions"] = s.completions;
+  j["mean_reward"] = s.mean_reward;
+  j["accuracy"] = s.accuracy;
+  j["correct_by"] = judge.empty() ? "reward>=1" : judge;
+  j["pass@1"] = s.pass_at_1;
+  j["k"] = s.k;
+  j["pass@k"] = s.pass_at_k;
+  j["mean_length"] = s.mean_length;
+  ordered_json comp = ordered_json::object();
+  for (const auto& [name, v] : s.component_means) comp[name] = v;
+  j["rewards"] = comp;
+  j["sampling"] = {{"greedy", a.greedy},       {"temperature", a.temperature}, {"seed", a.seed},
+                   {"max_new_tokens", a.max_new_tokens}, {"chat_template", format.chat.name()}};
+  j["generate_s"] = gen_s;
+  j["generated_tokens"] = eng.stats().generated_tokens;
+  if (!a.output.empty()) {
+    out.write(j.dump(2) + "\n");
+    out.commit();
+  }
+  std::string table;
+  table += fmt::format("{:<16} {}\n", "prompts", s.prompts);
+  table += fmt::format("{:<16} {} ({} per prompt)\n", "completions", s.completions, s.n);
+  table += fmt::format("{:<16} {:.4f}\n", "mean_reward", s.mean_reward);
+  table += fmt::format("{:<16} {} (correct by {})\n", "accuracy", pct(s.accuracy),
+                       judge.empty() ? "reward >= 1" : judge);
+  table += fmt::format("{:<16} {}\n", "pass@1", pct(s.pass_at_1));
+  table += fmt::format("{:<16} {}\n", fmt::format("pass@{}", s.k), pct(s.pass_at_k));
+  table += fmt::format("{:<16} {:.1f} tokens\n", "mean_length", s.mean_length);
+  for (const auto& [name, v] : s.component_means) table += fmt::format("{:<16} {:.4f}\n", "rewards/" + name, v);
+  std::fputs(table.c_str(), stdout);
+  std::fflush(stdout);
+  spdlog::info("generated {} tokens in {:.2f} s", eng.stats().generated_tokens, gen_s);
+  return 0;
+}
+
+}  // namespace
+
+void add_eval_command(CLI::App& app, Action& action) {
+  CLI::App* cmd = app.add_subcommand("eval", "Generate for a prompt set and report reward, accuracy and pass@k");
+  auto a = std::make_shared<EvalArgs>();
+  cmd->add_option("--model", a->model, "Hugging Face model directory (with tokenizer.json)")->required();
+  cmd->add_option("--data", a->data, "JSONL: {\"prompt\" or \"messages\", \"answer\"} per line")->required();
+  cmd->add_option("--reward", a->rewards,
+                  "Reward component NAME[=WEIGHT] (repeatable; replaces the default math_answer=1)");
+  cmd->add_option("--set", a->sets, "Reward parameter as a config key: --set reward.format_tags=<a>,</a> (repeatable)");
+  cmd->add_option("--n", a->n, "Samples per prompt (pass@k uses k = n)")->capture_default_str();
+  cmd->add_flag("--greedy", a->greedy, "Pick the most likely token");
+  cmd->add_option("--temperature", a->temperature, "Sampling temperature (> 0)")->capture_default_str();
+  cmd->add_option("--max-new-tokens", a->max_new_tokens, "Tokens generated at most per sample")
+      ->capture_default_str();
+  cmd->add_option("--seed", a->seed, "Sampling seed")->capture_default_str();
+  cmd->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
+  cmd->add_option("--output", a->output, "Write the metrics as JSON to this file");
+  cmd->add_option("--chat-template", a->chat_template,
+                  "auto, chatml, qwen2, qwen2.5, qwen3, llama3, llama3.1 or none")
+      ->capture_default_str();
+  cmd->add_option("--samples-out", a->samples_out, "Write every completion with its rewards (JSONL)");
+  cmd->add_option("--stop", a->stop, "Stop string (repeatable)");
+  cmd->add_option("--max-batch", a->max_batch, "Sequences decoded together at most")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{1}, int64_t{4096}));
+  cmd->add_option("--kv-fraction", a->kv_fraction, "CUDA: share of free memory for the KV cache")
+      ->capture_default_str()
+      ->check(CLI::Range(0.01, 1.0));
+  cmd->callback([&action, a] { action = [a] { return run_eval(*a); }; });
+}
+
+}  // namespace rlcu::cli

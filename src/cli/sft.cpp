@@ -1,0 +1,24 @@
+// `rlcu sft [CONFIG] [--set key=value]... [--resume RUN_DIR] [--device cpu|cuda[:N]] [--stop-after N]`
+// Supervised fine-tuning (see src/train/sft.cpp): the run, model, data (chat settings), optimizer and train sections
+// of the run config plus the sft section. With --resume, CONFIG may be left out: the run's resolved config.json is
+// used. --stop-after N saves a checkpoint and stops after N steps of this invocation.
+#include <memory>
+
+#include "cli/commands.h"
+#include "rlcu/sft.h"
+
+namespace rlcu::cli {
+
+void add_sft_command(CLI::App& app, Action& action) {
+  CLI::App* cmd = app.add_subcommand("sft", "Supervised fine-tuning on prompt/completion or chat records");
+  auto a = std::make_shared<SftArgs>();
+  cmd->add_option("config", a->config, "Run config (JSON); optional with --resume");
+  cmd->add_option("--set", a->overrides, "Override a config key: --set sft.epochs=3 (repeatable)");
+  cmd->add_option("--resume", a->resume, "Continue the run in this directory from its latest checkpoint");
+  cmd->add_option("--device", a->device, "cpu, cuda or cuda:N (overrides run.device)");
+  cmd->add_option("--stop-after", a->stop_after, "Save a checkpoint and stop after N steps of this invocation")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
+  cmd->callback([&action, a] { action = [a] { return run_sft(*a); }; });
+}
+
+}  // namespace rlcu::cli

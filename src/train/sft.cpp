@@ -1,0 +1,559 @@
+// Supervised fine-tuning behind `rlcu sft` (data preparation and the loss: include/rlcu/sft.h). One step:
+//   1. the step's examples come from a schedule fixed at start-up from (run.seed, data) (sft_schedule), so a resumed
+//      run serves exactly the examples the uninterrupted one would;
+//   2. they are packed in order into micro-batches of at most train.micro_batch_tokens tokens; row r of a sequence
+//      has target ids[r+1] when ids[r+1] is a completion token, else -1 (no log-prob, no gradient);
+//   3. per micro-batch: Transformer::forward -> logprob [T]; dlogprob = -1/N on target rows (N = completion tokens
+//      of the whole step), 0 elsewhere; Transformer::backward ACCUMULATES into the parameter gradients;
+//   4. one AdamW step (global-norm clipping, optimizer.lr_schedule over the schedule's step count).
+// Loss = -(1/N) sum of the target rows' log-probs (fp64 sum on the host). The held-out loss is the same token mean
+// over every completion token of the eval set, from forward passes only, at step 0, every sft.eval_every steps and
+// at the end. Outputs as `rlcu train`: metrics.jsonl (step, loss, lr, grad_norm, tokens_per_s, epoch[, eval_loss]),
+// config.json, checkpoints (save_checkpoint: the checkpoint directory is a loadable Hugging Face model directory);
+// SIGINT/SIGTERM and --stop-after save a checkpoint and stop. Determinism: fixed schedule, fixed-order reductions,
+// restored master weights and Adam moments, so a resumed run ends with byte-identical weights on the same device.
+#include "rlcu/sft.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <optional>
+#include <sstream>
+
+#include "model/device_copy.h"
+#include "rlcu/checkpoint.h"
+#include "rlcu/config.h"
+#include "rlcu/error.h"
+#include "rlcu/metrics.h"
+#include "rlcu/model.h"
+#include "rlcu/optimizer.h"
+#include "rlcu/signals.h"
+#include "rlcu/tokenizer.h"
+
+namespace rlcu {
+
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+using nlohmann::json;
+using nlohmann::ordered_json;
+
+double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+// Fisher-Yates with draws keyed by (key, i): the permutation depends only on key and n.
+std::vector<int64_t> permutation(int64_t n, uint64_t key) {
+  std::vector<int64_t> p(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) p[static_cast<size_t>(i)] = i;
+  for (int64_t i = n - 1; i > 0; --i) {
+    const uint64_t r = splitmix64(key ^ splitmix64(static_cast<uint64_t>(i)));
+    const int64_t j = static_cast<int64_t>(r % static_cast<uint64_t>(i + 1));
+    std::swap(p[static_cast<size_t>(i)], p[static_cast<size_t>(j)]);
+  }
+  return p;
+}
+
+constexpr uint64_t kHoldoutKey = 0x5f7e1d0a11c0ffeeull;
+constexpr uint64_t kOrderKey = 0x0ddba11cafe5eedull;
+
+bool starts_with(const std::string& s, const std::string& prefix) {
+  return s.size() >= prefix.size() && s.compare(0, prefix.size(), prefix) == 0;
+}
+
+std::string read_text_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(fmt::format("{}: cannot open SFT data file", path));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  if (in.bad()) throw Error(fmt::format("{}: read error", path));
+  return ss.str();
+}
+
+void append(SftExample& ex, const std::vector<int32_t>& ids, uint8_t loss) {
+  ex.ids.insert(ex.ids.end(), ids.begin(), ids.end());
+  ex.loss.insert(ex.loss.end(), ids.size(), loss);
+}
+
+}  // namespace
+
+int64_t SftExample::completion_tokens() const {
+  int64_t n = 0;
+  for (uint8_t m : loss) n += m;
+  return n;
+}
+
+SftExample sft_example_from_record(const json& record, const DataConfig& data, const std::string& completion_field,
+                                   const PromptFormat& format, int32_t eos_id) {
+  if (!record.is_object()) throw Error("the record is not a JSON object");
+  RLCU_CHECK(format.tokenizer != nullptr, "PromptFormat without a tokenizer");
+  const Tokenizer& tok = *format.tokenizer;
+  SftExample ex;
+  EncodeOptions plain;
+  plain.allow_special = true;
+  const json* completion = nullptr;
+  if (!completion_field.empty() && record.contains(completion_field)) completion = &record[completion_field];
+  if (completion) {
+    if (!completion->is_string())
+      throw Error(fmt::format("\"{}\" must be a string (sft.completion_field)", completion_field));
+    std::string text;
+    std::vector<int32_t> prompt_ids;
+    build_prompt(text, prompt_ids, record_messages(record, data), format);
+    append(ex, prompt_ids, 0);
+    append(ex, tok.encode(completion->get<std::string>(), plain), 1);
+    if (eos_id >= 0) append(ex, {eos_id}, 1);
+  } else {
+    const json* m = data.messages_field.empty() || !record.contains(data.messages_field)
+                        ? nullptr
+                        : &record[data.messages_field];
+    if (!m || !m->is_array())
+      throw Error(fmt::format("no \"{}\" field (sft.completion_field) and no \"{}\" list of messages with an "
+                              "assistant turn",
+                              completion_field, data.messages_field));
+    const std::vector<ChatMessage> msgs = record_messages(record, data);
+    ChatRenderOptions with_prompt = format.render, without = format.render;
+    with_prompt.add_generation_prompt = true;
+    without.add_generation_prompt = false;
+    std::string consumed;
+    bool any = false;
+    for (size_t a = 0; a < msgs.size(); ++a) {
+      if (msgs[a].role != "assistant") continue;
+      const std::vector<ChatMessage> before(msgs.begin(), msgs.begin() + static_cast<std::ptrdiff_t>(a));
+      const std::vector<ChatMessage> through(msgs.begin(), msgs.begin() + static_cast<std::ptrdiff_t>(a + 1));
+      const std::string context = format.chat.render(before, with_prompt);
+      const std::string full = format.chat.render(through, without);
+      if (!starts_with(context, consumed) || !starts_with(full, context))
+        throw Error(fmt::format("chat template `{}` does not render this conversation as a growing prefix (turn {}); "
+                                "use {{\"prompt\", \"{}\"}} records or another template",
+                                format.chat.name(), a, completion_field));
+      EncodeOptions first = plain;
+      first.add_special = consumed.empty() && format.chat.family() == ChatFamily::None;
+      append(ex, tok.encode(context.substr(consumed.size()), first), 0);
+      const std::vector<int32_t> turn = tok.encode(full.substr(context.size()), plain);
+      if (turn.empty()) throw Error(fmt::format("assistant turn {} renders to no tokens", a));
+      append(ex, turn, 1);
+      consumed = full;
+      any = true;
+    }
+    if (!any)
+      throw Error(fmt::format("no \"{}\" field (sft.completion_field) and no assistant turn in \"{}\"",
+                              completion_field, data.messages_field));
+  }
+  if (ex.completion_tokens() == 0) throw Error("the record has no completion token");
+  if (!ex.loss.empty() && ex.loss[0]) throw Error("the record has no prompt token to predict the completion from");
+  return ex;
+}
+
+std::vector<SftExample> load_sft_examples(const std::string& path, const DataConfig& data,
+                                          const std::string& completion_field, const PromptFormat& format,
+                                          int32_t eos_id, int64_t max_tokens, SftDataStats* stats) {
+  if (path.empty()) throw Error("sft.path: no SFT data file given");
+  const std::string text = read_text_file(path);
+  std::vector<SftExample> out;
+  SftDataStats st;
+  size_t pos = 0;
+  int64_t line = 0;
+  while (pos < text.size()) {
+    size_t end = text.find('\n', pos);
+    if (end == std::string::npos) end = text.size();
+    ++line;
+    const std::string l = text.substr(pos, end - pos);
+    pos = end + 1;
+    if (l.find_first_not_of(" \t\r") == std::string::npos) continue;
+    ++st.records;
+    SftExample ex;
+    try {
+      json rec;
+      try {
+        rec = json::parse(l);
+      } catch (const json::parse_error& e) {
+        throw Error(fmt::format("not valid JSON: {}", e.what()));
+      }
+      ex = sft_example_from_record(rec, data, completion_field, format, eos_id);
+    } catch (const InternalError&) {
+      throw;
+    } catch (const Error& e) {
+      throw Error(fmt::format("{}:{}: {}", path, line, e.what()));
+    }
+    ex.line = line;
+    if (max_tokens > 0 && static_cast<int64_t>(ex.ids.size()) > max_tokens) {
+      ++st.too_long;
+      continue;
+    }
+    out.push_back(std::move(ex));
+  }
+  st.kept = static_cast<int64_t>(out.size());
+  if (stats) *stats = st;
+  if (out.empty())
+    throw Error(fmt::format("{}: no usable SFT records ({} read, {} longer than {} tokens)", path, st.records,
+                            st.too_long, max_tokens));
+  return out;
+}
+
+std::vector<int64_t> sft_holdout_indices(int64_t n, double fraction, uint64_t seed) {
+  if (n < 2 || fraction <= 0) return {};
+  int64_t k = static_cast<int64_t>(std::llround(fraction * static_cast<double>(n)));
+  k = std::clamp<int64_t>(k, 1, n - 1);
+  std::vector<int64_t> p = permutation(n, splitmix64(seed ^ kHoldoutKey));
+  p.resize(static_cast<size_t>(k));
+  std::sort(p.begin(), p.end());
+  return p;
+}
+
+std::vector<int64_t> sft_epoch_order(int64_t n, uint64_t seed, int64_t epoch, bool shuffle) {
+  if (shuffle) return permutation(n, splitmix64(seed ^ kOrderKey) ^ splitmix64(static_cast<uint64_t>(epoch) + 1));
+  std::vector<int64_t> p(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) p[static_cast<size_t>(i)] = i;
+  return p;
+}
+
+std::vector<SftStep> sft_schedule(const std::vector<int64_t>& lengths, uint64_t seed, bool shuffle, int64_t epochs,
+                                  int64_t steps, int64_t batch_tokens) {
+  RLCU_CHECK(!lengths.empty() && batch_tokens > 0 && (steps > 0 || epochs > 0), "sft_schedule: bad arguments");
+  const int64_t n = static_cast<int64_t>(lengths.size());
+  std::vector<SftStep> out;
+  for (int64_t e = 0; steps > 0 ? static_cast<int64_t>(out.size()) < steps : e < epochs; ++e) {
+    const std::vector<int64_t> order = sft_epoch_order(n, seed, e, shuffle);
+    int64_t i = 0;
+    while (i < n && (steps == 0 || static_cast<int64_t>(out.size()) < steps)) {
+      SftStep s;
+      s.epoch = e;
+      int64_t tokens = 0;
+      while (i < n && (s.examples.empty() || tokens + lengths[static_cast<size_t>(order[static_cast<size_t>(i)])] <=
+                                                 batch_tokens)) {
+        tokens += lengths[static_cast<size_t>(order[static_cast<size_t>(i)])];
+        s.examples.push_back(order[static_cast<size_t>(i)]);
+        ++i;
+      }
+      s.position = i;
+      out.push_back(std::move(s));
+    }
+  }
+  return out;
+}
+
+namespace {
+
+struct SftMicro {
+  PackedBatch batch;
+  std::vector<uint8_t> target_row;  // 1 where the row predicts a completion token
+  int64_t targets = 0;
+};
+
+// Packs examples (in order) into micro-batches of at most `budget` tokens.
+std::vector<SftMicro> pack(const std::vector<SftExample>& data, const std::vector<int64_t>& which, int64_t budget) {
+  std::vector<SftMicro> out;
+  for (int64_t idx : which) {
+    const SftExample& ex = data[static_cast<size_t>(idx)];
+    const int64_t n = static_cast<int64_t>(ex.ids.size());
+    if (out.empty() || out.back().batch.num_tokens() + n > budget) out.emplace_back();
+    SftMicro& m = out.back();
+    std::vector<int32_t> targets(ex.ids.size(), -1);
+    for (size_t r = 0; r + 1 < ex.ids.size(); ++r)
+      if (ex.loss[r + 1]) targets[r] = ex.ids[r + 1];
+    m.batch.add_sequence(ex.ids, targets);
+    for (int32_t t : targets) {
+      m.target_row.push_back(t >= 0 ? 1 : 0);
+      m.targets += t >= 0 ? 1 : 0;
+    }
+  }
+  return out;
+}
+
+class SftTrainer {
+ public:
+  explicit SftTrainer(const SftArgs& args);
+  int run();
+
+ private:
+  void save(int64_t step);
+  double eval_loss();
+  void step(int64_t s);
+
+  SftArgs args_;
+  RunConfig cfg_;
+  std::string run_dir_;
+  std::unique_ptr<Context> cuda_ctx_;
+  Context* ctx_ = nullptr;
+  Device dev_ = Device::CPU;
+  std::optional<Tokenizer> tok_;
+  std::optional<PromptFormat> format_;
+  std::vector<SftExample> train_, eval_;
+  std::vector<SftStep> schedule_;
+  std::unique_ptr<Model> model_;
+  std::unique_ptr<Transformer> tf_;
+  std::unique_ptr<AdamW> opt_;
+  std::unique_ptr<MetricsWriter> metrics_;
+  OwnedTensor logp_, dlogp_;
+  int64_t start_step_ = 0;
+};
+
+SftTrainer::SftTrainer(const SftArgs& args) : args_(args) {
+  // ---- config --------------------------------------------------------------------------------------------------
+  std::string config_path = args.config;
+  if (config_path.empty()) {
+    if (args.resume.empty()) throw UsageError("sft: give a CONFIG file (or --resume RUN_DIR)");
+    config_path = (fs::path(args.resume) / "config.json").string();
+    if (!fs::exists(config_path)) throw Error(fmt::format("{}: no such file (the run's resolved config)", config_path));
+  }
+  std::vector<std::string> overrides = args.overrides;
+  if (!args.device.empty()) overrides.push_back("run.device=" + args.device);
+  if (!args.resume.empty()) overrides.push_back("run.output_dir=" + args.resume);
+  cfg_ = load_config(config_path, overrides);
+  run_dir_ = cfg_.run.output_dir;
+  const SftSection& sc = cfg_.sft;
+  if (cfg_.model.path.empty()) throw Error(fmt::format("{}: model.path is not set", config_path));
+  if (sc.path.empty()) throw Error(fmt::format("{}: sft.path is not set", config_path));
+  const int64_t Tm = cfg_.train.micro_batch_tokens;
+  const int64_t max_seq = sc.max_seq_tokens > 0 ? sc.max_seq_tokens : Tm;
+  if (max_seq > Tm)
+    throw Error(fmt::format("{}: sft.max_seq_tokens = {} exceeds train.micro_batch_tokens = {}: a whole sequence must "
+                            "fit in one micro-batch",
+                            config_path, max_seq, Tm));
+
+  int dev_index = 0;
+  dev_ = parse_device(cfg_.run.device, "run.device", &dev_index);
+  if (dev_ == Device::CUDA) {
+    if (cuda_device_count() == 0) throw Error("run.device is cuda but no CUDA device is available (use --device cpu)");
+    cuda_ctx_ = Context::cuda(dev_index);
+  }
+  ctx_ = cuda_ctx_ ? cuda_ctx_.get() : &Context::cpu();
+  Context& ctx = *ctx_;
+
+  // ---- tokenizer and data --------------------------------------------------------------------------------------
+  const std::string tok_dir = cfg_.model.tokenizer.empty() ? cfg_.model.path : cfg_.model.tokenizer;
+  tok_ = Tokenizer::load(tok_dir);
+  format_ = make_prompt_format(*tok_, cfg_.model.chat_template, cfg_.model.custom_template, cfg_.model.enable_thinking);
+  const ModelConfig mc = ModelConfig::load(cfg_.model.path);
+  int32_t eos = tok_->eos_id();
+  if (eos < 0 && !mc.eos_token_ids.empty()) eos = mc.eos_token_ids.front();
+  if (eos < 0) throw Error(fmt::format("{}: neither the tokenizer nor the model names an EOS token", tok_dir));
+  SftDataStats st;
+  std::vector<SftExample> all = load_sft_examples(sc.path, cfg_.data, sc.completion_field, *format_, eos, max_seq, &st);
+  if (st.too_long > 0)
+    spdlog::warn("{}: dropped {} of {} records longer than {} tokens (sft.max_seq_tokens)", sc.path, st.too_long,
+                 st.records, max_seq);
+  if (!sc.eval_path.empty()) {
+    SftDataStats es;
+    eval_ = load_sft_examples(sc.eval_path, cfg_.data, sc.completion_field, *format_, eos, max_seq, &es);
+    train_ = std::move(all);
+  } else {
+    const std::vector<int64_t> held =
+        sft_holdout_indices(static_cast<int64_t>(all.size()), sc.eval_fraction, cfg_.run.seed);
+    size_t h = 0;
+    for (size_t i = 0; i < all.size(); ++i) {
+      if (h < held.size() && held[h] == static_cast<int64_t>(i)) {
+        eval_.push_back(std::move(all[i]));
+        ++h;
+      } else {
+        train_.push_back(std::move(all[i]));
+      }
+    }
+  }
+  std::vector<int64_t> lengths;
+  int64_t train_tokens = 0;
+  for (const SftExample& ex : train_) {
+    lengths.push_back(static_cast<int64_t>(ex.ids.size()));
+    train_tokens += lengths.back();
+  }
+  schedule_ = sft_schedule(lengths, cfg_.run.seed, cfg_.data.shuffle, sc.epochs, sc.steps, sc.batch_tokens);
+  spdlog::info("sft data: {} training examples ({} tokens), {} held out; {} steps ({})", train_.size(), train_tokens,
+               eval_.size(), schedule_.size(),
+               sc.steps > 0 ? fmt::format("sft.steps") : fmt::format("{} epochs", sc.epochs));
+
+  // ---- model and optimizer ---------------------------------------------------------------------------------------
+  ModelOptions mo;
+  mo.training = true;
+  model_ = Model::load(cfg_.model.path, mo, ctx);
+  if (tok_->vocab_size() > model_->config().vocab_size)
+    spdlog::warn("the tokenizer has {} tokens, more than the model's vocabulary of {}", tok_->vocab_size(),
+                 model_->config().vocab_size);
+  const int64_t max_pos = model_->config().max_position_embeddings;
+  if (max_pos > 0 && max_seq > max_pos)
+    for (const auto* set : {&train_, &eval_})
+      for (const SftExample& ex : *set)
+        if (static_cast<int64_t>(ex.ids.size()) > max_pos)
+          throw Error(fmt::format("SFT record at line {} has {} tokens, more than the model's max_position_embeddings "
+                                  "{}; lower sft.max_seq_tokens",
+                                  ex.line, ex.ids.size(), max_pos));
+  TransformerOptions to;
+  to.max_tokens = Tm;
+  to.act_dtype = default_act_dtype(dev_);
+  to.training = true;
+  to.checkpointing = cfg_.train.checkpointing;
+  tf_ = std::make_unique<Transformer>(*model_, to, ctx);
+  opt_ = std::make_unique<AdamW>(cfg_.optimizer, model_->flat_master(), model_->flat_grads(),
+                                 dev_ == Device::CUDA ? model_->flat_weights() : Tensor(), ctx);
+  logp_ = OwnedTensor::make(DType::F32, dev_, {Tm});
+  dlogp_ = OwnedTensor::make(DType::F32, dev_, {Tm});
+  spdlog::info("sft: model {} ({} parameters) on {}", cfg_.model.path, model_->num_parameters(), device_name(dev_));
+
+  // ---- resume ----------------------------------------------------------------------------------------------------
+  if (!args.resume.empty()) {
+    const CheckpointRead ck = load_checkpoint(run_dir_);
+    const json& ex = ck.extra;
+    if (!ex.is_object() || !ex.contains("sft_train_examples") || !ex.contains("sft_schedule_steps"))
+      throw Error(fmt::format("{}: not an `rlcu sft` checkpoint (trainer_state.json has no sft state)", ck.dir));
+    if (ex["sft_train_examples"].get<int64_t>() != static_cast<int64_t>(train_.size()) ||
+        ex["sft_schedule_steps"].get<int64_t>() != static_cast<int64_t>(schedule_.size()))
+      throw Error(fmt::format("{}: the checkpoint was written for {} training examples and {} steps, the data and "
+                              "config now give {} and {}; resuming would change the data order",
+                              ck.dir, ex["sft_train_examples"].dump(), ex["sft_schedule_steps"].dump(), train_.size(),
+                              schedule_.size()));
+    restore_training_state(ck, *model_, opt_.get(), ctx);
+    start_step_ = ck.step;
+    spdlog::info("resumed {} at step {}", ck.dir, ck.step);
+  }
+}
+
+void SftTrainer::save(int64_t step) {
+  CheckpointWrite w;
+  w.run_dir = run_dir_;
+  w.step = step;
+  w.model = model_.get();
+  w.optimizer = opt_.get();
+  w.tokenizer_dir = cfg_.model.tokenizer;
+  w.seed = cfg_.run.seed;
+  w.config = config_to_json(cfg_);
+  w.keep = cfg_.run.keep_checkpoints;
+  const SftStep& last = schedule_[static_cast<size_t>(step - 1)];
+  w.extra = {{"sft_train_examples", static_cast<int64_t>(train_.size())},
+             {"sft_schedule_steps", static_cast<int64_t>(schedule_.size())},
+             {"epoch", last.epoch},
+             {"position", last.position}};
+  const std::string dir = save_checkpoint(w);
+  spdlog::info("saved checkpoint {}", dir);
+}
+
+double SftTrainer::eval_loss() {
+  Context& ctx = *ctx_;
+  std::vector<int64_t> all(eval_.size());
+  for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<int64_t>(i);
+  double nll = 0;
+  int64_t n = 0;
+  for (const SftMicro& mb : pack(eval_, all, cfg_.train.micro_batch_tokens)) {
+    const int64_t T = mb.batch.num_tokens();
+    const DeviceBatch db = tf_->upload(mb.batch, ctx);
+    tf_->forward(logp_.t.slice_rows(0, T), Tensor(), db, ctx);
+    ctx.synchronize("sft: eval log-probs");
+    const std::vector<float> lp = to_host_f32(logp_.t.slice_rows(0, T));
+    for (int64_t r = 0; r < T; ++r)
+      if (mb.target_row[static_cast<size_t>(r)]) nll -= lp[static_cast<size_t>(r)];
+    n += mb.targets;
+  }
+  return n > 0 ? nll / static_cast<double>(n) : 0.0;
+}
+
+void SftTrainer::step(int64_t s) {
+  Context& ctx = *ctx_;
+  const auto t0 = Clock::now();
+  const SftStep& sp = schedule_[static_cast<size_t>(s - 1)];
+  const std::vector<SftMicro> micros = pack(train_, sp.examples, cfg_.train.micro_batch_tokens);
+  int64_t targets = 0, tokens = 0;
+  for (const SftMicro& mb : micros) {
+    targets += mb.targets;
+    tokens += mb.batch.num_tokens();
+  }
+  const float g = targets > 0 ? static_cast<float>(-1.0 / static_cast<double>(targets)) : 0.0f;
+  model_->zero_grads(ctx);
+  double nll = 0;
+  for (const SftMicro& mb : micros) {
+    const int64_t T = mb.batch.num_tokens();
+    std::vector<float> d(static_cast<size_t>(T), 0.0f);
+    for (int64_t r = 0; r < T; ++r)
+      if (mb.target_row[static_cast<size_t>(r)]) d[static_cast<size_t>(r)] = g;
+    const Tensor lp = logp_.t.slice_rows(0, T), dl = dlogp_.t.slice_rows(0, T);
+    model_detail::upload(dl, d.data(), ctx);
+    const DeviceBatch db = tf_->upload(mb.batch, ctx);
+    tf_->forward(lp, Tensor(), db, ctx);
+    tf_->backward(dl, Tensor(), ctx);
+    ctx.synchronize("sft: log-probs");
+    const std::vector<float> h = to_host_f32(lp);
+    for (int64_t r = 0; r < T; ++r)
+      if (mb.target_row[static_cast<size_t>(r)]) nll -= h[static_cast<size_t>(r)];
+  }
+  const int64_t total = static_cast<int64_t>(schedule_.size());
+  const double lr = lr_at(cfg_.optimizer, s - 1, total);
+  const OptimizerStepStats os = opt_->step(lr, ctx);
+  const double secs = since(t0);
+
+  ordered_json m;
+  m["step"] = s;
+  m["loss"] = targets > 0 ? nll / static_cast<double>(targets) : 0.0;
+  m["lr"] = lr;
+  m["grad_norm"] = os.grad_norm;
+  m["tokens_per_s"] = secs > 0 ? static_cast<double>(tokens) / secs : 0.0;
+  m["epoch"] = static_cast<double>(sp.epoch) +
+               static_cast<double>(sp.position) / static_cast<double>(std::max<size_t>(train_.size(), 1));
+  m["tokens"] = tokens;
+  m["completion_tokens"] = targets;
+  const bool eval_point = !eval_.empty() && ((cfg_.sft.eval_every > 0 && s % cfg_.sft.eval_every == 0) || s == total);
+  if (eval_point) m["eval_loss"] = eval_loss();
+  m["time/step_s"] = secs;
+  metrics_->write(m);
+  std::string line = fmt::format("step {}/{} | loss {:.4f}", s, total, m["loss"].get<double>());
+  if (eval_point) line += fmt::format(" | eval_loss {:.4f}", m["eval_loss"].get<double>());
+  line += fmt::format(" | grad_norm {:.3f} | lr {:.2e} | {:.0f} tok/s | epoch {:.2f}", os.grad_norm, lr,
+                      m["tokens_per_s"].get<double>(), m["epoch"].get<double>());
+  spdlog::info("{}", line);
+}
+
+int SftTrainer::run() {
+  fs::create_directories(run_dir_);
+  write_run_config(run_dir_, config_to_json(cfg_));
+  metrics_ = std::make_unique<MetricsWriter>(run_dir_, args_.resume.empty() ? -1 : start_step_);
+  install_stop_handlers();
+  struct Uninstall {
+    ~Uninstall() { uninstall_stop_handlers(); }
+  } uninstall;
+  const int64_t total = static_cast<int64_t>(schedule_.size());
+  if (start_step_ >= total) {
+    spdlog::info("the run is already at step {} of {}", start_step_, total);
+    return 0;
+  }
+  if (start_step_ == 0 && !eval_.empty()) {
+    ordered_json m;
+    m["step"] = 0;
+    m["eval_loss"] = eval_loss();
+    metrics_->write(m);
+    spdlog::info("step 0/{} | eval_loss {:.4f}", total, m["eval_loss"].get<double>());
+  }
+  int64_t done = 0;
+  for (int64_t s = start_step_ + 1; s <= total; ++s) {
+    step(s);
+    ++done;
+    const bool periodic = cfg_.run.save_every > 0 && s % cfg_.run.save_every == 0;
+    const bool stop = stop_requested() || (args_.stop_after > 0 && done >= args_.stop_after);
+    if (periodic || s == total || stop) save(s);
+    if (s == total)
+      spdlog::info("final model: {} (a Hugging Face model directory)",
+                   (fs::path(run_dir_) / "checkpoints" / checkpoint_dir_name(s)).string());
+    if (stop && s < total) {
+      const int sig = stop_signal();
+      spdlog::info("stopping after step {} ({}); continue with: rlcu sft --resume {}", s,
+                   sig ? "signal" : "--stop-after", run_dir_);
+      return sig ? 128 + sig : 0;
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+int run_sft(const SftArgs& args) {
+  SftTrainer t(args);
+  return t.run();
+}
+
+}  // namespace rlcu
