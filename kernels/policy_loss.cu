@@ -3,7 +3,7 @@
 //
 // One pass over the T tokens of a micro-batch: each thread takes a grid-stride slice, evaluates the per-token loss
 // and gradient in fp64 (the same expressions as the CPU twin, so clip-branch decisions agree) and writes dlogp /
-// dentropy (or dv) — overwrite. The statistics are summed per thread in fp64, tree-reduced per block in a fixed order
+// dentropy (or dv) — overwrite; a token with w = 0 gets zero gradients and adds nothing to the statistics. The statistics are summed per thread in fp64, tree-reduced per block in a fixed order
 // into partial[block][k]; a one-block pass adds the block partials in block order and ACCUMULATES (+=) them into the
 // F32 stats vector. The grid size depends on T only, so the same inputs give the same bits. No atomics.
 #include <cmath>
@@ -35,7 +35,13 @@ __global__ void policy_loss_kernel(float* __restrict__ dlogp, float* __restrict_
   for (int k = 0; k < rl::kPolicyStats; ++k) acc[k] = 0.0;
   for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < T;
        t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const double lp = logp[t], A = adv[t], wt = w[t];
+    const double wt = w[t];
+    if (wt == 0.0) {  // masked: no gradient, no statistics, whatever the other inputs hold
+      dlogp[t] = 0.0f;
+      if (dentropy) dentropy[t] = 0.0f;
+      continue;
+    }
+    const double lp = logp[t], A = adv[t];
     const double r = exp(lp - static_cast<double>(old_logp[t]));
     const double pg1 = -A * r;
     const double pg2 = -A * fmin(fmax(r, c.lo), c.hi);
@@ -74,15 +80,13 @@ __global__ void policy_loss_kernel(float* __restrict__ dlogp, float* __restrict_
     acc[rl::kPsLoss] += wt * l;
     acc[rl::kPsPg] += wt * pg;
     acc[rl::kPsKl] += wt * kl;
-    if (wt != 0.0) {
-      acc[rl::kPsKlSum] += kl;
-      acc[rl::kPsEntropySum] += H;
-      acc[rl::kPsClipLow] += clip_low ? 1.0 : 0.0;
-      acc[rl::kPsClipHigh] += clip_high ? 1.0 : 0.0;
-      acc[rl::kPsDualClip] += dual ? 1.0 : 0.0;
-      acc[rl::kPsAbsRatioDev] += fabs(r - 1.0);
-      acc[rl::kPsTokens] += 1.0;
-    }
+    acc[rl::kPsKlSum] += kl;
+    acc[rl::kPsEntropySum] += H;
+    acc[rl::kPsClipLow] += clip_low ? 1.0 : 0.0;
+    acc[rl::kPsClipHigh] += clip_high ? 1.0 : 0.0;
+    acc[rl::kPsDualClip] += dual ? 1.0 : 0.0;
+    acc[rl::kPsAbsRatioDev] += fabs(r - 1.0);
+    acc[rl::kPsTokens] += 1.0;
   }
 #pragma unroll
   for (int k = 0; k < rl::kPolicyStats; ++k) {
@@ -98,17 +102,20 @@ __global__ void value_loss_kernel(float* __restrict__ dv, double* __restrict__ p
   double acc[rl::kValueStats] = {0.0, 0.0, 0.0};
   for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < T;
        t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const double vt = v[t], ov = old_v[t], R = returns[t], wt = w[t];
+    const double wt = w[t];
+    if (wt == 0.0) {  // masked: no gradient, no statistics
+      dv[t] = 0.0f;
+      continue;
+    }
+    const double vt = v[t], ov = old_v[t], R = returns[t];
     const double vc = clip > 0.0 ? ov + fmin(fmax(vt - ov, -clip), clip) : vt;
     const double l1 = (vt - R) * (vt - R), l2 = (vc - R) * (vc - R);
     const bool clipped = l2 > l1;
     const double l = 0.5 * (clipped ? l2 : l1);
     dv[t] = static_cast<float>(clipped ? 0.0 : wt * (vt - R));
     acc[rl::kVsLoss] += wt * l;
-    if (wt != 0.0) {
-      acc[rl::kVsClipped] += clipped ? 1.0 : 0.0;
-      acc[rl::kVsTokens] += 1.0;
-    }
+    acc[rl::kVsClipped] += clipped ? 1.0 : 0.0;
+    acc[rl::kVsTokens] += 1.0;
   }
 #pragma unroll
   for (int k = 0; k < rl::kValueStats; ++k) {

@@ -140,8 +140,9 @@ void loss_weights(const Tensor& w, const Tensor& cu_seqlens, const Tensor& seq_s
 // ent_coef == 0). Branches: "clipped low" is r < 1 - clip_low with A < 0, "clipped high" r > 1 + clip_high with
 // A > 0 (the clipped constant is then the max), "dual-clipped" A < 0 with -A r > -c A (i.e. r > c), which replaces
 // pg_t by -c A. The per-token arithmetic is fp64 on both devices (so branch decisions agree).
-// stats [kPolicyStats] F32 ACCUMULATES (+=) sums over this call's tokens, fp64 in a fixed order; entries 3..9 count
-// only the active tokens (w_t != 0):
+// Masked tokens (w_t == 0) get dlogp = dentropy = 0 and add nothing to the statistics, whatever their other inputs
+// hold (padding rows may carry garbage or non-finite values).
+// stats [kPolicyStats] F32 ACCUMULATES (+=) sums over this call's active tokens (w_t != 0), fp64 in a fixed order:
 enum PolicyStat : int {
   kPsLoss = 0,        // sum_t w_t l_t
   kPsPg = 1,          // sum_t w_t pg_t
@@ -174,8 +175,9 @@ void policy_loss(const Tensor& dlogp, const Tensor& dentropy, const Tensor& stat
 // l_t = 0.5 max((v - R)^2, (v_clip - R)^2);  loss = sum_t w_t l_t.
 // dv[t] = w_t dl_t/dv_t (overwrite): w (v - R) on the unclipped branch, 0 where the clipped term is strictly larger
 // (v is then outside the clip range, where v_clip does not depend on v). v, old_v, returns, w, dv [T].
-// stats [kValueStats] F32 ACCUMULATES: [0] sum_t w_t l_t, [1] tokens whose clipped term is strictly larger, [2] active
-// tokens (w_t != 0); [1] and [2] count active tokens only. Clip fraction = [1]/[2].
+// Masked tokens (w_t == 0) get dv = 0 and add nothing to the statistics.
+// stats [kValueStats] F32 ACCUMULATES over the active tokens (w_t != 0): [0] sum_t w_t l_t, [1] tokens whose clipped
+// term is strictly larger, [2] active tokens. Clip fraction = [1]/[2].
 enum ValueStat : int { kVsLoss = 0, kVsClipped = 1, kVsTokens = 2, kValueStats = 3 };
 struct ValueLossParams {
   float clip = 0.0f;  // >= 0

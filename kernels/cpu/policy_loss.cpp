@@ -4,6 +4,7 @@
 //                dlogp = w (dpg + kl_coef dkl) with dpg = -A r on the unclipped branch, 0 on a clipped one;
 //                dentropy = -w ent_coef.
 //   value_loss:  l = 0.5 max((v - R)^2, (v_clip - R)^2), dv = w (v - R) unless the clipped term is strictly larger.
+// Tokens with w = 0 get zero gradients and add nothing to the statistics (non-finite inputs there do not leak).
 // Gradients overwrite; stats accumulate (+=) fp64 sums taken in token order, added to the F32 stats once per call.
 #include <cmath>
 
@@ -49,7 +50,13 @@ void policy_loss(const Tensor& dlogp, const Tensor& dentropy, const Tensor& stat
   const double c = p.dual_clip, kc = p.kl_coef, ec = p.ent_coef;
   double sum[rl::kPolicyStats] = {};
   for (int64_t t = 0; t < T; ++t) {
-    const double lp = logp.ptr<float>()[t], A = adv.ptr<float>()[t], wt = w.ptr<float>()[t];
+    const double wt = w.ptr<float>()[t];
+    if (wt == 0.0) {  // masked: no gradient, no statistics, whatever the other inputs hold
+      dlogp.ptr<float>()[t] = 0.0f;
+      if (!dentropy.empty()) dentropy.ptr<float>()[t] = 0.0f;
+      continue;
+    }
+    const double lp = logp.ptr<float>()[t], A = adv.ptr<float>()[t];
     const double r = std::exp(lp - static_cast<double>(old_logp.ptr<float>()[t]));
     const double pg1 = -A * r;
     const double pg2 = -A * std::fmin(std::fmax(r, lo), hi);
@@ -82,15 +89,13 @@ void policy_loss(const Tensor& dlogp, const Tensor& dentropy, const Tensor& stat
     sum[rl::kPsLoss] += wt * l;
     sum[rl::kPsPg] += wt * pg;
     sum[rl::kPsKl] += wt * kl;
-    if (wt != 0.0) {
-      sum[rl::kPsKlSum] += kl;
-      sum[rl::kPsEntropySum] += H;
-      sum[rl::kPsClipLow] += clip_low ? 1.0 : 0.0;
-      sum[rl::kPsClipHigh] += clip_high ? 1.0 : 0.0;
-      sum[rl::kPsDualClip] += dual ? 1.0 : 0.0;
-      sum[rl::kPsAbsRatioDev] += std::fabs(r - 1.0);
-      sum[rl::kPsTokens] += 1.0;
-    }
+    sum[rl::kPsKlSum] += kl;
+    sum[rl::kPsEntropySum] += H;
+    sum[rl::kPsClipLow] += clip_low ? 1.0 : 0.0;
+    sum[rl::kPsClipHigh] += clip_high ? 1.0 : 0.0;
+    sum[rl::kPsDualClip] += dual ? 1.0 : 0.0;
+    sum[rl::kPsAbsRatioDev] += std::fabs(r - 1.0);
+    sum[rl::kPsTokens] += 1.0;
   }
   for (int k = 0; k < rl::kPolicyStats; ++k) stats.ptr<float>()[k] += static_cast<float>(sum[k]);
 }
@@ -110,18 +115,20 @@ void value_loss(const Tensor& dv, const Tensor& stats, const Tensor& v, const Te
   const double eps = p.clip;
   double sum[rl::kValueStats] = {};
   for (int64_t t = 0; t < T; ++t) {
-    const double vt = v.ptr<float>()[t], ov = old_v.ptr<float>()[t], R = returns.ptr<float>()[t];
     const double wt = w.ptr<float>()[t];
+    if (wt == 0.0) {  // masked: no gradient, no statistics
+      dv.ptr<float>()[t] = 0.0f;
+      continue;
+    }
+    const double vt = v.ptr<float>()[t], ov = old_v.ptr<float>()[t], R = returns.ptr<float>()[t];
     const double vc = eps > 0.0 ? ov + std::fmin(std::fmax(vt - ov, -eps), eps) : vt;
     const double l1 = (vt - R) * (vt - R), l2 = (vc - R) * (vc - R);
     const bool clipped = l2 > l1;
     const double l = 0.5 * (clipped ? l2 : l1);
     dv.ptr<float>()[t] = static_cast<float>(clipped ? 0.0 : wt * (vt - R));
     sum[rl::kVsLoss] += wt * l;
-    if (wt != 0.0) {
-      sum[rl::kVsClipped] += clipped ? 1.0 : 0.0;
-      sum[rl::kVsTokens] += 1.0;
-    }
+    sum[rl::kVsClipped] += clipped ? 1.0 : 0.0;
+    sum[rl::kVsTokens] += 1.0;
   }
   for (int k = 0; k < rl::kValueStats; ++k) stats.ptr<float>()[k] += static_cast<float>(sum[k]);
 }

@@ -1,7 +1,7 @@
 // CUDA RL ops (include/rlcu/rl_ops.h) against their CPU twins on fresh random inputs (the seed is printed with any
 // failure): group advantages (every normalisation, RLOO, in place), REINFORCE++ returns, GAE, broadcast, loss
 // weights, policy loss and value loss. Shapes include N = 1, T = 1, odd sizes, empty sequences and T in the
-// thousands (up to 10^5 tokens for the losses). Outputs are guarded device tensors (poisoned with NaN, sentinels after
+// thousands (up to 10^5 tokens for the losses); masked loss rows (w = 0) carry NaN/inf inputs. Outputs are guarded device tensors (poisoned with NaN, sentinels after
 // the end); the accumulated statistics start from non-zero values; the reductions run twice and must agree bit for
 // bit. Tolerances: tol_for(F32).
 //
@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <random>
 #include <string>
@@ -221,6 +222,8 @@ TEST(RlOpsCuda, PolicyLossMatchesCpu) {
       std::vector<float> rp = random_vec(T, seed + 2, -6, 0), adv = random_vec(T, seed + 3, -2, 2),
                          w = random_vec(T, seed + 4, -0.5f, 1.0f), ent = random_vec(T, seed + 5, 0, 4);
       for (float& x : w) x = x < 0 ? 0.0f : x / T;  // about a third masked
+      for (int t = 0; t < T; t += 3)  // masked rows may hold garbage: it must not reach gradients or statistics
+        if (w[t] == 0.0f) lp[t] = t % 2 ? std::numeric_limits<float>::quiet_NaN() : std::numeric_limits<float>::infinity();
       std::vector<float> stats0 = random_vec(kPolicyStats, seed + 6, 0, 3);
       std::vector<float> dl(T), de(T), st = stats0;
       const Tensor h_rp = p.kl_coef != 0 ? hf(rp) : Tensor(), h_ent = with_ent ? hf(ent) : Tensor();
@@ -254,6 +257,8 @@ TEST(RlOpsCuda, ValueLossMatchesCpu) {
       std::vector<float> v = random_vec(T, seed, -1, 1), ov = random_vec(T, seed + 1, -1, 1),
                          R = random_vec(T, seed + 2, -2, 2), w = random_vec(T, seed + 3, -0.3f, 1.0f);
       for (float& x : w) x = x < 0 ? 0.0f : x;
+      for (int t = 0; t < T; t += 3)
+        if (w[t] == 0.0f) v[t] = std::numeric_limits<float>::quiet_NaN();
       std::vector<float> stats0 = random_vec(kValueStats, seed + 4, 0, 2), dv(T), st = stats0;
       value_loss(hf(dv), hf(st), hf(v), hf(ov), hf(R), hf(w), {clip}, host());
       GuardedTensor gv = dev(v), gov = dev(ov), gR = dev(R), gw = dev(w), gdv = dev_out(T), gst = dev(stats0);

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <iterator>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -486,6 +487,33 @@ TEST(RlPolicyLoss, KlEstimatorValuesAndMaskedTokens) {
     EXPECT_NEAR(o.stats[kPsKlSum], c.kl, 1e-6);  // the w = 0 token is not counted
     EXPECT_EQ(o.stats[kPsTokens], 1.0f);
   }
+}
+
+TEST(RlPolicyLoss, MaskedTokensContributeNothingEvenWhenNonFinite) {
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  // Tokens 1 and 3 are masked (w = 0) and hold non-finite inputs.
+  PolicyInputs in{{-1.0f, nan, -0.5f, inf}, {-1.1f, 0.0f, -0.4f, 0.0f}, {-1.2f, inf, -0.3f, nan},
+                  {1.0f, nan, -0.7f, 2.0f}, {0.3f, 0.0f, 0.2f, 0.0f}, {1.0f, nan, 2.0f, inf}};
+  PolicyLossParams p;
+  p.kl_coef = 0.1f;
+  p.ent_coef = 0.01f;
+  p.dual_clip = 3.0f;
+  PolicyOut o = run_policy(in, p);
+  PolicyInputs kept{{-1.0f, -0.5f}, {-1.1f, -0.4f}, {-1.2f, -0.3f}, {1.0f, -0.7f}, {0.3f, 0.2f}, {1.0f, 2.0f}};
+  PolicyOut ok = run_policy(kept, p);
+  EXPECT_EQ(o.dlogp[1], 0.0f);
+  EXPECT_EQ(o.dlogp[3], 0.0f);
+  EXPECT_EQ(o.dentropy[1], 0.0f);
+  EXPECT_EQ(o.dlogp[0], ok.dlogp[0]);
+  EXPECT_EQ(o.dlogp[2], ok.dlogp[1]);
+  for (int k = 0; k < kPolicyStats; ++k) EXPECT_EQ(o.stats[k], ok.stats[k]) << k;
+  EXPECT_EQ(o.stats[kPsTokens], 2.0f);
+  std::vector<float> v{0.5f, nan}, ov{0.4f, inf}, R{1.0f, nan}, w{1.0f, 0.0f}, dv(2), st(kValueStats, 0.0f);
+  value_loss(tf(dv), tf(st), tf(v), tf(ov), tf(R), tf(w), {0.2f}, host());
+  EXPECT_NEAR(dv[0], -0.5, 1e-6);
+  EXPECT_EQ(dv[1], 0.0f);
+  EXPECT_NEAR(st[kVsLoss], 0.125, 1e-6);
+  EXPECT_EQ(st[kVsTokens], 1.0f);
 }
 
 TEST(RlPolicyLoss, StatsAccumulateAndArgumentsAreChecked) {
