@@ -8,7 +8,9 @@
 // Shapes and names
 //   A rollout batch holds N = P * G completions (P prompts, G samples each); group g is rows [g*G, (g+1)*G).
 //   Completion tokens are packed: cu_seqlens [N+1] I32, cu_seqlens[0] = 0, sequence s owns tokens
-//   [cu_seqlens[s], cu_seqlens[s+1]), T = cu_seqlens[N]. Everything else is F32.
+//   [cu_seqlens[s], cu_seqlens[s+1]), T = cu_seqlens[N]. Everything else is F32. The CPU ops check cu_seqlens
+//   (starts at 0, non-decreasing, ends at T); the CUDA ops cannot read it without a sync, so there the caller
+//   guarantees it and T is taken from the token tensors.
 //   "std" is always the unbiased sample standard deviation sqrt(sum (x - mean)^2 / (n - 1)), as torch.std; with
 //   n = 1 it is defined as 0.
 //
