@@ -13,6 +13,8 @@
 //   output and log-sum-exp to the workspace, and paged_decode_merge_kernel combines the splits:
 //   out = sum_s exp(lse_s - L) o_s with L = log sum_s exp(lse_s). Empty splits have lse = -inf; n = 0 gives zeros.
 //   The grid depends on B and num_splits only, so a captured CUDA graph stays valid for any context lengths.
+//   BF16 caches with hd 64 or 128 take paged_decode_vec_kernel (16-byte lanes, see there); other dtypes and head
+//   dims take the generic paged_decode_kernel.
 // Accumulation in fp32. No gradients: generation only.
 #include <cmath>
 
@@ -160,6 +162,141 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
   }
 }
 
+// Vectorised decode for BF16 caches with hd = HD in {64, 128}: each lane owns 8 consecutive dims (one 16-byte load
+// of K and of V per token), LPT = HD/8 lanes share a token and a warp covers 32/LPT tokens per load; the dot product
+// is reduced over the LPT lanes of a token (xor shuffles inside the group). Each lane group keeps its own online
+// softmax state for up to MAXH query heads; the groups of a warp merge by shuffles, the warps in shared memory.
+// kUnroll token steps are loaded before any arithmetic. Same split-KV and workspace layout as paged_decode_kernel.
+template <int HD, int MAXH>
+__global__ void __launch_bounds__(kDecodeWarps * 32)
+    paged_decode_vec_kernel(bf16* __restrict__ out, float* __restrict__ ws, const bf16* __restrict__ q,
+                            const bf16* __restrict__ kc, const bf16* __restrict__ vc, const int* __restrict__ tables,
+                            const int* __restrict__ lens, int nq, int nkv, int max_blocks, int block_size,
+                            int num_splits, float scale) {
+  constexpr int LPT = HD / 8, TPW = 32 / LPT;
+  const int split = blockIdx.x, b = blockIdx.z;
+  const int group = nq / nkv, chunks = (group + MAXH - 1) / MAXH;
+  const int g = blockIdx.y / chunks, h0 = g * group + (blockIdx.y % chunks) * MAXH;
+  const int nh = min(MAXH, g * group + group - h0);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, sub = lane / LPT, d0 = (lane % LPT) * 8;
+  const int n = lens[b];
+  const int ns = max(1, min(num_splits, (n + kMinSplitTokens - 1) / kMinSplitTokens));
+  const int tps = (n + ns - 1) / ns;
+  const int t0 = split * tps, t1 = split < ns ? min(n, t0 + tps) : t0;
+
+  float qv[MAXH][8], acc[MAXH][8], m[MAXH], l[MAXH];
+#pragma unroll
+  for (int h = 0; h < MAXH; ++h) {
+    m[h] = -INFINITY;
+    l[h] = 0.0f;
+    const int hh = min(h, nh - 1);
+    const uint4 raw = *reinterpret_cast<const uint4*>(q + (static_cast<int64_t>(b) * nq + h0 + hh) * HD + d0);
+    const bf16* qe = reinterpret_cast<const bf16*>(&raw);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      qv[h][e] = __bfloat162float(qe[e]) * scale;
+      acc[h][e] = 0.0f;
+    }
+  }
+  const int* table = tables + static_cast<int64_t>(b) * max_blocks;
+  constexpr int kStep = kDecodeWarps * TPW * kUnroll;
+  for (int tb = t0 + warp * TPW * kUnroll; tb < t1; tb += kStep) {
+    uint4 kr[kUnroll], vr[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int t = tb + u * TPW + sub;
+      if (t < t1) {
+        const int64_t slot = static_cast<int64_t>(table[t / block_size]) * block_size + t % block_size;
+        const int64_t base = (slot * nkv + g) * HD + d0;
+        kr[u] = *reinterpret_cast<const uint4*>(kc + base);
+        vr[u] = *reinterpret_cast<const uint4*>(vc + base);
+      } else {
+        kr[u] = make_uint4(0, 0, 0, 0);
+        vr[u] = make_uint4(0, 0, 0, 0);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const bool valid = tb + u * TPW + sub < t1;
+      const bf16* ke = reinterpret_cast<const bf16*>(&kr[u]);
+      const bf16* ve = reinterpret_cast<const bf16*>(&vr[u]);
+      float kf[8], vf[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        kf[e] = __bfloat162float(ke[e]);
+        vf[e] = __bfloat162float(ve[e]);
+      }
+#pragma unroll
+      for (int h = 0; h < MAXH; ++h) {
+        float s = 0.0f;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) s += qv[h][e] * kf[e];
+#pragma unroll
+        for (int o = LPT / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        if (!valid || h >= nh) continue;
+        const float mn = fmaxf(m[h], s), corr = __expf(m[h] - mn), p = __expf(s - mn);
+        l[h] = l[h] * corr + p;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[h][e] = acc[h][e] * corr + p * vf[e];
+        m[h] = mn;
+      }
+    }
+  }
+  // Merge the TPW token groups of the warp (lanes with the same dims), then the warps.
+#pragma unroll
+  for (int o = LPT; o < 32; o <<= 1) {
+#pragma unroll
+    for (int h = 0; h < MAXH; ++h) {
+      const float m2 = __shfl_xor_sync(0xffffffffu, m[h], o), l2 = __shfl_xor_sync(0xffffffffu, l[h], o);
+      const float M = fmaxf(m[h], m2);
+      const float c1 = M == -INFINITY ? 0.0f : __expf(m[h] - M), c2 = M == -INFINITY ? 0.0f : __expf(m2 - M);
+      l[h] = l[h] * c1 + l2 * c2;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const float a2 = __shfl_xor_sync(0xffffffffu, acc[h][e], o);
+        acc[h][e] = acc[h][e] * c1 + a2 * c2;
+      }
+      m[h] = M;
+    }
+  }
+  __shared__ float sm_m[kDecodeWarps][MAXH], sm_l[kDecodeWarps][MAXH];
+  __shared__ float sm_acc[kDecodeWarps][MAXH][HD];
+  if (sub == 0) {
+#pragma unroll
+    for (int h = 0; h < MAXH; ++h) {
+      if (lane == 0) {
+        sm_m[warp][h] = m[h];
+        sm_l[warp][h] = l[h];
+      }
+#pragma unroll
+      for (int e = 0; e < 8; ++e) sm_acc[warp][h][d0 + e] = acc[h][e];
+    }
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < nh * HD; i += blockDim.x) {
+    const int h = i / HD, d = i % HD;
+    float M = -INFINITY;
+    for (int w = 0; w < kDecodeWarps; ++w) M = fmaxf(M, sm_m[w][h]);
+    float L = 0.0f, A = 0.0f;
+    if (M > -INFINITY)
+      for (int w = 0; w < kDecodeWarps; ++w) {
+        const float c = __expf(sm_m[w][h] - M);
+        L += c * sm_l[w][h];
+        A += c * sm_acc[w][h][d];
+      }
+    const int64_t row = static_cast<int64_t>(b) * nq + h0 + h;
+    if (num_splits == 1) {
+      out[row * HD + d] = __float2bfloat16_rn(L > 0.0f ? A / L : 0.0f);
+    } else {
+      ws[(row * num_splits + split) * HD + d] = L > 0.0f ? A / L : 0.0f;
+      if (d == 0) {
+        float* lse = ws + static_cast<int64_t>(gridDim.z) * nq * num_splits * HD;
+        lse[row * num_splits + split] = L > 0.0f ? M + __logf(L) : -INFINITY;
+      }
+    }
+  }
+}
+
 // One block per (b, head): combines the splits' normalised outputs by their log-sum-exp.
 template <class T>
 __global__ void paged_decode_merge_kernel(T* __restrict__ out, const float* __restrict__ ws, int64_t rows, int hd,
@@ -272,6 +409,40 @@ void paged_attention_decode(const Tensor& out, const Tensor& q, const Tensor& k_
   const dim3 grid(static_cast<unsigned>(p.num_splits), static_cast<unsigned>(nkv * chunks),
                   static_cast<unsigned>(B));
   float* ws = p.num_splits > 1 ? workspace.ptr<float>() : nullptr;
+  // BF16 caches with hd 64 / 128 (aligned rows): the vectorised kernel, with MAXH = the group size rounded up to a
+  // power of two (at most 8 query heads per block).
+  const bool vec = q.dtype == DType::BF16 && (hd == 64 || hd == 128) && is_aligned(q.data, 16) &&
+                   is_aligned(k_cache.data, 16) && is_aligned(v_cache.data, 16);
+  if (vec) {
+    const int maxh = group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8;
+    const int vchunks = (group + maxh - 1) / maxh;
+    const dim3 vgrid(static_cast<unsigned>(p.num_splits), static_cast<unsigned>(nkv * vchunks),
+                     static_cast<unsigned>(B));
+    auto launch = [&](auto hd_c, auto maxh_c) {
+      constexpr int HD = decltype(hd_c)::value, MAXH = decltype(maxh_c)::value;
+      paged_decode_vec_kernel<HD, MAXH><<<vgrid, kDecodeWarps * 32, 0, stream_of(ctx)>>>(
+          out.ptr<bf16>(), ws, q.ptr<bf16>(), k_cache.ptr<bf16>(), v_cache.ptr<bf16>(), block_tables.ptr<int>(),
+          context_lens.ptr<int>(), static_cast<int>(nq), static_cast<int>(nkv),
+          static_cast<int>(block_tables.shape[1]), p.block_size, p.num_splits, p.scale);
+    };
+    auto by_heads = [&](auto hd_c) {
+      if (maxh == 1) launch(hd_c, std::integral_constant<int, 1>{});
+      else if (maxh == 2) launch(hd_c, std::integral_constant<int, 2>{});
+      else if (maxh == 4) launch(hd_c, std::integral_constant<int, 4>{});
+      else launch(hd_c, std::integral_constant<int, 8>{});
+    };
+    if (hd == 64)
+      by_heads(std::integral_constant<int, 64>{});
+    else
+      by_heads(std::integral_constant<int, 128>{});
+    RLCU_CUDA_CHECK(cudaGetLastError());
+    if (p.num_splits > 1) {
+      paged_decode_merge_kernel<bf16><<<static_cast<unsigned>(B * nq), 128, 0, stream_of(ctx)>>>(
+          out.ptr<bf16>(), ws, B * nq, static_cast<int>(hd), p.num_splits);
+      RLCU_CUDA_CHECK(cudaGetLastError());
+    }
+    return;
+  }
   dispatch_float(q.dtype, op, [&](auto tag) {
     using T = decltype(tag);
     auto launch = [&](auto epl) {

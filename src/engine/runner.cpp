@@ -86,6 +86,7 @@ struct Runner::Impl {
   DType ad;
   int64_t L, H, I, V, nq, nkv, hd, qd, kvd, Tm, MB, num_slots;
   float eps, scale;
+  int64_t sms = 1;  // multiprocessors of the device (1 on the CPU)
 
   Buffer kv_buf;
   Tensor kv;  // [2L, num_slots, nkv, hd]
@@ -98,6 +99,13 @@ struct Runner::Impl {
   std::map<int64_t, cudaGraphExec_t> graphs;
 
   Impl(const Model& model, const RunnerOptions& opt, Context& c) : m(model), o(opt), ctx(c) {}
+
+  // Split-KV chunks for a decode batch of B rows: enough blocks for about four waves over the GPU's
+  // multiprocessors, at most o.num_splits (a context also never splits below 64 tokens a chunk, see ops.h).
+  int splits_for(int64_t B) const {
+    const int64_t blocks = B * nkv;
+    return static_cast<int>(std::clamp<int64_t>((4 * sms + blocks - 1) / blocks, 1, o.num_splits));
+  }
 
   Tensor kcache(int64_t l) const { return kv.slice_rows(2 * l, 2 * l + 1).view({num_slots, nkv, hd}); }
   Tensor vcache(int64_t l) const { return kv.slice_rows(2 * l + 1, 2 * l + 2).view({num_slots, nkv, hd}); }
@@ -145,7 +153,7 @@ struct Runner::Impl {
     ops::kv_cache_write(kcache(l), vcache(l), k3, v3, rows(slots, T), ctx);
     const Tensor a3 = rows(attn, T).view({T, nq, hd});
     if (decode) {
-      const ops::PagedAttentionParams pp{static_cast<int>(o.block_size), o.num_splits, scale};
+      const ops::PagedAttentionParams pp{static_cast<int>(o.block_size), splits_for(T), scale};
       ops::paged_attention_decode(a3, q3, kcache(l), vcache(l), rows(tables, T * o.max_blocks_per_seq)
                                       .view({T, o.max_blocks_per_seq}),
                                   rows(ctx_lens, T), ws, pp, ctx);
@@ -209,6 +217,12 @@ Runner::Runner(const Model& model, const RunnerOptions& opt, Context& ctx)
   s.num_slots = opt.num_blocks * opt.block_size;
   s.eps = static_cast<float>(c.rms_norm_eps);
   s.scale = 1.0f / std::sqrt(static_cast<float>(s.hd));
+  if (s.dev == Device::CUDA) {
+    int dev = 0, n = 0;
+    RLCU_CUDA_CHECK(cudaGetDevice(&dev));
+    RLCU_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+    s.sms = n;
+  }
 
   const size_t kv_bytes = static_cast<size_t>(2 * s.L * s.num_slots * s.kvd) * dtype_size(s.ad);
   s.kv_buf = Buffer::alloc(kv_bytes, s.dev);
