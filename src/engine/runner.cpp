@@ -100,11 +100,11 @@ struct Runner::Impl {
 
   Impl(const Model& model, const RunnerOptions& opt, Context& c) : m(model), o(opt), ctx(c) {}
 
-  // Split-KV chunks for a decode batch of B rows: enough blocks for about four waves over the GPU's
-  // multiprocessors, at most o.num_splits (a context also never splits below 64 tokens a chunk, see ops.h).
+  // Split-KV chunks for a decode batch of B rows: about two blocks per multiprocessor, at most o.num_splits (a
+  // context also never splits below 64 tokens a chunk, see ops.h).
   int splits_for(int64_t B) const {
     const int64_t blocks = B * nkv;
-    return static_cast<int>(std::clamp<int64_t>((4 * sms + blocks - 1) / blocks, 1, o.num_splits));
+    return static_cast<int>(std::clamp<int64_t>((2 * sms + blocks - 1) / blocks, 1, o.num_splits));
   }
 
   Tensor kcache(int64_t l) const { return kv.slice_rows(2 * l, 2 * l + 1).view({num_slots, nkv, hd}); }
