@@ -27,7 +27,8 @@ namespace {
 
 constexpr int kDecodeWarps = 4;
 constexpr int kMaxHeadsPerBlock = 8;
-constexpr int kUnroll = 4;
+constexpr int kUnroll = 4;     // token steps loaded ahead, generic kernel
+constexpr int kVecUnroll = 8;  // token steps loaded ahead, vectorised kernel (8 measured 1.5% faster than 4 on H100)
 constexpr int kMinSplitTokens = 64;
 
 template <class T, int V>
@@ -166,7 +167,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
 // of K and of V per token), LPT = HD/8 lanes share a token and a warp covers 32/LPT tokens per load; the dot product
 // is reduced over the LPT lanes of a token (xor shuffles inside the group). Each lane group keeps its own online
 // softmax state for up to MAXH query heads; the groups of a warp merge by shuffles, the warps in shared memory.
-// kUnroll token steps are loaded before any arithmetic. Same split-KV and workspace layout as paged_decode_kernel.
+// kVecUnroll token steps are loaded before any arithmetic. Same split-KV and workspace layout as paged_decode_kernel.
 template <int HD, int MAXH>
 __global__ void __launch_bounds__(kDecodeWarps * 32)
     paged_decode_vec_kernel(bf16* __restrict__ out, float* __restrict__ ws, const bf16* __restrict__ q,
@@ -199,11 +200,11 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
     }
   }
   const int* table = tables + static_cast<int64_t>(b) * max_blocks;
-  constexpr int kStep = kDecodeWarps * TPW * kUnroll;
-  for (int tb = t0 + warp * TPW * kUnroll; tb < t1; tb += kStep) {
-    uint4 kr[kUnroll], vr[kUnroll];
+  constexpr int kStep = kDecodeWarps * TPW * kVecUnroll;
+  for (int tb = t0 + warp * TPW * kVecUnroll; tb < t1; tb += kStep) {
+    uint4 kr[kVecUnroll], vr[kVecUnroll];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+    for (int u = 0; u < kVecUnroll; ++u) {
       const int t = tb + u * TPW + sub;
       if (t < t1) {
         const int64_t slot = static_cast<int64_t>(table[t / block_size]) * block_size + t % block_size;
@@ -216,7 +217,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
       }
     }
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+    for (int u = 0; u < kVecUnroll; ++u) {
       const bool valid = tb + u * TPW + sub < t1;
       const bf16* ke = reinterpret_cast<const bf16*>(&kr[u]);
       const bf16* ve = reinterpret_cast<const bf16*>(&vr[u]);

@@ -5,6 +5,7 @@
 # from metrics.jsonl. The model directory needs tokenizer files; when it has none, the Qwen3 tokenizer from
 # tests/fixtures/tokenizers/qwen3 is copied next to a copy of its config and weights.
 #   usage: scripts/bench-grpo.sh [MODEL_DIR] [STEPS] [extra rlcu train args...]
+# The table goes to stderr; the last line on stdout is the work directory (config, metrics, checkpoints).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 model="${1:-/tmp/rlcu_parity/qwen3-0.6b}"
@@ -41,7 +42,7 @@ cat > "$work/config.json" <<JSON
 }
 JSON
 "$rlcu" train "$work/config.json" "$@" 1>&2
-python3 - "$work/run/metrics.jsonl" <<'PY'
+python3 - "$work/run/metrics.jsonl" 1>&2 <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 keys = ["time/step_s", "time/rollout_s", "time/reward_s", "time/reference_s", "time/advantage_s", "time/train_s"]
