@@ -218,7 +218,10 @@ TEST(OpsCuda, BiasAddAndGradMatchCpu) {
       ops::bias_grad(g1.t, gdy.t, gpu());
       ops::bias_grad(g2.t, gdy.t, gpu());
       const std::string what = fmt::format("bias_grad {}x{} dy {} seed={}", rows, cols, dn(dt), seed);
-      expect_tensor(g1, want, tol_for(DType::F32), what);
+      // An fp32 sum of `rows` terms of size <= 1 (the CPU twin sums in fp64): the rounding error grows about as
+      // sqrt(rows), and a near-zero column has no relative slack.
+      const Tol sum_tol{tol_for(DType::F32).rel, tol_for(DType::F32).abs * std::max(1.0, std::sqrt(rows / 100.0))};
+      expect_tensor(g1, want, sum_tol, what);
       EXPECT_EQ(download(g1), download(g2)) << what << ": not bit-reproducible";
     }
 }
