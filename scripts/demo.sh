@@ -60,6 +60,12 @@ esac
 model_args=(--hidden 64 --layers 2 --heads 4 --kv-heads 2)
 n_sft=2000; n_rl=2000; n_test=100
 sft_set=(); grpo_set=()
+if [ "$DEVICE" != cpu ]; then
+  # The GPU does a GRPO step of this model in ~20 ms: run 600 steps of 32 prompts x 16 samples (lr 3e-4) instead of
+  # the CPU-sized 150 x 8, and evaluate on 200 held-out problems.
+  grpo_set+=(--set train.steps=600 --set train.prompts_per_step=32 --set optimizer.lr=0.0003)
+  n_test=200
+fi
 echo "demo: device $DEVICE, outputs in $demo"
 if [ "$demo" != runs/demo ]; then
   # The configs name runs/demo/...; point every path at $DEMO_DIR instead.

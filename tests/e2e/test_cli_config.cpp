@@ -21,7 +21,7 @@ TEST(CliConfig, CheckAndShow) {
 }
 
 TEST(CliConfig, ShippedConfigsAreValid) {
-  for (const char* name : {"configs/base.json"}) {
+  for (const char* name : {"configs/base.json", "configs/smoke_cpu.json", "configs/demo.json", "configs/demo_sft.json"}) {
     auto r = run_cli(std::string("config check ") + RLCU_SOURCE_DIR + "/" + name);
     EXPECT_EQ(r.code, 0) << name << ": " << r.err;
   }
