@@ -102,6 +102,9 @@ struct HfTensor {
 
 struct ModelOptions {
   bool training = false;  // allocate F32 gradients (and, on CUDA, F32 master weights)
+  // A Hugging Face *ForSequenceClassification directory (a reward model): `score.weight` is left to the caller and
+  // a missing `lm_head.weight` is allowed (the head then aliases the embeddings; its logits are not used).
+  bool sequence_classification = false;
 };
 
 // A loaded model on the context's device. On the CPU weights are F32 and double as the master copy; on CUDA the

@@ -157,7 +157,6 @@ class RewardModel {
 
  private:
   Context& ctx_;
-  std::string staged_dir_;  // a loadable copy of the directory when Model::load rejects the original ("" if none)
   std::unique_ptr<Model> model_;
   std::unique_ptr<Transformer> tf_;
   std::vector<float> score_weight_;

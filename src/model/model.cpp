@@ -119,8 +119,9 @@ std::vector<std::pair<std::string, Tensor>> hf_views(const ModelConfig& c, const
   return v;
 }
 
-bool ignorable_tensor(const ModelConfig& c, const std::string& name) {
+bool ignorable_tensor(const ModelConfig& c, const std::string& name, const ModelOptions& opt) {
   if (c.tie_word_embeddings && name == "lm_head.weight") return true;
+  if (opt.sequence_classification && name == "score.weight") return true;
   const std::string suffix = ".rotary_emb.inv_freq";
   return name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
@@ -137,13 +138,15 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const ModelOptions& o
   std::unique_ptr<Model> m(new Model());
   m->dir_ = dir;
   m->config_ = ModelConfig::load(dir);
-  const ModelConfig& c = m->config_;
   const std::string config_path = (fs::path(dir) / "config.json").string();
   m->device_ = ctx.device();
   m->weight_dtype_ = m->device_ == Device::CPU ? DType::F32 : DType::BF16;
   const bool separate_master = opt.training && m->weight_dtype_ != DType::F32;
 
   const SafetensorsSet set = SafetensorsSet::open_dir(dir);
+  if (opt.sequence_classification && !m->config_.tie_word_embeddings && !set.find("lm_head.weight").entry)
+    m->config_.tie_word_embeddings = true;  // no LM head in a classifier: alias the embeddings
+  const ModelConfig& c = m->config_;
   const int64_t total = layout_elements(c);
   const Device dev = m->device_;
   m->weights_buf_ = Buffer::alloc(static_cast<size_t>(total) * dtype_size(m->weight_dtype_), dev);
@@ -171,7 +174,7 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const ModelOptions& o
     for (const std::string& name : set.names()) {
       if (expected.count(name)) continue;
       const SafetensorsSet::Located loc = set.find(name);
-      if (ignorable_tensor(c, name)) {
+      if (ignorable_tensor(c, name, opt)) {
         spdlog::debug("{}: ignoring tensor `{}`", loc.file->path(), name);
         continue;
       }

@@ -2,18 +2,9 @@
 // transformer code. score(seq) = sum_h final_hidden[last token of seq, h] * score.weight[0, h], accumulated in fp64 on
 // the host from the final hidden row (F32 on the CPU, the activation dtype on CUDA).
 //
-// Loading: Model::load accepts exactly the decoder tensors of a causal LM (plus lm_head unless tied). A sequence-
-// classification checkpoint adds `score.weight` (rejected as an unexpected tensor) and usually has no
-// `lm_head.weight` (rejected as missing when the config says the embeddings are untied). When the first load fails
-// and the directory holds `score.weight`, a loadable copy is staged in a temporary directory: config.json with
-// `tie_word_embeddings` set to true when there is no lm_head (the head's logits are not used), and model.safetensors
-// with every tensor except `score.weight`, in its stored dtype. The copy is removed when the RewardModel is destroyed.
+// Loading: Model::load with ModelOptions::sequence_classification leaves `score.weight` to this class (read here in
+// F32) and accepts a directory without `lm_head.weight` (the head's logits are not used).
 #include <spdlog/spdlog.h>
-
-#include <cstdlib>
-#include <filesystem>
-#include <fstream>
-#include <nlohmann/json.hpp>
 
 #include "rlcu/error.h"
 #include "rlcu/model.h"
@@ -22,9 +13,6 @@
 
 namespace rlcu {
 
-namespace fs = std::filesystem;
-using json = nlohmann::json;
-
 namespace {
 
 DType stored_dtype(const SafetensorsEntry& e, const std::string& file) {
@@ -32,48 +20,6 @@ DType stored_dtype(const SafetensorsEntry& e, const std::string& file) {
   if (e.dtype == "BF16") return DType::BF16;
   if (e.dtype == "F16") return DType::F16;
   throw Error(fmt::format("{}: tensor `{}` has dtype {}; expected F32, BF16 or F16", file, e.name, e.dtype));
-}
-
-// Writes a directory Model::load accepts; returns its path.
-std::string stage_loadable_copy(const std::string& dir, const SafetensorsSet& set) {
-  std::string tmpl = (fs::temp_directory_path() / "rlcu-reward-model-XXXXXX").string();
-  if (!mkdtemp(tmpl.data())) throw Error(fmt::format("{}: cannot create a temporary directory", tmpl));
-  const fs::path out(tmpl);
-  try {
-    const fs::path cfg_path = fs::path(dir) / "config.json";
-    std::ifstream in(cfg_path);
-    if (!in) throw Error(fmt::format("{}: cannot open", cfg_path.string()));
-    json cfg;
-    try {
-      cfg = json::parse(in);
-    } catch (const json::parse_error& e) {
-      throw Error(fmt::format("{}: not valid JSON: {}", cfg_path.string(), e.what()));
-    }
-    const bool has_head = set.find("lm_head.weight").entry != nullptr;
-    if (!has_head && cfg.is_object()) cfg["tie_word_embeddings"] = true;
-    std::ofstream(out / "config.json") << cfg.dump(2);
-    const fs::path gen = fs::path(dir) / "generation_config.json";
-    if (fs::exists(gen)) fs::copy_file(gen, out / "generation_config.json");
-
-    std::vector<SafetensorsWriteItem> items;
-    for (const std::string& name : set.names()) {
-      if (name == "score.weight") continue;
-      const SafetensorsSet::Located loc = set.find(name);
-      const DType dt = stored_dtype(*loc.entry, loc.file->path());
-      SafetensorsWriteItem it;
-      it.name = name;
-      it.tensor = Tensor(const_cast<uint8_t*>(loc.file->data(*loc.entry)), dt, Device::CPU, {loc.entry->numel()});
-      it.file_dtype = dt;
-      it.shape = loc.entry->shape;
-      items.push_back(std::move(it));
-    }
-    write_safetensors((out / "model.safetensors").string(), items, {{"format", "pt"}});
-  } catch (...) {
-    std::error_code ec;
-    fs::remove_all(out, ec);
-    throw;
-  }
-  return out.string();
 }
 
 }  // namespace
@@ -95,41 +41,16 @@ RewardModel::RewardModel(const std::string& dir, int64_t max_tokens, Context& ct
   stored_dtype(*sw.entry, sw.file->path());
   score_weight_.resize(static_cast<size_t>(H));
   sw.file->read_converted(*sw.entry, score_weight_.data(), DType::F32);
-  try {
-    model_ = Model::load(dir, ModelOptions{}, ctx);
-  } catch (const Error& e) {
-    spdlog::info("reward model {}: the causal-LM loader rejects it ({}); loading a copy without `score.weight`", dir,
-                 e.what());
-    staged_dir_ = stage_loadable_copy(dir, set);
-    try {
-      model_ = Model::load(staged_dir_, ModelOptions{}, ctx);
-    } catch (...) {
-      std::error_code ec;
-      fs::remove_all(staged_dir_, ec);
-      throw;
-    }
-  }
+  ModelOptions mo;
+  mo.sequence_classification = true;
+  model_ = Model::load(dir, mo, ctx);
   TransformerOptions topt;
   topt.max_tokens = max_tokens_;
   topt.act_dtype = default_act_dtype(ctx.device());
-  try {
-    tf_ = std::make_unique<Transformer>(*model_, topt, ctx);
-  } catch (...) {
-    model_.reset();
-    std::error_code ec;
-    if (!staged_dir_.empty()) fs::remove_all(staged_dir_, ec);
-    throw;
-  }
+  tf_ = std::make_unique<Transformer>(*model_, topt, ctx);
 }
 
-RewardModel::~RewardModel() {
-  tf_.reset();
-  model_.reset();
-  if (!staged_dir_.empty()) {
-    std::error_code ec;
-    fs::remove_all(staged_dir_, ec);
-  }
-}
+RewardModel::~RewardModel() = default;
 
 std::vector<float> RewardModel::score(const std::vector<std::vector<int32_t>>& sequences) {
   std::vector<float> out(sequences.size(), 0.0f);
