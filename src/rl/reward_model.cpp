@@ -4,7 +4,6 @@
 //
 // Loading: Model::load with ModelOptions::sequence_classification leaves `score.weight` to this class (read here in
 // F32) and accepts a directory without `lm_head.weight` (the head's logits are not used).
-#include <spdlog/spdlog.h>
 
 #include "rlcu/error.h"
 #include "rlcu/model.h"
