@@ -164,6 +164,11 @@ const std::vector<FieldSpec>& config_schema();
 RunConfig parse_config(const std::string& text, const std::string& source,
                        const std::vector<std::string>& overrides = {});
 RunConfig load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+// The config of a training command (`rlcu train`, `rlcu sft`): `config` with the overrides, plus run.device = device
+// when set and, when resuming, run.output_dir = resume; with resume and no config file, RESUME/config.json (the
+// run's resolved config). `*source` receives the file read. `command` names the command in a usage error.
+RunConfig load_run_config(const std::string& command, const std::string& config, std::vector<std::string> overrides,
+                          const std::string& resume, const std::string& device, std::string* source);
 
 nlohmann::ordered_json config_to_json(const RunConfig& cfg);  // every key, resolved
 std::string suggest_key(const std::string& unknown);           // closest known key path, or ""

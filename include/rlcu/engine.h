@@ -32,6 +32,10 @@
 #include "rlcu/model.h"
 #include "rlcu/ops.h"
 
+namespace rlcu {
+class Tokenizer;
+}
+
 namespace rlcu::engine {
 
 struct EngineOptions {
@@ -109,5 +113,12 @@ class Engine {
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+// The ids that end a completion: the model's EOS ids (generation_config.json, config.json) followed by the
+// tokenizer's that are not among them. `tok` may be null.
+std::vector<int32_t> stop_token_ids(const ModelConfig& model, const Tokenizer* tok);
+// SamplingOptions::token_bytes for a vocabulary of `vocab` ids: Tokenizer::token_bytes of each id the tokenizer has,
+// "" for the rest.
+std::vector<std::string> token_bytes_table(const Tokenizer& tok, int64_t vocab);
 
 }  // namespace rlcu::engine

@@ -123,12 +123,8 @@ int run_eval(const EvalArgs& a) {
   so.sample.temperature = a.temperature;
   so.sample.greedy = a.greedy;
   so.max_new_tokens = a.max_new_tokens;
-  so.eos_ids = mc.eos_token_ids;
-  for (int32_t id : tok.eos_ids())
-    if (std::find(so.eos_ids.begin(), so.eos_ids.end(), id) == so.eos_ids.end()) so.eos_ids.push_back(id);
-  std::vector<std::string> bytes(static_cast<size_t>(mc.vocab_size));
-  for (int64_t i = 0; i < mc.vocab_size && i < tok.vocab_size(); ++i)
-    bytes[static_cast<size_t>(i)] = tok.token_bytes(static_cast<int32_t>(i));
+  so.eos_ids = engine::stop_token_ids(mc, &tok);
+  const std::vector<std::string> bytes = engine::token_bytes_table(tok, mc.vocab_size);
   so.token_bytes = &bytes;
   so.stop_strings = a.stop;
   std::vector<engine::Request> reqs;

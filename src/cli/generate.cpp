@@ -175,15 +175,10 @@ int run_generate(const GenerateArgs& a) {
   so.sample.greedy = a.greedy;
   so.max_new_tokens = a.max_new_tokens;
   so.ignore_eos = a.ignore_eos;
-  so.eos_ids = cfg.eos_token_ids;
-  if (tok)
-    for (int32_t id : tok->eos_ids())
-      if (std::find(so.eos_ids.begin(), so.eos_ids.end(), id) == so.eos_ids.end()) so.eos_ids.push_back(id);
+  so.eos_ids = engine::stop_token_ids(cfg, tok ? &*tok : nullptr);
   std::vector<std::string> bytes;
   if (tok) {
-    bytes.resize(static_cast<size_t>(cfg.vocab_size));
-    for (int64_t i = 0; i < cfg.vocab_size && i < tok->vocab_size(); ++i)
-      bytes[static_cast<size_t>(i)] = tok->token_bytes(static_cast<int32_t>(i));
+    bytes = engine::token_bytes_table(*tok, cfg.vocab_size);
     so.token_bytes = &bytes;
   }
   so.stop_strings = a.stop;

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -595,6 +596,21 @@ RunConfig parse_config(const std::string& text, const std::string& source, const
   walk(doc, "", source, overridden, cfg);
   check_cross_fields(cfg, source);
   return cfg;
+}
+
+RunConfig load_run_config(const std::string& command, const std::string& config, std::vector<std::string> overrides,
+                          const std::string& resume, const std::string& device, std::string* source) {
+  std::string path = config;
+  if (path.empty()) {
+    if (resume.empty()) throw UsageError(fmt::format("{}: give a CONFIG file (or --resume RUN_DIR)", command));
+    path = (std::filesystem::path(resume) / "config.json").string();
+    if (!std::filesystem::exists(path))
+      throw Error(fmt::format("{}: no such file (the run's resolved config)", path));
+  }
+  if (!device.empty()) overrides.push_back("run.device=" + device);
+  if (!resume.empty()) overrides.push_back("run.output_dir=" + resume);
+  if (source) *source = path;
+  return load_config(path, overrides);
 }
 
 RunConfig load_config(const std::string& path, const std::vector<std::string>& overrides) {

@@ -23,8 +23,24 @@
 #include "engine/runner.h"
 #include "rlcu/cuda_check.h"
 #include "rlcu/error.h"
+#include "rlcu/tokenizer.h"
 
 namespace rlcu::engine {
+
+std::vector<int32_t> stop_token_ids(const ModelConfig& model, const Tokenizer* tok) {
+  std::vector<int32_t> ids = model.eos_token_ids;
+  if (tok)
+    for (int32_t id : tok->eos_ids())
+      if (std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(id);
+  return ids;
+}
+
+std::vector<std::string> token_bytes_table(const Tokenizer& tok, int64_t vocab) {
+  std::vector<std::string> bytes(static_cast<size_t>(vocab));
+  for (int64_t i = 0; i < vocab && i < tok.vocab_size(); ++i)
+    bytes[static_cast<size_t>(i)] = tok.token_bytes(static_cast<int32_t>(i));
+  return bytes;
+}
 
 const char* finish_reason_name(FinishReason r) {
   switch (r) {

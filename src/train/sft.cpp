@@ -301,16 +301,8 @@ class SftTrainer {
 
 SftTrainer::SftTrainer(const SftArgs& args) : args_(args) {
   // ---- config --------------------------------------------------------------------------------------------------
-  std::string config_path = args.config;
-  if (config_path.empty()) {
-    if (args.resume.empty()) throw UsageError("sft: give a CONFIG file (or --resume RUN_DIR)");
-    config_path = (fs::path(args.resume) / "config.json").string();
-    if (!fs::exists(config_path)) throw Error(fmt::format("{}: no such file (the run's resolved config)", config_path));
-  }
-  std::vector<std::string> overrides = args.overrides;
-  if (!args.device.empty()) overrides.push_back("run.device=" + args.device);
-  if (!args.resume.empty()) overrides.push_back("run.output_dir=" + args.resume);
-  cfg_ = load_config(config_path, overrides);
+  std::string config_path;
+  cfg_ = load_run_config("sft", args.config, args.overrides, args.resume, args.device, &config_path);
   run_dir_ = cfg_.run.output_dir;
   const SftSection& sc = cfg_.sft;
   if (cfg_.model.path.empty()) throw Error(fmt::format("{}: model.path is not set", config_path));

@@ -147,16 +147,8 @@ class Trainer {
 
 Trainer::Trainer(const TrainArgs& args) : args_(args) {
   // ---- config --------------------------------------------------------------------------------------------------
-  std::string config_path = args.config;
-  if (config_path.empty()) {
-    if (args.resume.empty()) throw UsageError("train: give a CONFIG file (or --resume RUN_DIR)");
-    config_path = (fs::path(args.resume) / "config.json").string();
-    if (!fs::exists(config_path)) throw Error(fmt::format("{}: no such file (the run's resolved config)", config_path));
-  }
-  std::vector<std::string> overrides = args.overrides;
-  if (!args.device.empty()) overrides.push_back("run.device=" + args.device);
-  if (!args.resume.empty()) overrides.push_back("run.output_dir=" + args.resume);
-  cfg_ = load_config(config_path, overrides);
+  std::string config_path;
+  cfg_ = load_run_config("train", args.config, args.overrides, args.resume, args.device, &config_path);
   run_dir_ = cfg_.run.output_dir;
   const AlgorithmSection& al = cfg_.algorithm;
   kl_est_ = rl::parse_kl_estimator(al.kl_estimator, "algorithm.kl_estimator");
@@ -236,12 +228,8 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
 
   // ---- rewards and the rollout engine (which takes its share of the memory that is left) -----------------------
   rewards_ = std::make_unique<RewardSet>(cfg_.reward, &*tok_, ctx);
-  token_bytes_.resize(static_cast<size_t>(mc.vocab_size));
-  for (int64_t i = 0; i < mc.vocab_size && i < tok_->vocab_size(); ++i)
-    token_bytes_[static_cast<size_t>(i)] = tok_->token_bytes(static_cast<int32_t>(i));
-  eos_ids_ = mc.eos_token_ids;
-  for (int32_t id : tok_->eos_ids())
-    if (std::find(eos_ids_.begin(), eos_ids_.end(), id) == eos_ids_.end()) eos_ids_.push_back(id);
+  token_bytes_ = engine::token_bytes_table(*tok_, mc.vocab_size);
+  eos_ids_ = engine::stop_token_ids(mc, &*tok_);
   engine::EngineOptions eo;
   eo.block_size = cfg_.rollout.block_size;
   eo.kv_fraction = cfg_.rollout.kv_fraction;
