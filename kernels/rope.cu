@@ -6,9 +6,11 @@
 //   fwd: out[i] = x[i] cos a - x[i+hd/2] sin a,   out[i+hd/2] = x[i+hd/2] cos a + x[i] sin a
 //   bwd: the transpose rotation (angle -a) maps dout to dx (activation gradient: overwrites; may alias dout).
 // One thread per (token, head, group of V frequencies): reads the two halves, writes them back; 16-byte accesses
-// when hd/2 is a multiple of the vector width.
+// when hd/2 is a multiple of the vector width. The element math is rope_rotate_pair (rope_common.cuh), shared with
+// the fused qkv_prepare so both round identically.
 #include "cuda_common.cuh"
 #include "ops_cuda.h"
+#include "rope_common.cuh"
 
 namespace rlcu::cuda {
 
@@ -32,12 +34,10 @@ __global__ void rope_kernel(T* out, const T* x, const int* __restrict__ position
     Vec<T, V> olo, ohi;
 #pragma unroll
     for (int j = 0; j < V; ++j) {
-      float sn, cs;
-      sincosf(pos * f.v[j], &sn, &cs);
-      sn *= sign;
-      const float a = to_f32(lo.v[j]), b = to_f32(hi.v[j]);
-      olo.v[j] = from_f32<T>(a * cs - b * sn);
-      ohi.v[j] = from_f32<T>(b * cs + a * sn);
+      float rlo, rhi;
+      rope_rotate_pair(to_f32(lo.v[j]), to_f32(hi.v[j]), pos, f.v[j], sign, rlo, rhi);
+      olo.v[j] = from_f32<T>(rlo);
+      ohi.v[j] = from_f32<T>(rhi);
     }
     store_vec<V>(out + base, olo);
     store_vec<V>(out + base + half, ohi);

@@ -43,12 +43,16 @@ void embedding_fwd(const Tensor& out, const Tensor& table, const Tensor& ids, Co
 void embedding_bwd(const Tensor& dtable, const Tensor& dout, const Tensor& ids, Context& ctx);
 
 // ---- RMSNorm over the last dim (rows of any width; per-head QK-norm is rows = T*heads, D = hd) -------------
-// out = x * rstd * weight, rstd[N] = 1/sqrt(mean(x^2) + eps) saved for backward.
+// out = x * rstd * weight, rstd[N] = 1/sqrt(mean(x^2) + eps) saved for backward. On CUDA, x may be F32 with a
+// BF16 out (and, in backward, BF16 dout/dx): the F32 residual stream feeding bf16 activations.
 void rmsnorm_fwd(const Tensor& out, const Tensor& rstd, const Tensor& x, const Tensor& weight, float eps,
                  Context& ctx);
 // dx[N,D] = ..., dweight[D] += sum_n dout * x * rstd.
 void rmsnorm_bwd(const Tensor& dx, const Tensor& dweight, const Tensor& dout, const Tensor& x,
                  const Tensor& weight, const Tensor& rstd, Context& ctx);
+// The same with dx += (instead of =) the input gradient: fuses the residual-gradient add. dx must not alias dout.
+void rmsnorm_bwd_add(const Tensor& dx, const Tensor& dweight, const Tensor& dout, const Tensor& x,
+                     const Tensor& weight, const Tensor& rstd, Context& ctx);
 
 // ---- rotary position embedding (NeoX half-split layout, as Hugging Face rotate_half) ------------------------
 // x[T,nh,hd]; for i < hd/2 with angle a = positions[t] * inv_freq[i]:
@@ -81,6 +85,21 @@ void attention_bwd(const Tensor& dq, const Tensor& dk, const Tensor& dv, const T
 // slots [T] I32, a negative slot skips the row.
 void kv_cache_write(const Tensor& k_cache, const Tensor& v_cache, const Tensor& k, const Tensor& v,
                     const Tensor& slots, Context& ctx);
+// ---- fused Q/K/V preparation (generation) ----
+// qkv [T, qd + 2 kvd]: rows [q | k | v] of one fused projection (qd = nq*hd, kvd = nkv*hd; nq, nkv, hd come
+// from q_out [T, nq, hd] and k_cache [num_slots, nkv, hd]). For every token t this does exactly what these
+// separate ops do on the q, k and v column blocks, with the same roundings to the activation dtype:
+//   bias_add (bias [qd + 2 kvd], may be empty) -> per-head rmsnorm_fwd of q and k (q_norm, k_norm [hd] with eps;
+//   both empty = no QK-norm) -> rope_fwd of q and k at positions[t] with inv_freq [hd/2] -> q_out[t] = q,
+//   k_cache[slots[t]] = k, v_cache[slots[t]] = v (negative slot: no cache write, as kv_cache_write), and when
+//   k_out / v_out ([T, nkv, hd]) are non-empty also k_out[t] = k, v_out[t] = v (dense copies for prefill attention).
+// Everything has the dtype of the cache (BF16 on CUDA, F32 on the CPU); positions and slots I32 [T]. On CUDA bias,
+// q_norm and k_norm may also be F32 (as bias_add / rmsnorm_fwd accept), and the result is bit-identical to the
+// composed CUDA ops on 16-byte-aligned buffers (the norm's reduction order included); inv_freq is F32.
+void qkv_prepare(const Tensor& q_out, const Tensor& k_out, const Tensor& v_out, const Tensor& k_cache,
+                 const Tensor& v_cache, const Tensor& qkv, const Tensor& bias, const Tensor& q_norm,
+                 const Tensor& k_norm, float eps, const Tensor& positions, const Tensor& inv_freq,
+                 const Tensor& slots, Context& ctx);
 // Copy-on-write of partially filled blocks across the whole model. cache [P, num_slots, W]: every plane (P = 2 *
 // layers: each layer's K and V) viewed as rows of W = nkv * hd elements. copies [C, 3] I32 rows (src_slot,
 // dst_slot, count): rows [dst_slot, dst_slot + count) of every plane receive rows [src_slot, src_slot + count).

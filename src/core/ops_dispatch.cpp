@@ -90,6 +90,16 @@ void rmsnorm_bwd(const Tensor& dx, const Tensor& dweight, const Tensor& dout, co
   cuda::rmsnorm_bwd(dx, dweight, dout, x, weight, rstd, ctx);
 }
 
+void rmsnorm_bwd_add(const Tensor& dx, const Tensor& dweight, const Tensor& dout, const Tensor& x, const Tensor& weight, const Tensor& rstd, Context& ctx) {
+  check_same_device("rmsnorm_bwd_add", dx.device, {&dx, &dweight, &dout, &x, &weight, &rstd});
+  if (dx.device == Device::CPU) {
+    cpu::rmsnorm_bwd_add(dx, dweight, dout, x, weight, rstd, ctx);
+    return;
+  }
+  ProfileScope prof_("rmsnorm_bwd", ctx);
+  cuda::rmsnorm_bwd_add(dx, dweight, dout, x, weight, rstd, ctx);
+}
+
 void rope_fwd(const Tensor& out, const Tensor& x, const Tensor& positions, const Tensor& inv_freq, Context& ctx) {
   check_same_device("rope_fwd", out.device, {&out, &x, &positions, &inv_freq});
   if (out.device == Device::CPU) {
@@ -139,6 +149,23 @@ void kv_cache_write(const Tensor& k_cache, const Tensor& v_cache, const Tensor& 
   }
   ProfileScope prof_("kv_cache_write", ctx);
   cuda::kv_cache_write(k_cache, v_cache, k, v, slots, ctx);
+}
+
+void qkv_prepare(const Tensor& q_out, const Tensor& k_out, const Tensor& v_out, const Tensor& k_cache,
+                 const Tensor& v_cache, const Tensor& qkv, const Tensor& bias, const Tensor& q_norm,
+                 const Tensor& k_norm, float eps, const Tensor& positions, const Tensor& inv_freq,
+                 const Tensor& slots, Context& ctx) {
+  check_same_device("qkv_prepare", q_out.device,
+                    {&q_out, &k_out, &v_out, &k_cache, &v_cache, &qkv, &bias, &q_norm, &k_norm, &positions,
+                     &inv_freq, &slots});
+  if (q_out.device == Device::CPU) {
+    cpu::qkv_prepare(q_out, k_out, v_out, k_cache, v_cache, qkv, bias, q_norm, k_norm, eps, positions, inv_freq,
+                     slots, ctx);
+    return;
+  }
+  ProfileScope prof_("qkv_prepare", ctx);
+  cuda::qkv_prepare(q_out, k_out, v_out, k_cache, v_cache, qkv, bias, q_norm, k_norm, eps, positions, inv_freq,
+                    slots, ctx);
 }
 
 void kv_block_copy(const Tensor& cache, const Tensor& copies, Context& ctx) {
