@@ -4,7 +4,9 @@
 // fwd: rstd[n] = 1 / sqrt(mean_d x[n,d]^2 + eps);  out[n,d] = x[n,d] * rstd[n] * w[d]   (fp32 math, one rounding)
 // bwd: with g = dout,  dx[n,d] = rstd * (w[d] g[n,d] - x[n,d] rstd^2 mean_e(w[e] g[n,e] x[n,e]))   (overwrite)
 //      dweight[d] (F32) += sum_n g[n,d] x[n,d] rstd[n]                                   (accumulate)
-// x/out/dout/dx: F32 or BF16 (out and dx of x's dtype); weight F32 or BF16; rstd F32. dx may alias dout.
+// x/out/dout/dx: F32 or BF16 (out, dout and dx of x's dtype, or BF16 with an F32 x: the F32 residual stream);
+// weight F32 or BF16; rstd F32. dx may alias dout. rmsnorm_bwd_add adds the gradient into dx (dx += ...; one
+// rounding), which fuses the residual-gradient add.
 //
 // Layout: G lanes per row (G = the power of two covering the row's 16-byte vectors, 4..32), so a warp holds 32/G
 // rows and narrow rows (QK-norm, hd = 128 in bf16: 16 lanes) keep every lane busy. When a row has no 16-byte path
@@ -37,8 +39,8 @@ __device__ __forceinline__ float group_sum(float v) {
   return v;
 }
 
-template <class T, class W, int V, int G>
-__global__ void rmsnorm_fwd_kernel(T* __restrict__ out, float* __restrict__ rstd, const T* __restrict__ x,
+template <class T, class O, class W, int V, int G>
+__global__ void rmsnorm_fwd_kernel(O* __restrict__ out, float* __restrict__ rstd, const T* __restrict__ x,
                                    const W* __restrict__ w, int64_t rows, int64_t dim, float eps) {
   constexpr int kRowsPerWarp = 32 / G;
   const int lane = threadIdx.x & 31, sub = lane % G;
@@ -60,31 +62,31 @@ __global__ void rmsnorm_fwd_kernel(T* __restrict__ out, float* __restrict__ rstd
   ss = group_sum<G>(ss);
   const float r = rsqrtf(ss / static_cast<float>(dim) + eps);
   if (ok && sub == 0) rstd[row] = r;
-  T* orow = out + (ok ? row : 0) * dim;
+  O* orow = out + (ok ? row : 0) * dim;
 #pragma unroll 4
   for (int64_t c = static_cast<int64_t>(sub) * V; c < lim; c += G * V) {
     const Vec<T, V> v = load_vec<V>(xr + c);
     const Vec<W, V> wv = load_vec<V>(w + c);
-    Vec<T, V> o;
+    Vec<O, V> o;
 #pragma unroll
-    for (int j = 0; j < V; ++j) o.v[j] = from_f32<T>(to_f32(v.v[j]) * r * to_f32(wv.v[j]));
+    for (int j = 0; j < V; ++j) o.v[j] = from_f32<O>(to_f32(v.v[j]) * r * to_f32(wv.v[j]));
     store_vec<V>(orow + c, o);
   }
 }
 
-// dx only (dweight done separately); one warp per row.
-template <class T, class W, int V>
-__global__ void rmsnorm_bwd_kernel(T* dx, const T* dout, const T* __restrict__ x, const W* __restrict__ w,
+// dx only (dweight done separately); one warp per row. ACC: dx += the gradient instead of dx = it.
+template <class T, class X, class W, int V, bool ACC>
+__global__ void rmsnorm_bwd_kernel(T* dx, const T* dout, const X* __restrict__ x, const W* __restrict__ w,
                                    const float* __restrict__ rstd, int64_t rows, int64_t dim) {
   const int lane = threadIdx.x & 31;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
   if (row >= rows) return;
-  const T* xr = x + row * dim;
+  const X* xr = x + row * dim;
   const T* gr = dout + row * dim;
   float dot = 0.0f;
 #pragma unroll 4
   for (int64_t c = static_cast<int64_t>(lane) * V; c < dim; c += 32 * V) {
-    const Vec<T, V> xv = load_vec<V>(xr + c);
+    const Vec<X, V> xv = load_vec<V>(xr + c);
     const Vec<T, V> gv = load_vec<V>(gr + c);
     const Vec<W, V> wv = load_vec<V>(w + c);
 #pragma unroll
@@ -96,21 +98,24 @@ __global__ void rmsnorm_bwd_kernel(T* dx, const T* dout, const T* __restrict__ x
   T* dr = dx + row * dim;
 #pragma unroll 4
   for (int64_t c = static_cast<int64_t>(lane) * V; c < dim; c += 32 * V) {
-    const Vec<T, V> xv = load_vec<V>(xr + c);
+    const Vec<X, V> xv = load_vec<V>(xr + c);
     const Vec<T, V> gv = load_vec<V>(gr + c);
     const Vec<W, V> wv = load_vec<V>(w + c);
     Vec<T, V> o;
+    if constexpr (ACC) o = load_vec<V>(dr + c);
 #pragma unroll
-    for (int j = 0; j < V; ++j)
-      o.v[j] = from_f32<T>(r * (to_f32(wv.v[j]) * to_f32(gv.v[j]) - to_f32(xv.v[j]) * k));
+    for (int j = 0; j < V; ++j) {
+      const float g = r * (to_f32(wv.v[j]) * to_f32(gv.v[j]) - to_f32(xv.v[j]) * k);
+      o.v[j] = from_f32<T>(ACC ? to_f32(o.v[j]) + g : g);
+    }
     store_vec<V>(dr + c, o);
   }
 }
 
 // Fused backward: dx for the rows of this block's grid-stride walk, and partial[block][d] = sum over those rows of
 // g x rstd. Lane `sub` of a row group owns columns sub*V + s*G*V (s < S). Dynamic shared memory: warps * dim floats.
-template <class T, class W, int V, int G, int S>
-__global__ void rmsnorm_bwd_fused_kernel(T* dx, float* __restrict__ partial, const T* dout, const T* __restrict__ x,
+template <class T, class X, class W, int V, int G, int S, bool ACC>
+__global__ void rmsnorm_bwd_fused_kernel(T* dx, float* __restrict__ partial, const T* dout, const X* __restrict__ x,
                                          const W* __restrict__ w, const float* __restrict__ rstd, int64_t rows,
                                          int64_t dim) {
   extern __shared__ float warp_sums[];  // [kWarpsPerBlock][dim]
@@ -131,7 +136,8 @@ __global__ void rmsnorm_bwd_fused_kernel(T* dx, float* __restrict__ partial, con
     const int64_t row = base + warp * kRowsPerWarp + lane / G;
     const bool ok = row < rows;
     const int64_t off = (ok ? row : 0) * dim;
-    Vec<T, V> xv[S], gv[S];
+    Vec<X, V> xv[S];
+    Vec<T, V> gv[S];
     float dot = 0.0f;
 #pragma unroll
     for (int s = 0; s < S; ++s) {
@@ -152,10 +158,12 @@ __global__ void rmsnorm_bwd_fused_kernel(T* dx, float* __restrict__ partial, con
       const int64_t c = static_cast<int64_t>(sub) * V + s * G * V;
       if (c < dim) {
         Vec<T, V> o;
+        if constexpr (ACC) o = load_vec<V>(dx + off + c);
 #pragma unroll
         for (int j = 0; j < V; ++j) {
           const float xf = to_f32(xv[s].v[j]), gf = to_f32(gv[s].v[j]);
-          o.v[j] = from_f32<T>(r * (to_f32(wv[s].v[j]) * gf - xf * k));
+          const float gx = r * (to_f32(wv[s].v[j]) * gf - xf * k);
+          o.v[j] = from_f32<T>(ACC ? to_f32(o.v[j]) + gx : gx);
           acc[s][j] = fmaf(gf * xf, r, acc[s][j]);
         }
         store_vec<V>(dx + off + c, o);
@@ -188,10 +196,10 @@ __global__ void rmsnorm_bwd_fused_kernel(T* dx, float* __restrict__ partial, con
 }
 
 // f(n, d) = dout[n,d] * x[n,d] * rstd[n] for the dweight column reduction.
-template <class T>
+template <class T, class X>
 struct NormWeightGrad {
   const T* dout;
-  const T* x;
+  const X* x;
   const float* rstd;
   int64_t dim;
   __device__ float operator()(int64_t r, int64_t c) const {
@@ -252,87 +260,124 @@ void rmsnorm_fwd(const Tensor& out, const Tensor& rstd, const Tensor& x, const T
                  Context& ctx) {
   check_common(x, weight, rstd, "rmsnorm_fwd");
   check_cuda_tensor(out, "rmsnorm_fwd");
-  RLCU_CHECK(out.numel() == x.numel() && out.dtype == x.dtype, "rmsnorm_fwd: out {} {} must match x {} {}",
-             dtype_name(out.dtype), out.shape_str(), dtype_name(x.dtype), x.shape_str());
+  RLCU_CHECK(out.numel() == x.numel() && (out.dtype == x.dtype || (x.dtype == DType::F32 && out.dtype == DType::BF16)),
+             "rmsnorm_fwd: out {} {} must match x {} {} (or be bf16 for an f32 x)", dtype_name(out.dtype),
+             out.shape_str(), dtype_name(x.dtype), x.shape_str());
   const int64_t rows = lead_rows(x), dim = x.cols();
   if (rows == 0 || dim == 0) return;
   cudaStream_t s = stream_of(ctx);
   dispatch_float(x.dtype, "rmsnorm_fwd x", [&](auto tx) {
     using T = decltype(tx);
-    dispatch_float(weight.dtype, "rmsnorm_fwd weight", [&](auto tw) {
-      using W = decltype(tw);
-      constexpr int V = vec16<T>();
-      if (vec_ok<T, W>(dim, {out.data, x.data}, {weight.data})) {
-        with_lanes(lanes_per_row(dim / V), [&](auto g) {
-          constexpr int G = decltype(g)::value;
-          const unsigned grid = static_cast<unsigned>(ceil_div(rows, kWarpsPerBlock * (32 / G)));
-          rmsnorm_fwd_kernel<T, W, V, G><<<grid, kWarpsPerBlock * 32, 0, s>>>(
-              out.ptr<T>(), rstd.ptr<float>(), x.ptr<T>(), weight.ptr<W>(), rows, dim, eps);
+    dispatch_float(out.dtype, "rmsnorm_fwd out", [&](auto to) {
+      using O = decltype(to);
+      if constexpr (std::is_same_v<T, O> || std::is_same_v<T, float>) {
+        dispatch_float(weight.dtype, "rmsnorm_fwd weight", [&](auto tw) {
+          using W = decltype(tw);
+          constexpr int V = vec16<T>();
+          if (vec_ok<T, W>(dim, {x.data}, {weight.data}) && is_aligned(out.data, V * sizeof(O))) {
+            with_lanes(lanes_per_row(dim / V), [&](auto g) {
+              constexpr int G = decltype(g)::value;
+              const unsigned grid = static_cast<unsigned>(ceil_div(rows, kWarpsPerBlock * (32 / G)));
+              rmsnorm_fwd_kernel<T, O, W, V, G><<<grid, kWarpsPerBlock * 32, 0, s>>>(
+                  out.ptr<O>(), rstd.ptr<float>(), x.ptr<T>(), weight.ptr<W>(), rows, dim, eps);
+            });
+          } else {
+            rmsnorm_fwd_kernel<T, O, W, 1, 32><<<static_cast<unsigned>(ceil_div(rows, kWarpsPerBlock)),
+                                                 kWarpsPerBlock * 32, 0, s>>>(out.ptr<O>(), rstd.ptr<float>(),
+                                                                              x.ptr<T>(), weight.ptr<W>(), rows, dim,
+                                                                              eps);
+          }
+          RLCU_LAUNCH_CHECK(s);
         });
-      } else {
-        rmsnorm_fwd_kernel<T, W, 1, 32><<<static_cast<unsigned>(ceil_div(rows, kWarpsPerBlock)), kWarpsPerBlock * 32,
-                                          0, s>>>(out.ptr<T>(), rstd.ptr<float>(), x.ptr<T>(), weight.ptr<W>(), rows,
-                                                  dim, eps);
       }
-      RLCU_LAUNCH_CHECK(s);
     });
   });
 }
 
-void rmsnorm_bwd(const Tensor& dx, const Tensor& dweight, const Tensor& dout, const Tensor& x, const Tensor& weight,
-                 const Tensor& rstd, Context& ctx) {
-  check_common(x, weight, rstd, "rmsnorm_bwd");
-  check_cuda_tensor(dx, "rmsnorm_bwd");
-  check_cuda_tensor(dout, "rmsnorm_bwd");
-  check_cuda_tensor(dweight, "rmsnorm_bwd");
-  RLCU_CHECK(dx.numel() == x.numel() && dx.dtype == x.dtype && dout.numel() == x.numel() && dout.dtype == x.dtype,
-             "rmsnorm_bwd: dx {} {} and dout {} {} must match x {} {}", dtype_name(dx.dtype), dx.shape_str(),
-             dtype_name(dout.dtype), dout.shape_str(), dtype_name(x.dtype), x.shape_str());
-  RLCU_CHECK(dweight.dtype == DType::F32 && dweight.numel() == x.cols(),
-             "rmsnorm_bwd: dweight must be f32 [{}], got {} {}", x.cols(), dtype_name(dweight.dtype),
-             dweight.shape_str());
+namespace {
+
+void rmsnorm_bwd_impl(const Tensor& dx, const Tensor& dweight, const Tensor& dout, const Tensor& x,
+                      const Tensor& weight, const Tensor& rstd, bool acc, const char* op, Context& ctx) {
+  check_common(x, weight, rstd, op);
+  check_cuda_tensor(dx, op);
+  check_cuda_tensor(dout, op);
+  check_cuda_tensor(dweight, op);
+  RLCU_CHECK(dx.numel() == x.numel() && dout.numel() == x.numel() && dx.dtype == dout.dtype &&
+                 (dout.dtype == x.dtype || (x.dtype == DType::F32 && dout.dtype == DType::BF16)),
+             "{}: dx {} {} and dout {} {} must match x {} {} (or be bf16 for an f32 x)", op, dtype_name(dx.dtype),
+             dx.shape_str(), dtype_name(dout.dtype), dout.shape_str(), dtype_name(x.dtype), x.shape_str());
+  RLCU_CHECK(!acc || dx.data != dout.data, "{}: dx must not alias dout", op);
+  RLCU_CHECK(dweight.dtype == DType::F32 && dweight.numel() == x.cols(), "{}: dweight must be f32 [{}], got {} {}",
+             op, x.cols(), dtype_name(dweight.dtype), dweight.shape_str());
   const int64_t rows = lead_rows(x), dim = x.cols();
   if (rows == 0 || dim == 0) return;
   cudaStream_t s = stream_of(ctx);
-  dispatch_float(x.dtype, "rmsnorm_bwd x", [&](auto tx) {
-    using T = decltype(tx);
-    dispatch_float(weight.dtype, "rmsnorm_bwd weight", [&](auto tw) {
-      using W = decltype(tw);
-      constexpr int V = vec16<T>();
-      const bool vec = vec_ok<T, W>(dim, {dx.data, dout.data, x.data}, {weight.data});
-      const int g = lanes_per_row(dim / V);
-      const int64_t slots = ceil_div(dim / V, g);
-      if (vec && slots <= kFusedMaxSlots) {
-        with_lanes(g, [&](auto gc) {
-          constexpr int G = decltype(gc)::value;
-          with_slots(slots, [&](auto sc) {
-            constexpr int S = decltype(sc)::value;
-            const int64_t rows_per_block = kWarpsPerBlock * (32 / G);
-            const int blocks = static_cast<int>(std::min<int64_t>(ceil_div(rows, rows_per_block), kFusedBlocks));
-            float* partial = static_cast<float*>(scratch(ctx, sizeof(float) * blocks * dim));
-            const size_t smem = sizeof(float) * kWarpsPerBlock * dim;
-            rmsnorm_bwd_fused_kernel<T, W, V, G, S><<<blocks, kWarpsPerBlock * 32, smem, s>>>(
-                dx.ptr<T>(), partial, dout.ptr<T>(), x.ptr<T>(), weight.ptr<W>(), rstd.ptr<float>(), rows, dim);
-            RLCU_LAUNCH_CHECK(s);
-            column_finish(dweight.ptr<float>(), partial, blocks, dim, s);
+  dispatch_float(dout.dtype, op, [&](auto tg) {
+    using T = decltype(tg);
+    dispatch_float(x.dtype, op, [&](auto tx) {
+      using X = decltype(tx);
+      if constexpr (std::is_same_v<T, X> || std::is_same_v<X, float>) {
+        dispatch_float(weight.dtype, op, [&](auto tw) {
+          using W = decltype(tw);
+          constexpr int V = vec16<T>();
+          const bool vec = vec_ok<T, W>(dim, {dx.data, dout.data}, {weight.data}) && is_aligned(x.data, V * sizeof(X));
+          const int g = lanes_per_row(dim / V);
+          const int64_t slots = ceil_div(dim / V, g);
+          auto with_acc = [&](auto f) {
+            if (acc) f(std::true_type{});
+            else f(std::false_type{});
+          };
+          if (vec && slots <= kFusedMaxSlots) {
+            with_lanes(g, [&](auto gc) {
+              constexpr int G = decltype(gc)::value;
+              with_slots(slots, [&](auto sc) {
+                constexpr int S = decltype(sc)::value;
+                const int64_t rows_per_block = kWarpsPerBlock * (32 / G);
+                const int blocks = static_cast<int>(std::min<int64_t>(ceil_div(rows, rows_per_block), kFusedBlocks));
+                float* partial = static_cast<float*>(scratch(ctx, sizeof(float) * blocks * dim));
+                const size_t smem = sizeof(float) * kWarpsPerBlock * dim;
+                with_acc([&](auto ac) {
+                  rmsnorm_bwd_fused_kernel<T, X, W, V, G, S, decltype(ac)::value>
+                      <<<blocks, kWarpsPerBlock * 32, smem, s>>>(dx.ptr<T>(), partial, dout.ptr<T>(), x.ptr<X>(),
+                                                                  weight.ptr<W>(), rstd.ptr<float>(), rows, dim);
+                });
+                RLCU_LAUNCH_CHECK(s);
+                column_finish(dweight.ptr<float>(), partial, blocks, dim, s);
+              });
+            });
+            return;
+          }
+          float* partial = static_cast<float*>(scratch(ctx, column_scratch_floats(rows, dim) * sizeof(float)));
+          column_sum_accumulate(dweight.ptr<float>(), rows, dim,
+                                NormWeightGrad<T, X>{dout.ptr<T>(), x.ptr<X>(), rstd.ptr<float>(), dim}, partial, s);
+          const unsigned grid = static_cast<unsigned>(ceil_div(rows, kWarpsPerBlock));
+          with_acc([&](auto ac) {
+            constexpr bool A = decltype(ac)::value;
+            if (vec) {
+              rmsnorm_bwd_kernel<T, X, W, V, A><<<grid, kWarpsPerBlock * 32, 0, s>>>(
+                  dx.ptr<T>(), dout.ptr<T>(), x.ptr<X>(), weight.ptr<W>(), rstd.ptr<float>(), rows, dim);
+            } else {
+              rmsnorm_bwd_kernel<T, X, W, 1, A><<<grid, kWarpsPerBlock * 32, 0, s>>>(
+                  dx.ptr<T>(), dout.ptr<T>(), x.ptr<X>(), weight.ptr<W>(), rstd.ptr<float>(), rows, dim);
+            }
           });
+          RLCU_LAUNCH_CHECK(s);
         });
-        return;
       }
-      float* partial = static_cast<float*>(scratch(ctx, column_scratch_floats(rows, dim) * sizeof(float)));
-      column_sum_accumulate(dweight.ptr<float>(), rows, dim,
-                            NormWeightGrad<T>{dout.ptr<T>(), x.ptr<T>(), rstd.ptr<float>(), dim}, partial, s);
-      const unsigned grid = static_cast<unsigned>(ceil_div(rows, kWarpsPerBlock));
-      if (vec) {
-        rmsnorm_bwd_kernel<T, W, V><<<grid, kWarpsPerBlock * 32, 0, s>>>(
-            dx.ptr<T>(), dout.ptr<T>(), x.ptr<T>(), weight.ptr<W>(), rstd.ptr<float>(), rows, dim);
-      } else {
-        rmsnorm_bwd_kernel<T, W, 1><<<grid, kWarpsPerBlock * 32, 0, s>>>(
-            dx.ptr<T>(), dout.ptr<T>(), x.ptr<T>(), weight.ptr<W>(), rstd.ptr<float>(), rows, dim);
-      }
-      RLCU_LAUNCH_CHECK(s);
     });
   });
+}
+
+}  // namespace
+
+void rmsnorm_bwd(const Tensor& dx, const Tensor& dweight, const Tensor& dout, const Tensor& x, const Tensor& weight,
+                 const Tensor& rstd, Context& ctx) {
+  rmsnorm_bwd_impl(dx, dweight, dout, x, weight, rstd, false, "rmsnorm_bwd", ctx);
+}
+
+void rmsnorm_bwd_add(const Tensor& dx, const Tensor& dweight, const Tensor& dout, const Tensor& x,
+                     const Tensor& weight, const Tensor& rstd, Context& ctx) {
+  rmsnorm_bwd_impl(dx, dweight, dout, x, weight, rstd, true, "rmsnorm_bwd_add", ctx);
 }
 
 }  // namespace rlcu::cuda

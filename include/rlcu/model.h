@@ -78,6 +78,9 @@ struct LayerWeights {
   Tensor input_norm;                      // [H]
   Tensor q, k, v, o;                      // [nq*hd, H], [nkv*hd, H], [nkv*hd, H], [H, nq*hd]
   Tensor q_bias, k_bias, v_bias, o_bias;  // [nq*hd], [nkv*hd], [nkv*hd], [H]; empty when absent
+  // q, k, v as one [nq*hd + 2*nkv*hd, H] projection (and their biases as one vector) when they are contiguous in
+  // the flat buffer (no alignment padding between them); empty otherwise.
+  Tensor qkv, qkv_bias;
   Tensor q_norm, k_norm;                  // [hd]; empty unless qk_norm
   Tensor post_norm;                       // [H]
   Tensor gate_up;                         // [2I, H]: rows [0, I) gate_proj, rows [I, 2I) up_proj
@@ -178,6 +181,7 @@ struct TransformerOptions {
   bool training = false;         // keep what backward needs
   bool checkpointing = false;    // training: keep only each layer's input, recompute the layer in backward
   float inv_temperature = 1.0f;  // logits are scaled by this before the softmax
+  bool fp32_residual = false;    // keep the residual stream (each layer's input and x_mid) in F32
 };
 
 DType default_act_dtype(Device d);  // F32 on the CPU, BF16 on CUDA

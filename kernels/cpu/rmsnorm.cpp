@@ -93,4 +93,15 @@ void rmsnorm_bwd(const Tensor& dx, const Tensor& dweight, const Tensor& dout, co
                               weight.ptr<float>(), rstd.ptr<float>(), rows, dim);
 }
 
+void rmsnorm_bwd_add(const Tensor& dx, const Tensor& dweight, const Tensor& dout, const Tensor& x,
+                     const Tensor& weight, const Tensor& rstd, Context& ctx) {
+  check::tensor("rmsnorm_bwd_add", "dx", dx, DType::F32);
+  RLCU_CHECK(dx.numel() == x.numel(), "rmsnorm_bwd_add: dx {} does not match x {}", dx.shape_str(), x.shape_str());
+  RLCU_CHECK(dx.data != dout.data, "rmsnorm_bwd_add: dx must not alias dout");
+  std::vector<float> g(static_cast<size_t>(dx.numel()));
+  rmsnorm_bwd(Tensor(g.data(), DType::F32, Device::CPU, {x.rows(), x.cols()}), dweight, dout, x, weight, rstd, ctx);
+  float* d = dx.ptr<float>();
+  for (size_t i = 0; i < g.size(); ++i) d[i] += g[i];
+}
+
 }  // namespace rlcu::cpu

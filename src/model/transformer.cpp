@@ -1,6 +1,7 @@
 // The decoder forward and backward over one packed micro-batch, written against include/rlcu/ops.h only (see
 // include/rlcu/model.h for the math). Parameter gradients ACCUMULATE (+=) into Model::grads(); activation
-// gradients OVERWRITE (=) and the residual-stream gradient is summed explicitly with ops::add.
+// gradients OVERWRITE (=) and the residual-stream gradient is summed by rmsnorm_bwd_add (dres += the norm's input
+// gradient, one rounding).
 //
 // Memory: one arena allocated in the constructor for options.max_tokens (Tm) rows; a call with T tokens works on
 // the first T rows of each buffer, so nothing is allocated per step.
@@ -8,6 +9,9 @@
 //   training:               residual stream x (L+1) [each layer's input, plus the final one], layer activations x L
 //   training+checkpointing: residual stream x (L+1), one shared set of layer activations; backward recomputes a
 //                           layer (up to gate_up) from its saved input before differentiating it
+// With fp32_residual the residual stream (x and x_mid) is F32 while the other activations stay in act_dtype: the
+// norms read it in F32 and the o/down products add into it in F32, so it is never rounded to bf16. The residual
+// gradient dres stays in act_dtype (it feeds the bf16 weight-gradient products).
 // Saved per layer (LayerActs): rstd1, h1 = norm1(x), [q_raw, k_raw, rstd_q, rstd_k: QK-norm inputs and stats],
 // q, k (after rope), v, attn (attention output), lse, x_mid = x + o_proj, rstd2, h2 = norm2(x_mid), gate_up.
 // act = swiglu(gate_up) is kept per layer when training without checkpointing, and recomputed in backward otherwise.
@@ -91,7 +95,7 @@ struct Transformer::State {
   std::vector<Tensor> resid;
   std::vector<LayerActs> acts;
   Tensor act, rstd_f, h_f, lse_head;
-  Tensor dres, dtmp, dh, dgu, dact, dattn, dq, dk, dv, dq_raw, dk_raw;
+  Tensor dres, dh, dgu, dact, dattn, dq, dk, dv, dq_raw, dk_raw;
   Tensor ids, positions, targets, cu_seqlens;
   DeviceBatch last;
   bool have_forward = false;
@@ -119,7 +123,8 @@ Transformer::Transformer(Model& model, const TransformerOptions& opt, Context& c
   const bool shared_acts = !opt.training || opt.checkpointing;
   ArenaPlan plan;
   s_->resid.resize(opt.training ? L + 1 : 2);
-  for (Tensor& r : s_->resid) plan.add(r, ad, {Tm, H});
+  const DType rd = opt.fp32_residual ? f32 : ad;
+  for (Tensor& r : s_->resid) plan.add(r, rd, {Tm, H});
   s_->acts.resize(shared_acts ? 1 : L);
   for (LayerActs& a : s_->acts) {
     plan.add(a.rstd1, f32, {Tm});
@@ -135,7 +140,7 @@ Transformer::Transformer(Model& model, const TransformerOptions& opt, Context& c
     plan.add(a.v, ad, {Tm, kvd});
     plan.add(a.attn, ad, {Tm, qd});
     plan.add(a.lse, f32, {Tm, c.num_heads});
-    plan.add(a.x_mid, ad, {Tm, H});
+    plan.add(a.x_mid, rd, {Tm, H});
     plan.add(a.rstd2, f32, {Tm});
     plan.add(a.h2, ad, {Tm, H});
     plan.add(a.gate_up, ad, {Tm, 2 * I});
@@ -147,7 +152,6 @@ Transformer::Transformer(Model& model, const TransformerOptions& opt, Context& c
   plan.add(s_->lse_head, f32, {Tm});
   if (opt.training) {
     plan.add(s_->dres, ad, {Tm, H});
-    plan.add(s_->dtmp, ad, {Tm, H});
     plan.add(s_->dh, ad, {Tm, H});
     plan.add(s_->dgu, ad, {Tm, 2 * I});
     plan.add(s_->dact, ad, {Tm, I});
@@ -323,7 +327,7 @@ void Transformer::backward_from_final(const Tensor& dh, Context& ctx) {
   const ops::GemmParams dx_acc{false, false, 1.0f, 1.0f};  // dx += dy W
   const ops::GemmParams dw{true, false, 1.0f, 1.0f};       // dW += dy^T x
   const ops::AttentionParams ap{b.num_seqs, b.max_seqlen, 1.0f / std::sqrt(static_cast<float>(hd))};
-  const Tensor dres = rows(s_->dres, T), dtmp = rows(s_->dtmp, T);
+  const Tensor dres = rows(s_->dres, T);
   ops::rmsnorm_bwd(dres, G.final_norm, dh, rows(s_->x_in(L, true), T), W.final_norm, rows(s_->rstd_f, T), ctx);
 
   for (int64_t l = L - 1; l >= 0; --l) {
@@ -342,8 +346,7 @@ void Transformer::backward_from_final(const Tensor& dh, Context& ctx) {
     ops::swiglu_bwd(dgu, dact, gu, ctx);
     ops::gemm(Gl.gate_up, dgu, rows(a.h2, T), dw, ctx);
     ops::gemm(dh, dgu, Wl.gate_up, dx, ctx);
-    ops::rmsnorm_bwd(dtmp, Gl.post_norm, dh, rows(a.x_mid, T), Wl.post_norm, rows(a.rstd2, T), ctx);
-    ops::add(dres, dres, dtmp, ctx);
+    ops::rmsnorm_bwd_add(dres, Gl.post_norm, dh, rows(a.x_mid, T), Wl.post_norm, rows(a.rstd2, T), ctx);
 
     // Attention branch: dres = d(x_mid).
     const Tensor attn = rows(a.attn, T), dattn = rows(s_->dattn, T);
@@ -378,8 +381,7 @@ void Transformer::backward_from_final(const Tensor& dh, Context& ctx) {
     ops::gemm(dh, dq_lin, Wl.q, dx, ctx);
     ops::gemm(dh, dk_lin, Wl.k, dx_acc, ctx);
     ops::gemm(dh, dv, Wl.v, dx_acc, ctx);
-    ops::rmsnorm_bwd(dtmp, Gl.input_norm, dh, x, Wl.input_norm, rows(a.rstd1, T), ctx);
-    ops::add(dres, dres, dtmp, ctx);
+    ops::rmsnorm_bwd_add(dres, Gl.input_norm, dh, x, Wl.input_norm, rows(a.rstd1, T), ctx);
   }
   ops::embedding_bwd(G.embed, dres, b.ids, ctx);
 }

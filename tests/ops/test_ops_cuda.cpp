@@ -347,6 +347,59 @@ TEST(OpsCuda, RmsnormMatchesCpu) {
       }
 }
 
+// The F32 residual stream: x F32 with BF16 out / dout / dx, and rmsnorm_bwd_add (dx += the input gradient).
+TEST(OpsCuda, RmsnormF32ResidualAndBwdAddMatchCpu) {
+  RLCU_REQUIRE_CUDA();
+  const std::pair<int64_t, int64_t> shapes[] = {{1, 1}, {3, 7}, {17, 128}, {33, 1024}, {5, 1000}, {2, 4099},
+                                                {300, 512}, {7, 2048}, {9, 40}};
+  const float eps = 1e-6f;
+  for (auto [rows, dim] : shapes)
+    for (DType xt : kFloatTypes)
+      for (DType gt : kFloatTypes) {
+        if (xt == DType::BF16 && gt == DType::F32) continue;  // only an F32 x may feed a narrower activation
+        const uint64_t seed = fresh_seed();
+        const std::string tag = fmt::format("rmsnorm {}x{} x {} act {} seed={}", rows, dim, dn(xt), dn(gt), seed);
+        std::vector<float> x = rounded(random_vec(rows * dim, seed, -2.0f, 2.0f), xt);
+        std::vector<float> w = rounded(random_vec(dim, seed + 1, 0.5f, 1.5f), DType::BF16);
+        std::vector<float> out(rows * dim), rstd(rows);
+        ops::rmsnorm_fwd(hf(out, {rows, dim}), hf(rstd, {rows}), hf(x, {rows, dim}), hf(w, {dim}), eps, host());
+        GuardedTensor gx = dev(xt, {rows, dim}, x), gw = dev(DType::BF16, {dim}, w);
+        GuardedTensor go = dev_out(gt, {rows, dim}), gr = dev_out(DType::F32, {rows});
+        settle();
+        ops::rmsnorm_fwd(go.t, gr.t, gx.t, gw.t, eps, gpu());
+        expect_tensor(go, out, tol_for(gt), tag + " out");
+        expect_tensor(gr, rstd, tol_for(DType::F32), tag + " rstd");
+
+        // dx = dx0 + rmsnorm_bwd(dout): the CPU twin against the CUDA op.
+        std::vector<float> dout = rounded(random_vec(rows * dim, seed + 2), gt);
+        std::vector<float> dx0 = rounded(random_vec(rows * dim, seed + 4), gt), dx = dx0;
+        std::vector<float> dw0 = random_vec(dim, seed + 3), dw = dw0;
+        ops::rmsnorm_bwd_add(hf(dx, {rows, dim}), hf(dw, {dim}), hf(dout, {rows, dim}), hf(x, {rows, dim}),
+                             hf(w, {dim}), hf(rstd, {rows}), host());
+        GuardedTensor gdo = dev(gt, {rows, dim}, dout), grs = dev(DType::F32, {rows}, rstd);
+        GuardedTensor gdx = dev(gt, {rows, dim}, dx0), gdw = dev(DType::F32, {dim}, dw0);
+        settle();
+        ops::rmsnorm_bwd_add(gdx.t, gdw.t, gdo.t, gx.t, gw.t, grs.t, gpu());
+        expect_tensor(gdx, dx, tol_for(gt), tag + " dx (add)");
+        expect_tensor(gdw, dw, tol_for(DType::F32), tag + " dweight (add)");
+        if (gt != xt) {
+          // plain rmsnorm_bwd with the mixed dtypes
+          std::vector<float> dxp(rows * dim), dwp = dw0;
+          ops::rmsnorm_bwd(hf(dxp, {rows, dim}), hf(dwp, {dim}), hf(dout, {rows, dim}), hf(x, {rows, dim}),
+                           hf(w, {dim}), hf(rstd, {rows}), host());
+          GuardedTensor gdxp = dev_out(gt, {rows, dim}), gdwp = dev(DType::F32, {dim}, dw0);
+          settle();
+          ops::rmsnorm_bwd(gdxp.t, gdwp.t, gdo.t, gx.t, gw.t, grs.t, gpu());
+          expect_tensor(gdxp, dxp, tol_for(gt), tag + " dx");
+          expect_tensor(gdwp, dwp, tol_for(DType::F32), tag + " dweight");
+        }
+      }
+  // A BF16 out for a BF16 x is the ordinary case; an F32 out for a BF16 x is rejected.
+  GuardedTensor bx = dev(DType::BF16, {2, 8}, random_vec(16, fresh_seed())), bw = dev(DType::BF16, {8}, random_vec(8, 1));
+  GuardedTensor fo = dev_out(DType::F32, {2, 8}), fr = dev_out(DType::F32, {2});
+  EXPECT_THROW(ops::rmsnorm_fwd(fo.t, fr.t, bx.t, bw.t, 1e-6f, gpu()), Error);
+}
+
 // ---- RoPE --------------------------------------------------------------------------------------------------------
 
 TEST(OpsCuda, RopeMatchesCpu) {

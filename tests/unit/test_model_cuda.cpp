@@ -31,7 +31,7 @@ struct ModelRun {
 
 // Forward (+ backward with dlogprob = w, dentropy = u when training) of `batch` on `ctx`'s device.
 ModelRun run_model(const std::string& dir, Context& ctx, const PackedBatch& batch, const std::vector<float>& w,
-              const std::vector<float>& u, bool training, bool checkpointing) {
+              const std::vector<float>& u, bool training, bool checkpointing, bool fp32_residual = false) {
   const Device dev = ctx.device();
   ModelOptions mo;
   mo.training = training;
@@ -41,6 +41,7 @@ ModelRun run_model(const std::string& dir, Context& ctx, const PackedBatch& batc
   opt.act_dtype = default_act_dtype(dev);
   opt.training = training;
   opt.checkpointing = checkpointing;
+  opt.fp32_residual = fp32_residual;
   Transformer tf(*m, opt, ctx);
   const int64_t T = batch.num_tokens();
   auto lp = OwnedTensor::make(DType::F32, dev, {T});
@@ -144,10 +145,23 @@ TEST(ModelCuda, BackwardMatchesCpu) {
     const ModelRun cpu = run_model(dir, Context::cpu(), b, w, u, true, false);
     const ModelRun gpu = run_model(dir, *ctx, b, w, u, true, false);
     const ModelRun gpu_ckpt = run_model(dir, *ctx, b, w, u, true, true);
-    double lp_err = 0.0;
-    for (size_t t = 0; t < cpu.logprob.size(); ++t)
-      lp_err = std::max(lp_err, double(std::abs(cpu.logprob[t] - gpu.logprob[t])));
+    // The F32 residual stream, with and without checkpointing: closer to the CPU (F32) than bf16 in the forward.
+    const ModelRun gpu_r32 = run_model(dir, *ctx, b, w, u, true, false, true);
+    const ModelRun gpu_r32_ckpt = run_model(dir, *ctx, b, w, u, true, true, true);
+    double lp_err = 0.0, lp_err32 = 0.0, mean_err = 0.0, mean_err32 = 0.0;
+    for (size_t t = 0; t < cpu.logprob.size(); ++t) {
+      const double e = std::abs(cpu.logprob[t] - gpu.logprob[t]), e32 = std::abs(cpu.logprob[t] - gpu_r32.logprob[t]);
+      lp_err = std::max(lp_err, e);
+      lp_err32 = std::max(lp_err32, e32);
+      mean_err += e;
+      mean_err32 += e32;
+      EXPECT_EQ(gpu_r32.logprob[t], gpu_r32_ckpt.logprob[t]) << "checkpointing changed the forward at " << t;
+    }
     EXPECT_LT(lp_err, 5e-2);
+    EXPECT_LT(lp_err32, 5e-2);
+    EXPECT_LE(mean_err32, mean_err) << "the F32 residual stream should not be less accurate";
+    std::printf("%s mean |dlogprob| vs CPU: bf16 residual %.3e, f32 residual %.3e\n", name.c_str(),
+                mean_err / double(cpu.logprob.size()), mean_err32 / double(cpu.logprob.size()));
     const auto m = Model::load(dir, ModelOptions{}, Context::cpu());
     double worst = 1.0;
     std::string worst_name;
@@ -159,6 +173,9 @@ TEST(ModelCuda, BackwardMatchesCpu) {
       }
       EXPECT_GT(c, 0.999) << m->hf_tensors()[i].name;
       EXPECT_GT(cosine(gpu.grads[i], gpu_ckpt.grads[i]), 0.9999) << m->hf_tensors()[i].name;
+      EXPECT_GT(cosine(cpu.grads[i], gpu_r32.grads[i]), 0.999) << m->hf_tensors()[i].name << " (f32 residual)";
+      EXPECT_GT(cosine(gpu_r32.grads[i], gpu_r32_ckpt.grads[i]), 0.9999) << m->hf_tensors()[i].name
+                                                                          << " (f32 residual, checkpointing)";
     }
     std::printf("%s CUDA vs CPU: max |dlogprob| %.3e, lowest gradient cosine %.5f (%s)\n", name.c_str(), lp_err, worst,
                 worst_name.c_str());
