@@ -47,6 +47,8 @@ struct EngineOptions {
   int64_t prefill_tokens = 8192;   // tokens per prefill pass (a longer prompt is an error)
   int64_t max_model_len = 0;       // longest prompt + completion; 0 = the model's max_position_embeddings
   bool cuda_graphs = true;         // capture decode steps in CUDA graphs (CUDA only)
+  bool fp32_residual = true;       // keep the residual stream in F32 (as the trainer's Transformer does by
+                                   // default): rollout log-probs then match the training forward ~3x closer
 };
 
 struct SamplingOptions {

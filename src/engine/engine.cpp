@@ -111,6 +111,7 @@ Engine::Engine(const Model& model, const EngineOptions& opt, Context& ctx)
   ro.max_blocks_per_seq = s.max_blocks_per_seq;
   ro.num_splits = static_cast<int>(std::clamp<int64_t>((s.max_len + 63) / 64, 1, 32));
   ro.cuda_graphs = opt.cuda_graphs;
+  ro.fp32_residual = opt.fp32_residual;
 
   // Pool: what the sequences can ever use (max_batch full-length sequences plus one prefill pass), capped by the
   // configured token cap and, on CUDA, by kv_fraction of the free memory left after the runner's buffers.

@@ -91,7 +91,7 @@ struct Runner::Impl {
   Buffer kv_buf;
   Tensor kv;  // [2L, num_slots, nkv, hd]
   Arena arena;
-  Tensor x, h, q_raw, k_raw, q, k, v, attn, lse, rstd, gu, act, hsel, hf, logits_, ws;
+  Tensor x, h, q_raw, k_raw, qkv, q, k, v, attn, lse, rstd, gu, act, hsel, hf, logits_, ws;
   // device-side inputs (I32) and outputs
   Tensor ids, pos, slots, cu, ctx_lens, tables, logit_rows, seq_ids, spos, tokens, logprobs, copies;
   std::unique_ptr<HostStage> host;
@@ -131,26 +131,36 @@ struct Runner::Impl {
     const Tensor xt = rows(x, T), ht = rows(h, T), rs = rows(rstd, T * std::max<int64_t>(nq, 1));
     ops::rmsnorm_fwd(ht, rs.slice_rows(0, T), xt, W.input_norm, eps, ctx);
     const Tensor qt = rows(q, T), kt = rows(k, T), vt = rows(v, T);
-    const Tensor q_lin = c.qk_norm ? rows(q_raw, T) : qt;
-    const Tensor k_lin = c.qk_norm ? rows(k_raw, T) : kt;
-    ops::gemm(q_lin, ht, W.q, linear, ctx);
-    ops::gemm(k_lin, ht, W.k, linear, ctx);
-    ops::gemm(vt, ht, W.v, linear, ctx);
-    if (c.qkv_bias) {
-      ops::bias_add(q_lin, W.q_bias, ctx);
-      ops::bias_add(k_lin, W.k_bias, ctx);
-      ops::bias_add(vt, W.v_bias, ctx);
-    }
-    if (c.qk_norm) {
-      ops::rmsnorm_fwd(qt.view({T * nq, hd}), rs.slice_rows(0, T * nq), q_lin.view({T * nq, hd}), W.q_norm, eps, ctx);
-      ops::rmsnorm_fwd(kt.view({T * nkv, hd}), rs.slice_rows(0, T * nkv), k_lin.view({T * nkv, hd}), W.k_norm, eps,
-                       ctx);
-    }
     const Tensor q3 = qt.view({T, nq, hd}), k3 = kt.view({T, nkv, hd}), v3 = vt.view({T, nkv, hd});
     const Tensor p = rows(pos, T);
-    ops::rope_fwd(q3, q3, p, m.inv_freq(), ctx);
-    ops::rope_fwd(k3, k3, p, m.inv_freq(), ctx);
-    ops::kv_cache_write(kcache(l), vcache(l), k3, v3, rows(slots, T), ctx);
+    if (!W.qkv.empty() && (!c.qkv_bias || !W.qkv_bias.empty())) {
+      // One projection for q, k and v, then bias / QK-norm / rope / cache write in one kernel (bit-identical to
+      // the separate ops the trainer runs). Decode needs no dense k, v.
+      const Tensor qkvt = rows(qkv, T);
+      ops::gemm(qkvt, ht, W.qkv, linear, ctx);
+      ops::qkv_prepare(q3, decode ? Tensor() : k3, decode ? Tensor() : v3, kcache(l), vcache(l), qkvt, W.qkv_bias,
+                       W.q_norm, W.k_norm, eps, p, m.inv_freq(), rows(slots, T), ctx);
+    } else {
+      const Tensor q_lin = c.qk_norm ? rows(q_raw, T) : qt;
+      const Tensor k_lin = c.qk_norm ? rows(k_raw, T) : kt;
+      ops::gemm(q_lin, ht, W.q, linear, ctx);
+      ops::gemm(k_lin, ht, W.k, linear, ctx);
+      ops::gemm(vt, ht, W.v, linear, ctx);
+      if (c.qkv_bias) {
+        ops::bias_add(q_lin, W.q_bias, ctx);
+        ops::bias_add(k_lin, W.k_bias, ctx);
+        ops::bias_add(vt, W.v_bias, ctx);
+      }
+      if (c.qk_norm) {
+        ops::rmsnorm_fwd(qt.view({T * nq, hd}), rs.slice_rows(0, T * nq), q_lin.view({T * nq, hd}), W.q_norm, eps,
+                         ctx);
+        ops::rmsnorm_fwd(kt.view({T * nkv, hd}), rs.slice_rows(0, T * nkv), k_lin.view({T * nkv, hd}), W.k_norm,
+                         eps, ctx);
+      }
+      ops::rope_fwd(q3, q3, p, m.inv_freq(), ctx);
+      ops::rope_fwd(k3, k3, p, m.inv_freq(), ctx);
+      ops::kv_cache_write(kcache(l), vcache(l), k3, v3, rows(slots, T), ctx);
+    }
     const Tensor a3 = rows(attn, T).view({T, nq, hd});
     if (decode) {
       const ops::PagedAttentionParams pp{static_cast<int>(o.block_size), splits_for(T), scale};
@@ -186,11 +196,12 @@ struct Runner::Impl {
 
 size_t Runner::activation_bytes(const ModelConfig& c, const RunnerOptions& o, DType act) {
   const int64_t Tm = std::max(o.max_tokens, o.max_batch), MB = o.max_batch, e = dtype_size(act);
-  const int64_t rows_elems = Tm * (2 * c.hidden_size + 3 * c.q_dim() + 4 * c.kv_dim() + 3 * c.intermediate_size);
+  const int64_t rows_elems = Tm * (c.hidden_size + 4 * c.q_dim() + 6 * c.kv_dim() + 3 * c.intermediate_size);
   const int64_t f32 = 4 * (Tm * c.num_heads * 2 + MB * c.vocab_size +
                            ops::paged_attention_workspace_elems(MB, c.num_heads, c.head_dim, o.num_splits));
   const int64_t i32 = 4 * (4 * Tm + 6 * MB + MB * o.max_blocks_per_seq + 3 * MB + 64);
-  return static_cast<size_t>(rows_elems * e + f32 + i32 + MB * c.hidden_size * e * 2) + (64 << 10);
+  const int64_t resid = (o.fp32_residual ? 4 : e) * c.hidden_size * (Tm + MB);  // x and the selected rows
+  return static_cast<size_t>(rows_elems * e + f32 + i32 + MB * c.hidden_size * e + resid) + (64 << 10);
 }
 
 Runner::Runner(const Model& model, const RunnerOptions& opt, Context& ctx)
@@ -231,12 +242,14 @@ Runner::Runner(const Model& model, const RunnerOptions& opt, Context& ctx)
   s.arena = Arena(activation_bytes(c, opt, s.ad), s.dev);
   const int64_t Tm = s.Tm, MB = s.MB;
   const DType ad = s.ad, f32 = DType::F32, i32 = DType::I32;
-  s.x = s.arena.alloc(ad, {Tm, s.H});
+  const DType rd = opt.fp32_residual ? f32 : ad;
+  s.x = s.arena.alloc(rd, {Tm, s.H});
   s.h = s.arena.alloc(ad, {Tm, s.H});
   if (c.qk_norm) {
     s.q_raw = s.arena.alloc(ad, {Tm, s.qd});
     s.k_raw = s.arena.alloc(ad, {Tm, s.kvd});
   }
+  s.qkv = s.arena.alloc(ad, {Tm, s.qd + 2 * s.kvd});
   s.q = s.arena.alloc(ad, {Tm, s.qd});
   s.k = s.arena.alloc(ad, {Tm, s.kvd});
   s.v = s.arena.alloc(ad, {Tm, s.kvd});
@@ -245,7 +258,7 @@ Runner::Runner(const Model& model, const RunnerOptions& opt, Context& ctx)
   s.rstd = s.arena.alloc(f32, {Tm * std::max<int64_t>(s.nq, 1)});
   s.gu = s.arena.alloc(ad, {Tm, 2 * s.I});
   s.act = s.arena.alloc(ad, {Tm, s.I});
-  s.hsel = s.arena.alloc(ad, {MB, s.H});
+  s.hsel = s.arena.alloc(rd, {MB, s.H});
   s.hf = s.arena.alloc(ad, {MB, s.H});
   s.logits_ = s.arena.alloc(f32, {MB, s.V});
   s.ws = s.arena.alloc(f32, {ops::paged_attention_workspace_elems(MB, s.nq, s.hd, opt.num_splits)});

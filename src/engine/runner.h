@@ -36,6 +36,7 @@ struct RunnerOptions {
   int64_t max_blocks_per_seq = 0;  // block-table row width (covers max_model_len)
   int num_splits = 1;              // split-KV chunks per sequence at most
   bool cuda_graphs = true;
+  bool fp32_residual = false;  // keep the residual stream in F32
 };
 
 struct PrefillInput {

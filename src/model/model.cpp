@@ -1,10 +1,11 @@
 // Weight layout and loading.
 //
 // Layout: every parameter of a role (working weights, F32 master, F32 grads) lives in one flat buffer of that role;
-// the order is embed, then per layer input_norm, q, [q_bias], k, [k_bias], v, [v_bias], o, [o_bias],
+// the order is embed, then per layer input_norm, q, k, v, [q_bias, k_bias, v_bias], o, [o_bias],
 // [q_norm, k_norm], post_norm, gate_up, down, then final_norm and [lm_head]. Each parameter starts at a multiple of
 // kAlign elements and the padding is zero, so the flat buffers can be fed whole to sum_squares / adamw_update and
-// all roles share element offsets. gate_proj and up_proj are fused into gate_up [2I, H] (gate rows first).
+// all roles share element offsets. gate_proj and up_proj are fused into gate_up [2I, H] (gate rows first). When
+// no padding separates them, q, k and v (and their biases) are also viewed as one fused projection qkv.
 //
 // Loading: every HF tensor the config implies must be present with exactly the implied shape and dtype F32, BF16 or
 // F16 (converted to the weight dtype: F32 on the CPU, BF16 on CUDA; the F32 master on CUDA is converted from the
@@ -43,11 +44,13 @@ void for_each_param(const ModelConfig& c, ModelWeights& w, F&& f) {
   for (LayerWeights& L : w.layers) {
     f(L.input_norm, {H});
     f(L.q, {qd, H});
-    if (c.qkv_bias) f(L.q_bias, {qd});
     f(L.k, {kvd, H});
-    if (c.qkv_bias) f(L.k_bias, {kvd});
     f(L.v, {kvd, H});
-    if (c.qkv_bias) f(L.v_bias, {kvd});
+    if (c.qkv_bias) {
+      f(L.q_bias, {qd});
+      f(L.k_bias, {kvd});
+      f(L.v_bias, {kvd});
+    }
     f(L.o, {H, qd});
     if (c.o_bias) f(L.o_bias, {H});
     if (c.qk_norm) {
@@ -83,6 +86,15 @@ ModelWeights bind(const ModelConfig& c, void* base, DType dt, Device dev) {
     slot = Tensor(static_cast<char*>(base) + static_cast<size_t>(off) * dtype_size(dt), dt, dev, dims);
     off += round_up(slot.numel(), kAlign);
   });
+  for (LayerWeights& L : w.layers) {
+    auto follows = [](const Tensor& a, const Tensor& b) {
+      return static_cast<const char*>(a.data) + a.nbytes() == static_cast<const char*>(b.data);
+    };
+    const int64_t n = L.q.size(0) + L.k.size(0) + L.v.size(0);
+    if (follows(L.q, L.k) && follows(L.k, L.v)) L.qkv = Tensor(L.q.data, dt, dev, {n, L.q.size(1)});
+    if (!L.q_bias.empty() && follows(L.q_bias, L.k_bias) && follows(L.k_bias, L.v_bias))
+      L.qkv_bias = Tensor(L.q_bias.data, dt, dev, {n});
+  }
   return w;
 }
 
