@@ -76,6 +76,7 @@ struct TrainSection {
   int64_t prompts_per_step = 8;
   int64_t micro_batch_tokens = 8192;
   bool checkpointing = false;  // activation checkpointing (recompute each layer in backward)
+  bool fp32_residual = true;   // F32 residual stream in the policy, reference and rollout forwards
   int64_t log_samples = 4;     // completions per step written to samples.jsonl
 };
 

@@ -31,6 +31,7 @@ struct BenchTrainArgs {
   int seq_len = 512;
   int64_t micro_batch_tokens = 32768;
   bool checkpointing = false;
+  bool fp32_residual = false;
   int steps = 3;
   int warmup = 1;
   std::string device = "cuda";
@@ -71,6 +72,7 @@ int run_bench_train(const BenchTrainArgs& a) {
   to.act_dtype = default_act_dtype(dev);
   to.training = true;
   to.checkpointing = a.checkpointing;
+  to.fp32_residual = a.fp32_residual;
   Transformer tf(*model, to, ctx);
   OptimizerSection oc;
   oc.lr = 1e-6;
@@ -152,16 +154,17 @@ int run_bench_train(const BenchTrainArgs& a) {
     mem_gib = device_bytes_peak() / 1073741824.0;
   }
   const double tps = tokens / med;
-  fmt::print("\n| model | device | tokens/step | checkpointing | step (median of {}) | tokens/s | TFLOP/s | MFU | "
-             "peak memory |\n|---|---|---|---|---|---|---|---|---|\n",
+  fmt::print("\n| model | device | tokens/step | checkpointing | residual | step (median of {}) | tokens/s | TFLOP/s "
+             "| MFU | peak memory |\n|---|---|---|---|---|---|---|---|---|---|\n",
              times.size());
-  fmt::print("| {} | {} | {} x {} | {} | {:.3f} s | {:.0f} | {:.1f} | {} | {} |\n", mc.model_type, card, a.batch,
-             a.seq_len, a.checkpointing ? "yes" : "no", med, tps, tflops,
+  fmt::print("| {} | {} | {} x {} | {} | {} | {:.3f} s | {:.0f} | {:.1f} | {} | {} |\n", mc.model_type, card, a.batch,
+             a.seq_len, a.checkpointing ? "yes" : "no", a.fp32_residual ? "f32" : "bf16", med, tps, tflops,
              peak > 0 ? fmt::format("{:.1f}% of {:.0f}", 100 * tflops / peak, peak) : "n/a",
              dev == Device::CUDA ? fmt::format("{:.1f} GiB of {:.0f}", mem_gib, mem_total_gib) : "n/a");
   nlohmann::json j = {{"bench", "train"},         {"model", a.model},        {"device", card},
                       {"batch", a.batch},         {"seq_len", a.seq_len},    {"micro_batch_seqs", seqs_per_mb},
-                      {"checkpointing", a.checkpointing}, {"step_seconds_median", med}, {"step_seconds", times},
+                      {"checkpointing", a.checkpointing}, {"fp32_residual", a.fp32_residual},
+                      {"step_seconds_median", med}, {"step_seconds", times},
                       {"tokens_per_s", tps},      {"model_tflops", tflops},  {"mfu", peak > 0 ? tflops / peak : 0.0},
                       {"peak_bf16_tflops", peak}, {"peak_memory_gib", mem_gib}, {"parameters", model->num_parameters()}};
   fmt::print("{}\n", j.dump());
@@ -195,6 +198,8 @@ void add_bench_command(CLI::App& app, Action& action) {
   train->add_option("--micro-batch-tokens", a.micro_batch_tokens, "Token budget of one packed micro-batch")
       ->capture_default_str();
   train->add_flag("--checkpointing", a.checkpointing, "Recompute each layer in backward (activation checkpointing)");
+  train->add_flag("--fp32-residual", a.fp32_residual,
+                  "Keep the residual stream in F32 (as `rlcu train` does by default) instead of the activation dtype");
   train->add_option("--steps", a.steps, "Timed steps (the median is reported)")->capture_default_str();
   train->add_option("--warmup", a.warmup, "Untimed warm-up steps")->capture_default_str();
   train->add_option("--device", a.device, "cpu, cuda or cuda:N")->capture_default_str();

@@ -37,6 +37,7 @@ struct BenchRolloutArgs {
   int64_t max_batch = 256;
   double kv_fraction = 0.9;
   bool no_graphs = false;
+  bool bf16_residual = false;
   bool profile = false;
 };
 
@@ -70,6 +71,7 @@ int run_bench_rollout(const BenchRolloutArgs& a) {
   eo.prefill_tokens = std::max<int64_t>(8192, a.prompt_len);
   eo.max_model_len = a.prompt_len + a.new_tokens;
   eo.cuda_graphs = !a.no_graphs;
+  eo.fp32_residual = !a.bf16_residual;
   engine::Engine eng(*model, eo, ctx);
 
   std::mt19937_64 rng(a.seed);
@@ -142,6 +144,7 @@ int run_bench_rollout(const BenchRolloutArgs& a) {
   TransformerOptions to;
   to.max_tokens = 16384;
   to.act_dtype = default_act_dtype(dev);
+  to.fp32_residual = !a.bf16_residual;
   to.max_tokens = std::max<int64_t>(to.max_tokens, a.prompt_len + a.new_tokens);
   Transformer tf(*model, to, ctx);
   OwnedTensor lp = OwnedTensor::make(DType::F32, dev, {to.max_tokens});
@@ -207,7 +210,8 @@ int run_bench_rollout(const BenchRolloutArgs& a) {
                    {"hbm_roofline_fraction", peak_bw > 0 ? achieved_bw / peak_bw : 0.0},
                    {"mean_abs_dlogprob", mean_abs},
                    {"max_abs_dlogprob", max_abs},
-                   {"cuda_graphs", !a.no_graphs}};
+                   {"cuda_graphs", !a.no_graphs},
+                   {"fp32_residual", !a.bf16_residual}};
   fmt::print("{}\n", j.dump());
   if (a.profile && dev == Device::CUDA) {
     // One more run with every decode step launched eagerly and an event pair around every op.
@@ -248,6 +252,8 @@ void add_bench_rollout_command(CLI::App* bench, Action& action) {
       ->capture_default_str()
       ->check(CLI::Range(0.01, 1.0));
   cmd->add_flag("--no-graphs", a.no_graphs, "Launch decode steps eagerly instead of replaying CUDA graphs");
+  cmd->add_flag("--bf16-residual", a.bf16_residual,
+                "Keep the residual stream in bf16 in the engine and the scoring forward (default: F32)");
   cmd->add_flag("--profile", a.profile, "After timing, run once more without graphs, timing every op on the GPU");
   cmd->callback([&action] { action = [] { return run_bench_rollout(a); }; });
 }

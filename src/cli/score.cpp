@@ -107,6 +107,7 @@ int run_score(const ScoreArgs& a) {
   TransformerOptions topt;
   topt.max_tokens = std::min<int64_t>(a.max_tokens, std::max<int64_t>(total, 1));
   topt.act_dtype = default_act_dtype(device);
+  topt.fp32_residual = true;  // as the rollout engine and the trainer
   Transformer tf(*model, topt, ctx);
   const OwnedTensor logprob = OwnedTensor::make(DType::F32, device, {topt.max_tokens});
 

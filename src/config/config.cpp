@@ -235,6 +235,9 @@ void add_algorithm_train_rollout(std::vector<FieldSpec>& s) {
                     1, 1e9));
   s.push_back(train("checkpointing", &T::checkpointing, K::Bool,
                     "Activation checkpointing: keep each layer's input only and recompute the layer in backward."));
+  s.push_back(train("fp32_residual", &T::fp32_residual, K::Bool,
+                    "Keep the residual stream in F32 in the training, reference and rollout forwards (CUDA; the CPU "
+                    "is F32 throughout). Rollout and training log-probs then agree about 3x more closely."));
   s.push_back(range(train("log_samples", &T::log_samples, K::Int,
                           "Completions per step written to samples.jsonl (with prompt and reward); 0 = none."),
                     0, 1e9));

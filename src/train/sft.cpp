@@ -384,6 +384,7 @@ SftTrainer::SftTrainer(const SftArgs& args) : args_(args) {
   to.act_dtype = default_act_dtype(dev_);
   to.training = true;
   to.checkpointing = cfg_.train.checkpointing;
+  to.fp32_residual = cfg_.train.fp32_residual;
   tf_ = std::make_unique<Transformer>(*model_, to, ctx);
   opt_ = std::make_unique<AdamW>(cfg_.optimizer, model_->flat_master(), model_->flat_grads(),
                                  dev_ == Device::CUDA ? model_->flat_weights() : Tensor(), ctx);

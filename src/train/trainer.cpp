@@ -199,6 +199,7 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
   to.act_dtype = default_act_dtype(dev_);
   to.training = true;
   to.checkpointing = cfg_.train.checkpointing;
+  to.fp32_residual = cfg_.train.fp32_residual;
   to.inv_temperature = static_cast<float>(1.0 / cfg_.rollout.temperature);
   tf_ = std::make_unique<Transformer>(*policy_, to, ctx);
   opt_ = std::make_unique<AdamW>(cfg_.optimizer, policy_->flat_master(), policy_->flat_grads(),
@@ -237,6 +238,7 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
   eo.prefill_tokens = std::max(cfg_.rollout.prefill_tokens, longest_prompt);
   eo.max_model_len = longest_seq;
   eo.cuda_graphs = cfg_.rollout.cuda_graphs;
+  eo.fp32_residual = cfg_.train.fp32_residual;
   try {
     engine_ = std::make_unique<engine::Engine>(*policy_, eo, ctx);
   } catch (const Error& e) {
