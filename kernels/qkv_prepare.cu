@@ -179,6 +179,7 @@ __global__ void __launch_bounds__(kWarps * 32) qkv_prepare_generic_kernel(const 
           ss = fmaf(f, f, ss);
         }
     for (int o = G / 2; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    ss = __shfl_sync(0xffffffffu, ss, 0);  // lanes >= G summed nothing: every lane takes the row's sum
     const float r = rsqrtf(ss / static_cast<float>(hd) + a.eps);
     const W* w = is_q ? a.qn : a.kn;
     for (int64_t c = lane; c < hd; c += 32) buf[c] = from_f32<T>(to_f32(buf[c]) * r * to_f32(w[c]));
