@@ -5,6 +5,8 @@
     reference_model.py bf16   SRC DST  write DST: SRC's weights rounded to bf16 (BF16 safetensors), config.json
                                        with "dtype": "bfloat16", and golden.jsonl recomputed in float64 from the
                                        rounded weights
+    reference_model.py greedy DIR N SEED   append N {"prompt", "greedy"} cases (random prompts of 3..24 tokens,
+                                       8 greedy tokens each, float64) to DIR/golden.jsonl
 
 The model (all in float64):
     x = embed[ids]
@@ -263,6 +265,18 @@ def make_bf16(src, dst):
     print(f"{dst}: bf16 weights and float64 golden written")
 
 
+def add_greedy(model_dir, n, seed):
+    cfg, W = load(model_dir)
+    W = {k: v.astype(np.float64) for k, v in W.items()}
+    rng = np.random.default_rng(seed)
+    vocab = W["model.embed_tokens.weight"].shape[0]
+    with open(os.path.join(model_dir, "golden.jsonl"), "a") as f:
+        for _ in range(n):
+            prompt = [int(t) for t in rng.integers(0, vocab, size=int(rng.integers(3, 25)))]
+            f.write(json.dumps({"prompt": prompt, "greedy": greedy(cfg, W, prompt, 8)}) + "\n")
+    print(f"{model_dir}: {n} greedy cases appended")
+
+
 def main(argv):
     if len(argv) >= 2 and argv[0] == "check":
         bad = False
@@ -270,6 +284,9 @@ def main(argv):
             worst, ok = check(d)
             bad |= worst > 1e-6 or not ok
         return 1 if bad else 0
+    if len(argv) == 4 and argv[0] == "greedy":
+        add_greedy(argv[1], int(argv[2]), int(argv[3]))
+        return 0
     if len(argv) == 3 and argv[0] == "bf16":
         make_bf16(argv[1], argv[2])
         return 0
