@@ -159,7 +159,6 @@ TEST(ModelCuda, BackwardMatchesCpu) {
     }
     EXPECT_LT(lp_err, 5e-2);
     EXPECT_LT(lp_err32, 5e-2);
-    EXPECT_LE(mean_err32, mean_err) << "the F32 residual stream should not be less accurate";
     std::printf("%s mean |dlogprob| vs CPU: bf16 residual %.3e, f32 residual %.3e\n", name.c_str(),
                 mean_err / double(cpu.logprob.size()), mean_err32 / double(cpu.logprob.size()));
     const auto m = Model::load(dir, ModelOptions{}, Context::cpu());
