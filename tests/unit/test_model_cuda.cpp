@@ -104,21 +104,24 @@ TEST(ModelCuda, Bf16FixturesMatchGolden) {
   for (const std::string name : {"qwen3-tiny-bf16", "qwen2-tiny-bf16", "llama3-tiny-bf16"}) {
     const auto golden = read_golden(fixture_model(name));
     const PackedBatch b = golden_batch(golden);
-    const ModelRun r = run_model(fixture_model(name), *ctx, b, {}, {}, false, false);
-    double worst = 0.0, mean = 0.0;
-    int64_t n = 0;
-    for (size_t s = 0; s < golden.size(); ++s)
-      for (size_t t = 0; t < golden[s].logprobs.size(); ++t) {
-        const double e = std::abs(r.logprob[b.cu_seqlens[s] + t] - golden[s].logprobs[t]);
-        ASSERT_TRUE(std::isfinite(e));
-        worst = std::max(worst, e);
-        mean += e;
-        ++n;
-      }
-    mean /= double(n);
-    std::printf("%s on CUDA (bf16 activations): max |logprob - golden| = %.3e, mean %.3e\n", name.c_str(), worst, mean);
-    EXPECT_LT(worst, 2e-2) << name;  // the acceptance bound for rlcu score --device cuda
-    EXPECT_LT(mean, 1e-2) << name;
+    for (const bool r32 : {false, true}) {  // bf16 or F32 residual stream (rlcu score uses F32)
+      const ModelRun r = run_model(fixture_model(name), *ctx, b, {}, {}, false, false, r32);
+      double worst = 0.0, mean = 0.0;
+      int64_t n = 0;
+      for (size_t s = 0; s < golden.size(); ++s)
+        for (size_t t = 0; t < golden[s].logprobs.size(); ++t) {
+          const double e = std::abs(r.logprob[b.cu_seqlens[s] + t] - golden[s].logprobs[t]);
+          ASSERT_TRUE(std::isfinite(e));
+          worst = std::max(worst, e);
+          mean += e;
+          ++n;
+        }
+      mean /= double(n);
+      std::printf("%s on CUDA (bf16 activations, %s residual): max |logprob - golden| = %.3e, mean %.3e\n",
+                  name.c_str(), r32 ? "f32" : "bf16", worst, mean);
+      EXPECT_LT(worst, 2e-2) << name;  // the acceptance bound for rlcu score --device cuda
+      EXPECT_LT(mean, 1e-2) << name;
+    }
   }
 }
 
