@@ -8,11 +8,13 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "rlcu/context.h"
+#include "rlcu/cuda_check.h"
 #include "rlcu/tensor.h"
 
 namespace rlcu::test {
@@ -104,6 +106,57 @@ inline void expect_close(const std::vector<float>& got, const std::vector<float>
   EXPECT_EQ(bad, 0u) << what << ": " << bad << " of " << got.size() << " elements out of tolerance (rel "
                      << tol.rel << ", abs " << tol.abs << "); worst at " << worst << ": got " << got[worst]
                      << ", want " << want[worst];
+}
+
+// ---- shared plumbing of the CUDA-vs-CPU tests -------------------------------------------------------------------
+inline Context& gpu() {
+  static std::unique_ptr<Context> c = Context::cuda(0);
+  return *c;
+}
+inline Context& host() { return Context::cpu(); }
+
+// The op stream is non-blocking, so plain cudaMemcpy does not order against it: settle before reading results
+// and after uploads.
+inline void settle() {
+  gpu().synchronize("test");
+  RLCU_CUDA_CHECK(cudaDeviceSynchronize());
+}
+
+// v with every value rounded to what dt can hold (bf16), so CPU references see the GPU's inputs.
+inline std::vector<float> rounded(std::vector<float> v, DType dt) {
+  if (dt == DType::BF16)
+    for (float& x : v) x = round_to_bf16(x);
+  return v;
+}
+
+// Guarded device tensors: with values, without (outputs), and I32.
+inline GuardedTensor dev(DType dt, const std::vector<int64_t>& shape, const std::vector<float>& v) {
+  GuardedTensor g = make_guarded(dt, Device::CUDA, shape);
+  from_host_f32(g.t, v);
+  return g;
+}
+inline GuardedTensor dev_out(DType dt, const std::vector<int64_t>& shape) {
+  return make_guarded(dt, Device::CUDA, shape);
+}
+inline GuardedTensor dev_i32(const std::vector<int64_t>& shape, std::vector<int32_t> v) {
+  GuardedTensor g = make_guarded(DType::I32, Device::CUDA, shape);
+  if (!v.empty()) copy_bytes(g.t, Tensor(v.data(), DType::I32, Device::CPU, shape));
+  return g;
+}
+
+// Host views for the CPU twins.
+inline Tensor hf(std::vector<float>& v, const std::vector<int64_t>& shape) {
+  return Tensor(v.data(), DType::F32, Device::CPU, shape);
+}
+inline Tensor hi(std::vector<int32_t>& v, const std::vector<int64_t>& shape) {
+  return Tensor(v.data(), DType::I32, Device::CPU, shape);
+}
+
+// A device result against the CPU twin's, and its guards.
+inline void expect_tensor(const GuardedTensor& g, const std::vector<float>& want, Tol tol, const std::string& what) {
+  settle();
+  expect_close(to_host_f32(g.t), want, tol, what);
+  g.check_guards(what);
 }
 
 }  // namespace rlcu::test

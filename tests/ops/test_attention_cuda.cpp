@@ -26,6 +26,7 @@ namespace rlcu {
 namespace {
 
 using test::GuardedTensor;
+using test::rounded;
 
 struct Case {
   std::vector<int> lens;
@@ -39,12 +40,6 @@ std::string describe(const Case& c, uint64_t seed) {
   for (size_t i = 0; i < c.lens.size(); ++i) lens += (i ? "," : "") + std::to_string(c.lens[i]);
   return fmt::format("attention {} lens [{}] nq {} nkv {} hd {} hint {} seed {}", dtype_name(c.dtype), lens, c.nq,
                      c.nkv, c.hd, c.grid_hint, seed);
-}
-
-std::vector<float> rounded(std::vector<float> v, DType dt) {
-  if (dt == DType::BF16)
-    for (float& x : v) x = round_to_bf16(x);
-  return v;
 }
 
 OwnedTensor to_device(const std::vector<float>& host, DType dt, const std::vector<int64_t>& dims) {

@@ -33,48 +33,19 @@ using rlcu::test::make_guarded;
 using rlcu::test::random_vec;
 using rlcu::test::Tol;
 using rlcu::test::tol_for;
+using rlcu::test::gpu;
+using rlcu::test::host;
+using rlcu::test::settle;
+using rlcu::test::rounded;
+using rlcu::test::dev;
+using rlcu::test::dev_out;
+using rlcu::test::hf;
+using rlcu::test::hi;
+using rlcu::test::expect_tensor;
 
 namespace {
 
-Context& gpu() {
-  static std::unique_ptr<Context> c = Context::cuda(0);
-  return *c;
-}
-Context& host() { return Context::cpu(); }
-
-// The op stream is non-blocking, so plain cudaMemcpy does not order against it: settle before reading results
-// and after uploads.
-void settle() {
-  gpu().synchronize("test");
-  RLCU_CUDA_CHECK(cudaDeviceSynchronize());
-}
-
-std::vector<float> rounded(std::vector<float> v, DType dt) {
-  if (dt == DType::BF16)
-    for (float& x : v) x = round_to_bf16(x);
-  return v;
-}
-
-GuardedTensor dev(DType dt, const std::vector<int64_t>& shape, const std::vector<float>& v) {
-  GuardedTensor g = make_guarded(dt, Device::CUDA, shape);
-  from_host_f32(g.t, v);
-  return g;
-}
-GuardedTensor dev_out(DType dt, const std::vector<int64_t>& shape) { return make_guarded(dt, Device::CUDA, shape); }
-
-Tensor hf(std::vector<float>& v, const std::vector<int64_t>& shape) {
-  return Tensor(v.data(), DType::F32, Device::CPU, shape);
-}
-Tensor hi(std::vector<int32_t>& v, const std::vector<int64_t>& shape) {
-  return Tensor(v.data(), DType::I32, Device::CPU, shape);
-}
 std::vector<float> as_float(const std::vector<int32_t>& v) { return std::vector<float>(v.begin(), v.end()); }
-
-void expect_tensor(const GuardedTensor& g, const std::vector<float>& want, Tol tol, const std::string& what) {
-  settle();
-  expect_close(to_host_f32(g.t), want, tol, what);
-  g.check_guards(what);
-}
 
 std::vector<float> download(const GuardedTensor& g) {
   settle();

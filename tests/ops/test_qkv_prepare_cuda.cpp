@@ -34,42 +34,17 @@ using rlcu::test::GuardedTensor;
 using rlcu::test::make_guarded;
 using rlcu::test::random_vec;
 using rlcu::test::tol_for;
+using rlcu::test::gpu;
+using rlcu::test::host;
+using rlcu::test::settle;
+using rlcu::test::rounded;
+using rlcu::test::dev;
+using rlcu::test::dev_i32;
+using rlcu::test::hf;
+using rlcu::test::hi;
 
 namespace {
 
-Context& gpu() {
-  static std::unique_ptr<Context> c = Context::cuda(0);
-  return *c;
-}
-Context& host() { return Context::cpu(); }
-
-void settle() {
-  gpu().synchronize("test");
-  RLCU_CUDA_CHECK(cudaDeviceSynchronize());
-}
-
-std::vector<float> rounded(std::vector<float> v, DType dt) {
-  if (dt == DType::BF16)
-    for (float& x : v) x = round_to_bf16(x);
-  return v;
-}
-
-GuardedTensor dev(DType dt, const std::vector<int64_t>& shape, const std::vector<float>& v) {
-  GuardedTensor g = make_guarded(dt, Device::CUDA, shape);
-  from_host_f32(g.t, v);
-  return g;
-}
-GuardedTensor dev_i32(const std::vector<int64_t>& shape, std::vector<int32_t> v) {
-  GuardedTensor g = make_guarded(DType::I32, Device::CUDA, shape);
-  copy_bytes(g.t, Tensor(v.data(), DType::I32, Device::CPU, shape));
-  return g;
-}
-Tensor hf(std::vector<float>& v, const std::vector<int64_t>& shape) {
-  return Tensor(v.data(), DType::F32, Device::CPU, shape);
-}
-Tensor hi(std::vector<int32_t>& v, const std::vector<int64_t>& shape) {
-  return Tensor(v.data(), DType::I32, Device::CPU, shape);
-}
 std::vector<char> bytes_of(const Tensor& t) {
   std::vector<char> b(t.nbytes());
   copy_bytes(Tensor(b.data(), DType::U8, Device::CPU, {static_cast<int64_t>(b.size())}),

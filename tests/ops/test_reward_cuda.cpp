@@ -25,13 +25,9 @@ using namespace rlcu;
 using rlcu::test::fresh_seed;
 using rlcu::test::GuardedTensor;
 using rlcu::test::make_guarded;
+using rlcu::test::gpu;
 
 namespace {
-
-Context& gpu() {
-  static std::unique_ptr<Context> c = Context::cuda(0);
-  return *c;
-}
 
 template <class T>
 Tensor host_view(std::vector<T>& v, DType dt) {

@@ -32,19 +32,11 @@ using rlcu::test::GuardedTensor;
 using rlcu::test::make_guarded;
 using rlcu::test::random_vec;
 using rlcu::test::tol_for;
+using rlcu::test::gpu;
+using rlcu::test::host;
+using rlcu::test::settle;
 
 namespace {
-
-Context& gpu() {
-  static std::unique_ptr<Context> c = Context::cuda(0);
-  return *c;
-}
-Context& host() { return Context::cpu(); }
-
-void settle() {
-  gpu().synchronize("test");
-  RLCU_CUDA_CHECK(cudaDeviceSynchronize());
-}
 
 Tensor hf(std::vector<float>& v) { return Tensor(v.data(), DType::F32, Device::CPU, {static_cast<int64_t>(v.size())}); }
 Tensor hi(std::vector<int32_t>& v) {

@@ -25,18 +25,10 @@ using namespace rlcu;
 using rlcu::test::fresh_seed;
 using rlcu::test::GuardedTensor;
 using rlcu::test::make_guarded;
+using rlcu::test::gpu;
+using rlcu::test::settle;
 
 namespace {
-
-Context& gpu() {
-  static std::unique_ptr<Context> c = Context::cuda(0);
-  return *c;
-}
-
-void settle() {
-  gpu().synchronize("test");
-  RLCU_CUDA_CHECK(cudaDeviceSynchronize());
-}
 
 struct Result {
   std::vector<int32_t> tokens;
