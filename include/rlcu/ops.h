@@ -100,6 +100,22 @@ void qkv_prepare(const Tensor& q_out, const Tensor& k_out, const Tensor& v_out, 
                  const Tensor& v_cache, const Tensor& qkv, const Tensor& bias, const Tensor& q_norm,
                  const Tensor& k_norm, float eps, const Tensor& positions, const Tensor& inv_freq,
                  const Tensor& slots, Context& ctx);
+// "No KV cache" mode (the training / scoring forward): k_cache and v_cache both empty; nq, nkv and hd then come from
+// q_out [T, nq, hd] and k_out [T, nkv, hd], k_out and v_out are required, and slots is ignored (may be empty).
+//
+// Backward of qkv_prepare's q_out / k_out / v_out with respect to its input qkv (the raw projection, before the bias).
+// dq [T,nq,hd], dk, dv [T,nkv,hd] are the gradients of q_out, k_out, v_out (after rope). Per q / k head row:
+//   g = rope_bwd(dq row) (transpose rotation, may stay fp32); with QK-norm, x = qkv row + bias (rounded to the
+//   activation dtype as bias_add stores it), rstd recomputed from x as rmsnorm_fwd does (fp32), dx = the
+//   rmsnorm_bwd of g, and dq_norm / dk_norm [hd] (F32) += sum over rows of g * x * rstd (ACCUMULATE, deterministic);
+//   without QK-norm dx = g.
+// dqkv [T, qd + 2 kvd] (activation dtype) = [dx of the q heads | dx of the k heads | dv] (OVERWRITE). bias, q_norm /
+// k_norm (and then dq_norm / dk_norm) may be empty; qkv and bias are only read with QK-norm (qkv may be empty
+// without it). The bias gradient is not part of this op: bias_grad(dbias, dqkv). dtypes as qkv_prepare (norm
+// weights F32 or the activation dtype on CUDA); positions I32, inv_freq F32.
+void qkv_prepare_bwd(const Tensor& dqkv, const Tensor& dq_norm, const Tensor& dk_norm, const Tensor& dq,
+                     const Tensor& dk, const Tensor& dv, const Tensor& qkv, const Tensor& bias, const Tensor& q_norm,
+                     const Tensor& k_norm, float eps, const Tensor& positions, const Tensor& inv_freq, Context& ctx);
 // Copy-on-write of partially filled blocks across the whole model. cache [P, num_slots, W]: every plane (P = 2 *
 // layers: each layer's K and V) viewed as rows of W = nkv * hd elements. copies [C, 3] I32 rows (src_slot,
 // dst_slot, count): rows [dst_slot, dst_slot + count) of every plane receive rows [src_slot, src_slot + count).

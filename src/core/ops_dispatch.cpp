@@ -168,6 +168,21 @@ void qkv_prepare(const Tensor& q_out, const Tensor& k_out, const Tensor& v_out, 
                     slots, ctx);
 }
 
+void qkv_prepare_bwd(const Tensor& dqkv, const Tensor& dq_norm, const Tensor& dk_norm, const Tensor& dq,
+                     const Tensor& dk, const Tensor& dv, const Tensor& qkv, const Tensor& bias, const Tensor& q_norm,
+                     const Tensor& k_norm, float eps, const Tensor& positions, const Tensor& inv_freq, Context& ctx) {
+  check_same_device("qkv_prepare_bwd", dqkv.device,
+                    {&dqkv, &dq_norm, &dk_norm, &dq, &dk, &dv, &qkv, &bias, &q_norm, &k_norm, &positions, &inv_freq});
+  if (dqkv.device == Device::CPU) {
+    cpu::qkv_prepare_bwd(dqkv, dq_norm, dk_norm, dq, dk, dv, qkv, bias, q_norm, k_norm, eps, positions, inv_freq,
+                         ctx);
+    return;
+  }
+  ProfileScope prof_("qkv_prepare_bwd", ctx);
+  cuda::qkv_prepare_bwd(dqkv, dq_norm, dk_norm, dq, dk, dv, qkv, bias, q_norm, k_norm, eps, positions, inv_freq,
+                        ctx);
+}
+
 void kv_block_copy(const Tensor& cache, const Tensor& copies, Context& ctx) {
   check_same_device("kv_block_copy", cache.device, {&cache, &copies});
   if (cache.device == Device::CPU) {

@@ -7,6 +7,15 @@
 //                         column blocks), T in {1, 7, 256, 3000}, positions up to 40000, qwen3-like (16, 8, 128,
 //                         QK-norm, no bias) and qwen2-like (14, 2, 64, bias, no norm) plus both-on, f32 parameter and
 //                         generic-path (hd 96) variants.
+//   NoCacheBitwiseEqualsCacheMode  BF16: q_out / k_out / v_out of the "no KV cache" mode (training forward) memcmp
+//                         equal to the cache mode's, vector and generic paths.
+//   BackwardMatchesCpuTwin qkv_prepare_bwd, F32 and BF16, against the CPU twin: dqkv within tol_for(dtype), dq_norm /
+//                         dk_norm (accumulated onto random non-zero values) within tol_for(F32); vector path (hd 128,
+//                         64) and generic path (hd 48, 80); T in {1, 37, 300}; with/without bias and QK-norm; a second
+//                         run must give bit-identical norm gradients. For BF16 the CPU sees qkv + bias already rounded
+//                         (as the kernel rounds it), so both sides differentiate the same norm input.
+//   BackwardMatchesComposedOps BF16, qwen3-like and bias+norm: against rope_bwd -> bias_add / rmsnorm_fwd (rstd) ->
+//                         rmsnorm_bwd on the GPU, within tol_for(BF16) (the composed ops round g to bf16).
 // Every output carries guard values that must stay untouched, and cache slots nobody writes keep their values.
 // Skipped without a GPU.
 #include <cuda_runtime_api.h>
@@ -29,6 +38,7 @@
 
 using namespace rlcu;
 using rlcu::test::expect_close;
+using rlcu::test::expect_tensor;
 using rlcu::test::fresh_seed;
 using rlcu::test::GuardedTensor;
 using rlcu::test::make_guarded;
@@ -262,4 +272,190 @@ TEST(QkvPrepareCuda, BitwiseEqualsComposedOps) {
         }
         for (const GuardedTensor* g : {&qkv, &bias, &qn, &kn, &freq, &pos, &slots}) g->check_guards(what + " input");
       }
+}
+
+TEST(QkvPrepareCuda, NoCacheBitwiseEqualsCacheMode) {
+  RLCU_REQUIRE_CUDA();
+  struct Case {
+    int64_t nq, nkv, hd;
+    bool bias, norm;
+  };
+  const Case cases[] = {{16, 8, 128, false, true}, {14, 2, 64, true, false}, {4, 2, 96, true, true},
+                        {3, 1, 48, true, true}};
+  const DType dt = DType::BF16;
+  for (const Case& cs : cases)
+    for (int64_t T : {1, 37, 1000}) {
+      const uint64_t seed = fresh_seed();
+      const std::string what = fmt::format("qkv_prepare no-cache nq={} nkv={} hd={} T={} seed={}", cs.nq, cs.nkv, cs.hd,
+                                           T, seed);
+      Inputs in = make_inputs(T, cs.nq, cs.nkv, cs.hd, dt, 0.5f, 1.5f, 0.5f, seed);
+      const int64_t hd = cs.hd, nq = cs.nq, nkv = cs.nkv, S = in.S, W = in.W;
+      GuardedTensor pos = dev_i32({T}, in.pos), slots = dev_i32({T}, in.slots);
+      GuardedTensor freq = dev(DType::F32, {hd / 2}, in.inv_freq);
+      GuardedTensor qn = dev(dt, {hd}, in.qn), kn = dev(dt, {hd}, in.kn);
+      GuardedTensor qkv = dev(dt, {T, W}, in.qkv), bias = dev(dt, {W}, in.bias);
+      GuardedTensor kc = dev(dt, {S, nkv, hd}, in.kc), vc = dev(dt, {S, nkv, hd}, in.vc);
+      GuardedTensor q1 = make_guarded(dt, Device::CUDA, {T, nq, hd}), q2 = make_guarded(dt, Device::CUDA, {T, nq, hd});
+      GuardedTensor k1 = make_guarded(dt, Device::CUDA, {T, nkv, hd}), k2 = make_guarded(dt, Device::CUDA, {T, nkv, hd});
+      GuardedTensor v1 = make_guarded(dt, Device::CUDA, {T, nkv, hd}), v2 = make_guarded(dt, Device::CUDA, {T, nkv, hd});
+      settle();
+      const Tensor b = cs.bias ? bias.t : Tensor(), wq = cs.norm ? qn.t : Tensor(), wk = cs.norm ? kn.t : Tensor();
+      ops::qkv_prepare(q1.t, k1.t, v1.t, kc.t, vc.t, qkv.t, b, wq, wk, 1e-6f, pos.t, freq.t, slots.t, gpu());
+      ops::qkv_prepare(q2.t, k2.t, v2.t, Tensor(), Tensor(), qkv.t, b, wq, wk, 1e-6f, pos.t, freq.t, Tensor(), gpu());
+      expect_same_bytes(q2, q1, what + " q_out");
+      expect_same_bytes(k2, k1, what + " k_out");
+      expect_same_bytes(v2, v1, what + " v_out");
+      for (const GuardedTensor* g : {&qkv, &bias, &qn, &kn, &freq, &pos}) g->check_guards(what + " input");
+    }
+  // Without a cache the dense outputs are required.
+  GuardedTensor q = make_guarded(dt, Device::CUDA, {2, 2, 8}), v = make_guarded(dt, Device::CUDA, {2, 1, 8});
+  GuardedTensor qkv = make_guarded(dt, Device::CUDA, {2, 32}), freq = dev(DType::F32, {4}, {1, 1, 1, 1});
+  GuardedTensor pos = dev_i32({2}, {0, 1});
+  EXPECT_ANY_THROW(ops::qkv_prepare(q.t, Tensor(), v.t, Tensor(), Tensor(), qkv.t, Tensor(), Tensor(), Tensor(), 1e-6f,
+                                    pos.t, freq.t, Tensor(), gpu()));
+}
+
+namespace {
+
+struct BwdInputs {
+  Inputs in;
+  std::vector<float> dq, dk, dv, dqn0, dkn0;
+};
+
+BwdInputs make_bwd_inputs(int64_t T, int64_t nq, int64_t nkv, int64_t hd, DType dt, uint64_t seed) {
+  BwdInputs b;
+  b.in = make_inputs(T, nq, nkv, hd, dt, 0.25f, 0.5f, 0.25f, seed);
+  b.dq = rounded(random_vec(T * nq * hd, seed + 21), dt);
+  b.dk = rounded(random_vec(T * nkv * hd, seed + 22), dt);
+  b.dv = rounded(random_vec(T * nkv * hd, seed + 23), dt);
+  b.dqn0 = random_vec(hd, seed + 24);
+  b.dkn0 = random_vec(hd, seed + 25);
+  return b;
+}
+
+}  // namespace
+
+TEST(QkvPrepareCuda, BackwardMatchesCpuTwin) {
+  RLCU_REQUIRE_CUDA();
+  struct Shape {
+    int64_t nq, nkv, hd;
+  };
+  const Shape shapes[] = {{16, 8, 128}, {14, 2, 64}, {3, 1, 48}, {2, 1, 80}};
+  for (DType dt : {DType::F32, DType::BF16})
+    for (const Shape& sh : shapes)
+      for (int64_t T : {1, 37, 300})
+        for (int variant = 0; variant < 4; ++variant) {
+          const bool with_bias = variant & 1, with_norm = variant & 2;
+          const uint64_t seed = fresh_seed();
+          const std::string what = fmt::format("qkv_prepare_bwd {} nq={} nkv={} hd={} T={} bias={} norm={} seed={}",
+                                               dtype_name(dt), sh.nq, sh.nkv, sh.hd, T, with_bias, with_norm, seed);
+          BwdInputs bi = make_bwd_inputs(T, sh.nq, sh.nkv, sh.hd, dt, seed);
+          Inputs& in = bi.in;
+          const int64_t hd = sh.hd, nq = sh.nq, nkv = sh.nkv, W = in.W;
+          // CPU twin. In BF16 the kernel rounds qkv + bias to bf16 before the norm: hand the CPU that rounded sum.
+          std::vector<float> qkv_cpu = in.qkv;
+          const bool fold_bias = with_bias && dt == DType::BF16;
+          if (fold_bias) {
+            for (int64_t t = 0; t < T; ++t)
+              for (int64_t c = 0; c < W; ++c) qkv_cpu[t * W + c] += in.bias[c];
+            qkv_cpu = rounded(qkv_cpu, dt);
+          }
+          std::vector<float> want(static_cast<size_t>(T * W)), dqn = bi.dqn0, dkn = bi.dkn0;
+          ops::qkv_prepare_bwd(hf(want, {T, W}), with_norm ? hf(dqn, {hd}) : Tensor(),
+                               with_norm ? hf(dkn, {hd}) : Tensor(), hf(bi.dq, {T, nq, hd}), hf(bi.dk, {T, nkv, hd}),
+                               hf(bi.dv, {T, nkv, hd}), hf(qkv_cpu, {T, W}),
+                               with_bias && !fold_bias ? hf(in.bias, {W}) : Tensor(),
+                               with_norm ? hf(in.qn, {hd}) : Tensor(), with_norm ? hf(in.kn, {hd}) : Tensor(), 1e-6f,
+                               hi(in.pos, {T}), hf(in.inv_freq, {hd / 2}), host());
+          GuardedTensor dqkv = make_guarded(dt, Device::CUDA, {T, W});
+          GuardedTensor gdqn = dev(DType::F32, {hd}, bi.dqn0), gdkn = dev(DType::F32, {hd}, bi.dkn0);
+          GuardedTensor gdqn2 = dev(DType::F32, {hd}, bi.dqn0), gdkn2 = dev(DType::F32, {hd}, bi.dkn0);
+          GuardedTensor dq = dev(dt, {T, nq, hd}, bi.dq), dk = dev(dt, {T, nkv, hd}, bi.dk);
+          GuardedTensor dv = dev(dt, {T, nkv, hd}, bi.dv);
+          GuardedTensor qkv = dev(dt, {T, W}, in.qkv), bias = dev(dt, {W}, in.bias);
+          GuardedTensor qn = dev(dt, {hd}, in.qn), kn = dev(dt, {hd}, in.kn);
+          GuardedTensor freq = dev(DType::F32, {hd / 2}, in.inv_freq);
+          GuardedTensor pos = dev_i32({T}, in.pos);
+          settle();
+          auto run = [&](GuardedTensor& gq, GuardedTensor& gk) {
+            ops::qkv_prepare_bwd(dqkv.t, with_norm ? gq.t : Tensor(), with_norm ? gk.t : Tensor(), dq.t, dk.t, dv.t,
+                                 qkv.t, with_bias ? bias.t : Tensor(), with_norm ? qn.t : Tensor(),
+                                 with_norm ? kn.t : Tensor(), 1e-6f, pos.t, freq.t, gpu());
+          };
+          run(gdqn, gdkn);
+          expect_tensor(dqkv, want, tol_for(dt), what + " dqkv");
+          if (with_norm) {
+            expect_tensor(gdqn, dqn, tol_for(DType::F32), what + " dq_norm");
+            expect_tensor(gdkn, dkn, tol_for(DType::F32), what + " dk_norm");
+            run(gdqn2, gdkn2);
+            settle();
+            EXPECT_EQ(to_host_f32(gdqn.t), to_host_f32(gdqn2.t)) << what << ": dq_norm not bit-reproducible";
+            EXPECT_EQ(to_host_f32(gdkn.t), to_host_f32(gdkn2.t)) << what << ": dk_norm not bit-reproducible";
+          } else {
+            expect_tensor(gdqn, bi.dqn0, rlcu::test::Tol{0, 0}, what + " dq_norm untouched");
+          }
+          for (const GuardedTensor* g : {&dq, &dk, &dv, &qkv, &bias, &qn, &kn, &freq, &pos, &gdkn, &gdqn2, &gdkn2})
+            g->check_guards(what);
+        }
+}
+
+TEST(QkvPrepareCuda, BackwardMatchesComposedOps) {
+  RLCU_REQUIRE_CUDA();
+  struct Case {
+    const char* name;
+    int64_t nq, nkv, hd;
+    bool bias;
+  };
+  const Case cases[] = {{"qwen3-like", 16, 8, 128, false}, {"bias+norm hd64", 14, 2, 64, true},
+                        {"generic hd48", 3, 1, 48, true}};
+  const DType dt = DType::BF16;
+  const float eps = 1e-6f;
+  for (const Case& cs : cases)
+    for (int64_t T : {1, 7, 1000}) {
+      const uint64_t seed = fresh_seed();
+      const std::string what = fmt::format("qkv_prepare_bwd composed {} T={} seed={}", cs.name, T, seed);
+      BwdInputs bi = make_bwd_inputs(T, cs.nq, cs.nkv, cs.hd, dt, seed);
+      Inputs& in = bi.in;
+      const int64_t hd = cs.hd, nq = cs.nq, nkv = cs.nkv, W = in.W, qd = in.qd, kvd = in.kvd;
+      GuardedTensor pos = dev_i32({T}, in.pos), freq = dev(DType::F32, {hd / 2}, in.inv_freq);
+      GuardedTensor qn = dev(dt, {hd}, in.qn), kn = dev(dt, {hd}, in.kn);
+      // Composed.
+      GuardedTensor gq = dev(dt, {T, nq, hd}, bi.dq), gk = dev(dt, {T, nkv, hd}, bi.dk);
+      GuardedTensor xq = dev(dt, {T, qd}, cols(in.qkv, T, W, 0, qd)), xk = dev(dt, {T, kvd}, cols(in.qkv, T, W, qd, kvd));
+      GuardedTensor bq = dev(dt, {qd}, cols(in.bias, 1, W, 0, qd)), bk = dev(dt, {kvd}, cols(in.bias, 1, W, qd, kvd));
+      GuardedTensor yq = make_guarded(dt, Device::CUDA, {T * nq, hd}), yk = make_guarded(dt, Device::CUDA, {T * nkv, hd});
+      GuardedTensor rq = make_guarded(DType::F32, Device::CUDA, {T * nq}), rk = make_guarded(DType::F32, Device::CUDA, {T * nkv});
+      GuardedTensor dxq = make_guarded(dt, Device::CUDA, {T * nq, hd}), dxk = make_guarded(dt, Device::CUDA, {T * nkv, hd});
+      GuardedTensor cdqn = dev(DType::F32, {hd}, bi.dqn0), cdkn = dev(DType::F32, {hd}, bi.dkn0);
+      settle();
+      ops::rope_bwd(gq.t, gq.t, pos.t, freq.t, gpu());
+      ops::rope_bwd(gk.t, gk.t, pos.t, freq.t, gpu());
+      if (cs.bias) {
+        ops::bias_add(xq.t, bq.t, gpu());
+        ops::bias_add(xk.t, bk.t, gpu());
+      }
+      ops::rmsnorm_fwd(yq.t, rq.t, xq.t.view({T * nq, hd}), qn.t, eps, gpu());
+      ops::rmsnorm_fwd(yk.t, rk.t, xk.t.view({T * nkv, hd}), kn.t, eps, gpu());
+      ops::rmsnorm_bwd(dxq.t, cdqn.t, gq.t.view({T * nq, hd}), xq.t.view({T * nq, hd}), qn.t, rq.t, gpu());
+      ops::rmsnorm_bwd(dxk.t, cdkn.t, gk.t.view({T * nkv, hd}), xk.t.view({T * nkv, hd}), kn.t, rk.t, gpu());
+      settle();
+      const std::vector<float> hxq = to_host_f32(dxq.t), hxk = to_host_f32(dxk.t);
+      std::vector<float> want(static_cast<size_t>(T * W));
+      for (int64_t t = 0; t < T; ++t) {
+        std::copy_n(hxq.begin() + t * qd, qd, want.begin() + t * W);
+        std::copy_n(hxk.begin() + t * kvd, kvd, want.begin() + t * W + qd);
+        std::copy_n(bi.dv.begin() + t * kvd, kvd, want.begin() + t * W + qd + kvd);  // already bf16 values
+      }
+      // Fused.
+      GuardedTensor dqkv = make_guarded(dt, Device::CUDA, {T, W});
+      GuardedTensor dq = dev(dt, {T, nq, hd}, bi.dq), dk = dev(dt, {T, nkv, hd}, bi.dk), dv = dev(dt, {T, nkv, hd}, bi.dv);
+      GuardedTensor qkv = dev(dt, {T, W}, in.qkv), bias = dev(dt, {W}, in.bias);
+      GuardedTensor fdqn = dev(DType::F32, {hd}, bi.dqn0), fdkn = dev(DType::F32, {hd}, bi.dkn0);
+      settle();
+      ops::qkv_prepare_bwd(dqkv.t, fdqn.t, fdkn.t, dq.t, dk.t, dv.t, qkv.t, cs.bias ? bias.t : Tensor(), qn.t, kn.t, eps,
+                           pos.t, freq.t, gpu());
+      expect_tensor(dqkv, want, tol_for(dt), what + " dqkv");
+      expect_tensor(fdqn, to_host_f32(cdqn.t), tol_for(dt), what + " dq_norm");
+      expect_tensor(fdkn, to_host_f32(cdkn.t), tol_for(dt), what + " dk_norm");
+    }
 }

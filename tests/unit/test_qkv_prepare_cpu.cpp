@@ -4,6 +4,11 @@
 // their marks, negative slots are skipped) and the dense k_out / v_out copies, over: with/without bias, with/without
 // QK-norm, with/without k_out/v_out, T in {1, 3, 37}, (nq, nkv) in {(16,8), (14,2), (4,4)}, hd in {64, 128, 32}.
 // Plus the argument checks.
+// The "no KV cache" mode (k_cache, v_cache empty) gives q_out / k_out / v_out bitwise equal to the cache mode's.
+// qkv_prepare_bwd against the composed CPU backward ops (rope_bwd -> [bias_add, rmsnorm_fwd for rstd, rmsnorm_bwd]
+// -> copies into [dq | dk | dv]): exact equality of dqkv and of the accumulated dq_norm / dk_norm (which start
+// non-zero), T in {1, 3, 37}, hd in {64, 128, 48}, with/without bias and QK-norm; outputs must be finite and dqkv
+// starts as NaN so every element is written.
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
@@ -172,4 +177,158 @@ TEST(QkvPrepareCpu, RejectsBadArguments) {
   EXPECT_ANY_THROW(call(f32(qkv, {T, W}), Tensor(), f32(small, {3}), f32(small, {3}), f32(freq, {hd / 2}), slots));
   EXPECT_ANY_THROW(call(f32(qkv, {T, W}), Tensor(), Tensor(), Tensor(), f32(small, {3}), slots));
   EXPECT_ANY_THROW(call(f32(qkv, {T, W}), Tensor(), Tensor(), Tensor(), f32(freq, {hd / 2}), far));
+}
+
+namespace {
+
+void expect_same_finite(const std::vector<float>& got, const std::vector<float>& want, const std::string& what) {
+  expect_same(got, want, what);
+  EXPECT_TRUE(std::all_of(got.begin(), got.end(), [](float x) { return std::isfinite(x); })) << what << ": not finite";
+}
+
+}  // namespace
+
+TEST(QkvPrepareCpu, NoCacheModeEqualsCacheMode) {
+  uint64_t seed = 5000;
+  for (int64_t hd : {64, 48})
+    for (int64_t T : {1, 5})
+      for (bool with_bias : {false, true})
+        for (bool with_norm : {false, true}) {
+          ++seed;
+          const int64_t nq = 6, nkv = 2, qd = nq * hd, kvd = nkv * hd, W = qd + 2 * kvd, S = T + 3;
+          const std::string what = fmt::format("hd={} T={} bias={} norm={}", hd, T, with_bias, with_norm);
+          std::vector<float> qkv = random_vec(T * W, seed + 1), bias = random_vec(W, seed + 2, -0.5f, 0.5f);
+          std::vector<float> qn = random_vec(hd, seed + 3, 0.5f, 1.5f), kn = random_vec(hd, seed + 4, 0.5f, 1.5f);
+          std::vector<float> inv_freq = inv_freq_for(hd, 1e4);
+          std::vector<int32_t> pos(static_cast<size_t>(T)), slots(static_cast<size_t>(T));
+          for (int64_t t = 0; t < T; ++t) pos[t] = static_cast<int32_t>(7 * t + 3), slots[t] = static_cast<int32_t>(t);
+          std::vector<float> kc(S * kvd), vc(S * kvd);
+          std::vector<float> q1(T * qd), k1(T * kvd), v1(T * kvd), q2(T * qd, NAN), k2(T * kvd, NAN), v2(T * kvd, NAN);
+          auto call = [&](std::vector<float>& q, std::vector<float>& k, std::vector<float>& v, bool cache) {
+            ops::qkv_prepare(f32(q, {T, nq, hd}), f32(k, {T, nkv, hd}), f32(v, {T, nkv, hd}),
+                             cache ? f32(kc, {S, nkv, hd}) : Tensor(), cache ? f32(vc, {S, nkv, hd}) : Tensor(),
+                             f32(qkv, {T, W}), with_bias ? f32(bias, {W}) : Tensor(),
+                             with_norm ? f32(qn, {hd}) : Tensor(), with_norm ? f32(kn, {hd}) : Tensor(), 1e-6f,
+                             i32(pos, {T}), f32(inv_freq, {hd / 2}), cache ? i32(slots, {T}) : Tensor(), cpu());
+          };
+          call(q1, k1, v1, true);
+          call(q2, k2, v2, false);
+          expect_same_finite(q2, q1, what + " q_out");
+          expect_same_finite(k2, k1, what + " k_out");
+          expect_same_finite(v2, v1, what + " v_out");
+        }
+  // Without a cache the dense outputs are required; a cache needs both halves.
+  const int64_t T = 2, nq = 2, nkv = 1, hd = 8, W = (nq + 2 * nkv) * hd;
+  std::vector<float> q(T * nq * hd), k(T * nkv * hd), v(T * nkv * hd), qkv(T * W), freq(hd / 2), kc(4 * nkv * hd);
+  std::vector<int32_t> pos = {0, 1}, slots = {0, 1};
+  EXPECT_ANY_THROW(ops::qkv_prepare(f32(q, {T, nq, hd}), Tensor(), f32(v, {T, nkv, hd}), Tensor(), Tensor(),
+                                    f32(qkv, {T, W}), Tensor(), Tensor(), Tensor(), 1e-6f, i32(pos, {T}),
+                                    f32(freq, {hd / 2}), Tensor(), cpu()));
+  EXPECT_ANY_THROW(ops::qkv_prepare(f32(q, {T, nq, hd}), f32(k, {T, nkv, hd}), f32(v, {T, nkv, hd}),
+                                    f32(kc, {4, nkv, hd}), Tensor(), f32(qkv, {T, W}), Tensor(), Tensor(), Tensor(),
+                                    1e-6f, i32(pos, {T}), f32(freq, {hd / 2}), i32(slots, {T}), cpu()));
+}
+
+TEST(QkvPrepareCpu, BackwardMatchesComposedOpsExactly) {
+  struct Heads {
+    int64_t nq, nkv;
+  };
+  const Heads heads[] = {{16, 8}, {14, 2}, {4, 4}};
+  uint64_t seed = 9000;
+  for (const Heads& hh : heads)
+    for (int64_t hd : {64, 128, 48})
+      for (int64_t T : {1, 3, 37})
+        for (bool with_bias : {false, true})
+          for (bool with_norm : {false, true}) {
+            ++seed;
+            const int64_t nq = hh.nq, nkv = hh.nkv, qd = nq * hd, kvd = nkv * hd, W = qd + 2 * kvd;
+            const float eps = 1e-6f;
+            const std::string what = fmt::format("nq={} nkv={} hd={} T={} bias={} norm={} seed={}", nq, nkv, hd, T,
+                                                 with_bias, with_norm, seed);
+            std::mt19937_64 rng(seed);
+            std::vector<float> qkv = random_vec(T * W, seed + 1), bias = random_vec(W, seed + 2, -0.5f, 0.5f);
+            std::vector<float> qn = random_vec(hd, seed + 3, 0.5f, 1.5f), kn = random_vec(hd, seed + 4, 0.5f, 1.5f);
+            std::vector<float> dq = random_vec(T * qd, seed + 5), dk = random_vec(T * kvd, seed + 6),
+                               dv = random_vec(T * kvd, seed + 7);
+            const std::vector<float> dqn0 = random_vec(hd, seed + 8), dkn0 = random_vec(hd, seed + 9);
+            std::vector<float> inv_freq = inv_freq_for(hd, 1e6);
+            std::vector<int32_t> pos(static_cast<size_t>(T));
+            for (auto& p : pos) p = static_cast<int32_t>(rng() % 40001);
+
+            // Reference: the separate backward ops on contiguous blocks.
+            std::vector<float> gq(dq.size()), gk(dk.size());
+            ops::rope_bwd(f32(gq, {T, nq, hd}), f32(dq, {T, nq, hd}), i32(pos, {T}), f32(inv_freq, {hd / 2}), cpu());
+            ops::rope_bwd(f32(gk, {T, nkv, hd}), f32(dk, {T, nkv, hd}), i32(pos, {T}), f32(inv_freq, {hd / 2}),
+                          cpu());
+            std::vector<float> dqn_ref = dqn0, dkn_ref = dkn0;
+            if (with_norm) {
+              std::vector<float> xq(static_cast<size_t>(T * qd)), xk(static_cast<size_t>(T * kvd));
+              for (int64_t t = 0; t < T; ++t) {
+                std::copy_n(qkv.begin() + t * W, qd, xq.begin() + t * qd);
+                std::copy_n(qkv.begin() + t * W + qd, kvd, xk.begin() + t * kvd);
+              }
+              if (with_bias) {
+                std::vector<float> bq(bias.begin(), bias.begin() + qd), bk(bias.begin() + qd, bias.begin() + qd + kvd);
+                ops::bias_add(f32(xq, {T, qd}), f32(bq, {qd}), cpu());
+                ops::bias_add(f32(xk, {T, kvd}), f32(bk, {kvd}), cpu());
+              }
+              std::vector<float> yq(xq.size()), yk(xk.size()), rq(static_cast<size_t>(T * nq)),
+                  rk(static_cast<size_t>(T * nkv));
+              ops::rmsnorm_fwd(f32(yq, {T * nq, hd}), f32(rq, {T * nq}), f32(xq, {T * nq, hd}), f32(qn, {hd}), eps,
+                               cpu());
+              ops::rmsnorm_fwd(f32(yk, {T * nkv, hd}), f32(rk, {T * nkv}), f32(xk, {T * nkv, hd}), f32(kn, {hd}),
+                               eps, cpu());
+              std::vector<float> dxq(gq.size()), dxk(gk.size());
+              ops::rmsnorm_bwd(f32(dxq, {T * nq, hd}), f32(dqn_ref, {hd}), f32(gq, {T * nq, hd}),
+                               f32(xq, {T * nq, hd}), f32(qn, {hd}), f32(rq, {T * nq}), cpu());
+              ops::rmsnorm_bwd(f32(dxk, {T * nkv, hd}), f32(dkn_ref, {hd}), f32(gk, {T * nkv, hd}),
+                               f32(xk, {T * nkv, hd}), f32(kn, {hd}), f32(rk, {T * nkv}), cpu());
+              gq = dxq;
+              gk = dxk;
+            }
+            std::vector<float> want(static_cast<size_t>(T * W));
+            for (int64_t t = 0; t < T; ++t) {
+              std::copy_n(gq.begin() + t * qd, qd, want.begin() + t * W);
+              std::copy_n(gk.begin() + t * kvd, kvd, want.begin() + t * W + qd);
+              std::copy_n(dv.begin() + t * kvd, kvd, want.begin() + t * W + qd + kvd);
+            }
+
+            // Fused; qkv is passed even without QK-norm (unused then).
+            std::vector<float> got(want.size(), NAN), dqn = dqn0, dkn = dkn0;
+            ops::qkv_prepare_bwd(f32(got, {T, W}), with_norm ? f32(dqn, {hd}) : Tensor(),
+                                 with_norm ? f32(dkn, {hd}) : Tensor(), f32(dq, {T, nq, hd}), f32(dk, {T, nkv, hd}),
+                                 f32(dv, {T, nkv, hd}), f32(qkv, {T, W}), with_bias ? f32(bias, {W}) : Tensor(),
+                                 with_norm ? f32(qn, {hd}) : Tensor(), with_norm ? f32(kn, {hd}) : Tensor(), eps,
+                                 i32(pos, {T}), f32(inv_freq, {hd / 2}), cpu());
+            expect_same_finite(got, want, what + " dqkv");
+            expect_same_finite(dqn, dqn_ref, what + " dq_norm");
+            expect_same_finite(dkn, dkn_ref, what + " dk_norm");
+            if (!with_norm) {  // qkv may be empty without QK-norm
+              std::vector<float> got2(want.size(), NAN);
+              ops::qkv_prepare_bwd(f32(got2, {T, W}), Tensor(), Tensor(), f32(dq, {T, nq, hd}),
+                                   f32(dk, {T, nkv, hd}), f32(dv, {T, nkv, hd}), Tensor(), Tensor(), Tensor(),
+                                   Tensor(), eps, i32(pos, {T}), f32(inv_freq, {hd / 2}), cpu());
+              expect_same_finite(got2, want, what + " dqkv (no qkv)");
+            }
+          }
+}
+
+TEST(QkvPrepareCpu, BackwardRejectsBadArguments) {
+  const int64_t T = 2, nq = 4, nkv = 2, hd = 8, W = (nq + 2 * nkv) * hd;
+  std::vector<float> dqkv(T * W), dq(T * nq * hd), dk(T * nkv * hd), dv(T * nkv * hd), qkv(T * W), qn(hd), kn(hd),
+      dqn(hd), dkn(hd), freq(hd / 2), small(3);
+  std::vector<int32_t> pos = {0, 1};
+  auto call = [&](const Tensor& out, const Tensor& dqn_t, const Tensor& qn_t, const Tensor& kn_t,
+                  const Tensor& qkv_t) {
+    ops::qkv_prepare_bwd(out, dqn_t, dqn_t.empty() ? Tensor() : f32(dkn, {hd}), f32(dq, {T, nq, hd}),
+                         f32(dk, {T, nkv, hd}), f32(dv, {T, nkv, hd}), qkv_t, Tensor(), qn_t, kn_t, 1e-6f,
+                         i32(pos, {T}), f32(freq, {hd / 2}), cpu());
+  };
+  EXPECT_NO_THROW(call(f32(dqkv, {T, W}), f32(dqn, {hd}), f32(qn, {hd}), f32(kn, {hd}), f32(qkv, {T, W})));
+  EXPECT_NO_THROW(call(f32(dqkv, {T, W}), Tensor(), Tensor(), Tensor(), Tensor()));
+  EXPECT_ANY_THROW(call(f32(dqkv, {T, W - 8}), Tensor(), Tensor(), Tensor(), Tensor()));
+  EXPECT_ANY_THROW(call(f32(dqkv, {T, W}), f32(dqn, {hd}), Tensor(), Tensor(), Tensor()));
+  EXPECT_ANY_THROW(call(f32(dqkv, {T, W}), f32(dqn, {hd}), f32(qn, {hd}), Tensor(), f32(qkv, {T, W})));
+  EXPECT_ANY_THROW(call(f32(dqkv, {T, W}), f32(dqn, {hd}), f32(qn, {hd}), f32(kn, {hd}), Tensor()));
+  EXPECT_ANY_THROW(call(f32(dqkv, {T, W}), f32(small, {3}), f32(qn, {hd}), f32(kn, {hd}), f32(qkv, {T, W})));
 }
