@@ -12,15 +12,23 @@
 // With fp32_residual the residual stream (x and x_mid) is F32 while the other activations stay in act_dtype: the
 // norms read it in F32 and the o/down products add into it in F32, so it is never rounded to bf16. The residual
 // gradient dres stays in act_dtype (it feeds the bf16 weight-gradient products).
-// Saved per layer (LayerActs): rstd1, h1 = norm1(x), [q_raw, k_raw, rstd_q, rstd_k: QK-norm inputs and stats],
+// Saved per layer (LayerActs): rstd1, h1 = norm1(x), [QK-norm inputs: qkv, or q_raw, k_raw, rstd_q, rstd_k],
 // q, k (after rope), v, attn (attention output), lse, x_mid = x + o_proj, rstd2, h2 = norm2(x_mid), gate_up.
 // act = swiglu(gate_up) is kept per layer when training without checkpointing, and recomputed in backward otherwise.
+//
+// Fused q/k/v (when the weights, and for training the gradients, of every layer have the fused views
+// LayerWeights::qkv / qkv_bias): one product qkv = h1 Wqkv^T [T, qd + 2 kvd] and one qkv_prepare (bias, QK-norm,
+// rope; no KV cache) into q, k, v; backward one qkv_prepare_bwd into dqkv [T, qd + 2 kvd], then dWqkv += dqkv^T h1,
+// dbqkv += column sums of dqkv, dh = dqkv Wqkv. The raw qkv is saved per layer only with QK-norm (the norm backward
+// recomputes rstd from it); without QK-norm one shared buffer holds it. Otherwise (no fused views) the separate
+// products, bias_add, rmsnorm and rope ops run, saving q_raw, k_raw and the norm statistics with QK-norm.
 //
 // Backward of one layer, with dres = d(layer output):
 //   MLP:  dWd += dres^T act;  dact = dres Wd;  dgu = swiglu_bwd;  dWgu += dgu^T h2;  dh = dgu Wgu
 //         dres += rmsnorm_bwd(dh)                                    (= d x_mid)
 //   attn: dWo += dres^T attn;  dattn = dres Wo;  dq, dk, dv = attention_bwd;  rope_bwd(dq), rope_bwd(dk)
 //         [QK-norm: rmsnorm_bwd]; dWq/k/v += d{q,k,v}^T h1 (+ bias grads);  dh = dq Wq + dk Wk + dv Wv
+//         (fused: dqkv = qkv_prepare_bwd(dq, dk, dv);  dWqkv += dqkv^T h1 (+ bias grad);  dh = dqkv Wqkv)
 //         dres += rmsnorm_bwd(dh)                                    (= d x)
 // and finally embedding_bwd(dres) into the embedding gradient (shared with the head when tied).
 #include <cmath>
@@ -87,6 +95,7 @@ void PackedBatch::clear() {
 
 struct LayerActs {
   Tensor rstd1, h1, q_raw, k_raw, rstd_q, rstd_k, q, k, v, attn, lse, x_mid, rstd2, h2, gate_up;
+  Tensor qkv;  // fused path with QK-norm: the raw projection [T, qd + 2 kvd], read again by the backward
   Tensor act;  // swiglu(gate_up): kept per layer when training without checkpointing, else empty
 };
 
@@ -96,6 +105,8 @@ struct Transformer::State {
   std::vector<LayerActs> acts;
   Tensor act, rstd_f, h_f, lse_head;
   Tensor dres, dh, dgu, dact, dattn, dq, dk, dv, dq_raw, dk_raw;
+  Tensor qkv, dqkv;  // fused path: the raw projection when not saved per layer (no QK-norm); its gradient
+  bool fused_qkv = false;
   Tensor ids, positions, targets, cu_seqlens;
   DeviceBatch last;
   bool have_forward = false;
@@ -121,6 +132,15 @@ Transformer::Transformer(Model& model, const TransformerOptions& opt, Context& c
   const int64_t L = c.num_layers;
   const DType ad = opt.act_dtype, f32 = DType::F32, i32 = DType::I32;
   const bool shared_acts = !opt.training || opt.checkpointing;
+  // Fused q/k/v only when every layer has the fused views (in the weights and, for training, the gradients).
+  auto has_fused = [&](const LayerWeights& lw) { return !lw.qkv.empty() && (!c.qkv_bias || !lw.qkv_bias.empty()); };
+  bool fused = true;
+  for (int64_t l = 0; l < L; ++l) {
+    fused = fused && has_fused(model.weights().layers[static_cast<size_t>(l)]);
+    if (opt.training) fused = fused && has_fused(model.grads().layers[static_cast<size_t>(l)]);
+  }
+  s_->fused_qkv = fused;
+  const int64_t Wqkv = qd + 2 * kvd;
   ArenaPlan plan;
   s_->resid.resize(opt.training ? L + 1 : 2);
   const DType rd = opt.fp32_residual ? f32 : ad;
@@ -129,7 +149,9 @@ Transformer::Transformer(Model& model, const TransformerOptions& opt, Context& c
   for (LayerActs& a : s_->acts) {
     plan.add(a.rstd1, f32, {Tm});
     plan.add(a.h1, ad, {Tm, H});
-    if (c.qk_norm) {
+    if (fused) {
+      if (c.qk_norm) plan.add(a.qkv, ad, {Tm, Wqkv});
+    } else if (c.qk_norm) {
       plan.add(a.q_raw, ad, {Tm, qd});
       plan.add(a.k_raw, ad, {Tm, kvd});
       plan.add(a.rstd_q, f32, {Tm, c.num_heads});
@@ -147,6 +169,7 @@ Transformer::Transformer(Model& model, const TransformerOptions& opt, Context& c
     if (!shared_acts) plan.add(a.act, ad, {Tm, I});
   }
   plan.add(s_->act, ad, {Tm, I});
+  if (fused && !c.qk_norm) plan.add(s_->qkv, ad, {Tm, Wqkv});
   plan.add(s_->rstd_f, f32, {Tm});
   plan.add(s_->h_f, ad, {Tm, H});
   plan.add(s_->lse_head, f32, {Tm});
@@ -159,7 +182,9 @@ Transformer::Transformer(Model& model, const TransformerOptions& opt, Context& c
     plan.add(s_->dq, ad, {Tm, qd});
     plan.add(s_->dk, ad, {Tm, kvd});
     plan.add(s_->dv, ad, {Tm, kvd});
-    if (c.qk_norm) {
+    if (fused) {
+      plan.add(s_->dqkv, ad, {Tm, Wqkv});
+    } else if (c.qk_norm) {
       plan.add(s_->dq_raw, ad, {Tm, qd});
       plan.add(s_->dk_raw, ad, {Tm, kvd});
     }
@@ -225,25 +250,33 @@ void Transformer::State::layer_forward(const Model& m, int64_t l, const Tensor& 
   const Tensor h1 = rows(a.h1, T);
   ops::rmsnorm_fwd(h1, rows(a.rstd1, T), x, W.input_norm, eps, ctx);
   const Tensor q = rows(a.q, T), k = rows(a.k, T), v = rows(a.v, T);
-  const Tensor q_lin = c.qk_norm ? rows(a.q_raw, T) : q;
-  const Tensor k_lin = c.qk_norm ? rows(a.k_raw, T) : k;
-  ops::gemm(q_lin, h1, W.q, linear, ctx);
-  ops::gemm(k_lin, h1, W.k, linear, ctx);
-  ops::gemm(v, h1, W.v, linear, ctx);
-  if (c.qkv_bias) {
-    ops::bias_add(q_lin, W.q_bias, ctx);
-    ops::bias_add(k_lin, W.k_bias, ctx);
-    ops::bias_add(v, W.v_bias, ctx);
-  }
-  if (c.qk_norm) {
-    ops::rmsnorm_fwd(q.view({T * nq, hd}), rows(a.rstd_q, T).view({T * nq}), q_lin.view({T * nq, hd}), W.q_norm, eps,
-                     ctx);
-    ops::rmsnorm_fwd(k.view({T * nkv, hd}), rows(a.rstd_k, T).view({T * nkv}), k_lin.view({T * nkv, hd}), W.k_norm, eps,
-                     ctx);
-  }
   const Tensor q3 = q.view({T, nq, hd}), k3 = k.view({T, nkv, hd});
-  ops::rope_fwd(q3, q3, b.positions, m.inv_freq(), ctx);
-  ops::rope_fwd(k3, k3, b.positions, m.inv_freq(), ctx);
+  if (fused_qkv) {
+    // One product, then bias / QK-norm / rope in one kernel (no KV cache): the same values as the ops below.
+    const Tensor qkv_raw = rows(a.qkv.empty() ? qkv : a.qkv, T);
+    ops::gemm(qkv_raw, h1, W.qkv, linear, ctx);
+    ops::qkv_prepare(q3, k3, v.view({T, nkv, hd}), Tensor(), Tensor(), qkv_raw, W.qkv_bias, W.q_norm, W.k_norm, eps,
+                     b.positions, m.inv_freq(), Tensor(), ctx);
+  } else {
+    const Tensor q_lin = c.qk_norm ? rows(a.q_raw, T) : q;
+    const Tensor k_lin = c.qk_norm ? rows(a.k_raw, T) : k;
+    ops::gemm(q_lin, h1, W.q, linear, ctx);
+    ops::gemm(k_lin, h1, W.k, linear, ctx);
+    ops::gemm(v, h1, W.v, linear, ctx);
+    if (c.qkv_bias) {
+      ops::bias_add(q_lin, W.q_bias, ctx);
+      ops::bias_add(k_lin, W.k_bias, ctx);
+      ops::bias_add(v, W.v_bias, ctx);
+    }
+    if (c.qk_norm) {
+      ops::rmsnorm_fwd(q.view({T * nq, hd}), rows(a.rstd_q, T).view({T * nq}), q_lin.view({T * nq, hd}), W.q_norm,
+                       eps, ctx);
+      ops::rmsnorm_fwd(k.view({T * nkv, hd}), rows(a.rstd_k, T).view({T * nkv}), k_lin.view({T * nkv, hd}), W.k_norm,
+                       eps, ctx);
+    }
+    ops::rope_fwd(q3, q3, b.positions, m.inv_freq(), ctx);
+    ops::rope_fwd(k3, k3, b.positions, m.inv_freq(), ctx);
+  }
   const ops::AttentionParams ap{b.num_seqs, b.max_seqlen, 1.0f / std::sqrt(static_cast<float>(hd))};
   const Tensor attn = rows(a.attn, T);
   ops::attention_fwd(attn.view({T, nq, hd}), rows(a.lse, T), q3, k3, v.view({T, nkv, hd}), b.cu_seqlens, ap, ctx);
@@ -323,6 +356,7 @@ void Transformer::backward_from_final(const Tensor& dh, Context& ctx) {
   const ModelWeights& W = model_.weights();
   const ModelWeights& G = model_.grads();
   const int64_t T = b.num_tokens, L = c.num_layers, nq = c.num_heads, nkv = c.num_kv_heads, hd = c.head_dim;
+  const float eps = static_cast<float>(c.rms_norm_eps);
   const ops::GemmParams dx{false, false, 1.0f, 0.0f};      // dx = dy W
   const ops::GemmParams dx_acc{false, false, 1.0f, 1.0f};  // dx += dy W
   const ops::GemmParams dw{true, false, 1.0f, 1.0f};       // dW += dy^T x
@@ -358,6 +392,19 @@ void Transformer::backward_from_final(const Tensor& dh, Context& ctx) {
     ops::attention_bwd(dq3, dk3, dv.view({T, nkv, hd}), dattn.view({T, nq, hd}), rows(a.q, T).view({T, nq, hd}),
                        rows(a.k, T).view({T, nkv, hd}), rows(a.v, T).view({T, nkv, hd}), attn.view({T, nq, hd}),
                        rows(a.lse, T), b.cu_seqlens, ap, ctx);
+    const Tensor h1 = rows(a.h1, T);
+    if (s_->fused_qkv) {
+      // qkv_prepare's backward, then one product each for dWqkv and dh; the raw qkv is read only with QK-norm.
+      const Tensor dqkv = rows(s_->dqkv, T);
+      ops::qkv_prepare_bwd(dqkv, Gl.q_norm, Gl.k_norm, dq3, dk3, dv.view({T, nkv, hd}),
+                           c.qk_norm ? rows(a.qkv, T) : Tensor(), Wl.qkv_bias, Wl.q_norm, Wl.k_norm, eps, b.positions,
+                           model_.inv_freq(), ctx);
+      ops::gemm(Gl.qkv, dqkv, h1, dw, ctx);
+      if (c.qkv_bias) ops::bias_grad(Gl.qkv_bias, dqkv, ctx);
+      ops::gemm(dh, dqkv, Wl.qkv, dx, ctx);
+      ops::rmsnorm_bwd_add(dres, Gl.input_norm, dh, x, Wl.input_norm, rows(a.rstd1, T), ctx);
+      continue;
+    }
     ops::rope_bwd(dq3, dq3, b.positions, model_.inv_freq(), ctx);
     ops::rope_bwd(dk3, dk3, b.positions, model_.inv_freq(), ctx);
     Tensor dq_lin = dq, dk_lin = dk;
@@ -369,7 +416,6 @@ void Transformer::backward_from_final(const Tensor& dh, Context& ctx) {
       ops::rmsnorm_bwd(dk_lin.view({T * nkv, hd}), Gl.k_norm, dk.view({T * nkv, hd}),
                        rows(a.k_raw, T).view({T * nkv, hd}), Wl.k_norm, rows(a.rstd_k, T).view({T * nkv}), ctx);
     }
-    const Tensor h1 = rows(a.h1, T);
     ops::gemm(Gl.q, dq_lin, h1, dw, ctx);
     ops::gemm(Gl.k, dk_lin, h1, dw, ctx);
     ops::gemm(Gl.v, dv, h1, dw, ctx);
