@@ -77,6 +77,7 @@ struct TrainSection {
   int64_t micro_batch_tokens = 8192;
   bool checkpointing = false;  // activation checkpointing (recompute each layer in backward)
   bool fp32_residual = true;   // F32 residual stream in the policy, reference and rollout forwards
+  bool save_head_probs = true; // keep the log-prob head's softmax between forward and backward
   int64_t log_samples = 4;     // completions per step written to samples.jsonl
 };
 

@@ -182,6 +182,9 @@ struct TransformerOptions {
   bool checkpointing = false;    // training: keep only each layer's input, recompute the layer in backward
   float inv_temperature = 1.0f;  // logits are scaled by this before the softmax
   bool fp32_residual = false;    // keep the residual stream (each layer's input and x_mid) in F32
+  // training: keep the log-prob head's softmax ([max_tokens, vocab] in act_dtype, ops::LogprobParams::probs) so
+  // that backward reads it instead of recomputing the logits product
+  bool save_head_probs = false;
 };
 
 DType default_act_dtype(Device d);  // F32 on the CPU, BF16 on CUDA

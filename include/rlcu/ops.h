@@ -159,9 +159,23 @@ void fill(const Tensor& out, float value, Context& ctx);
 // z[t,:] = (hidden[t,:] @ weight^T) * inv_temperature (logits of the next token, V wide);
 // logprob[t] = z[t, targets[t]] - lse[t];   entropy[t] = lse[t] - sum_j softmax(z)_j z_j.
 // targets[t] < 0 marks a position without a target: logprob = entropy = 0 there and it gets no gradient.
-// The CUDA version never stores a [T,V] tensor. `entropy` may be an empty Tensor (not computed).
+// The CUDA version never stores a [T,V] F32 tensor. `entropy` may be an empty Tensor (not computed).
+//
+// Saved softmax (optional: trades [T,V] elements of memory for the backward's logits product). With
+// LogprobParams::probs [T,V] (the dtype of hidden) and ::prob_stats [T, logprob_prob_stats_cols(V)] (F32) set,
+// logprob_fwd also writes, for the vocabulary split into S = ceil(V / kLogprobSegment) segments of
+// kLogprobSegment columns:
+//   prob_stats[t, s] = max of z[t, j] over segment s (s < S),   prob_stats[t, S] = z[t, targets[t]] (0 without a
+//   target),   prob_stats[t, S+1] = sum_j softmax(z)_j z_j,   probs[t, j] = exp(z[t, j] - prob_stats[t, j / seg]).
+// logprob_bwd given the same two tensors (with the forward's lse) takes p[t, j] = probs[t, j] exp(prob_stats[t, s] -
+// lse[t]) (the target's exp(prob_stats[t, S] - lse[t]), exact) and z[t, j] = prob_stats[t, s] + log probs[t, j]
+// instead of recomputing the logits. Both null: nothing is saved and the backward recomputes.
+constexpr int64_t kLogprobSegment = 256;
+inline int64_t logprob_prob_stats_cols(int64_t vocab) { return (vocab + kLogprobSegment - 1) / kLogprobSegment + 2; }
 struct LogprobParams {
   float inv_temperature = 1.0f;
+  const Tensor* probs = nullptr;       // [T, V], dtype of hidden
+  const Tensor* prob_stats = nullptr;  // [T, logprob_prob_stats_cols(V)] F32
 };
 void logprob_fwd(const Tensor& logprob, const Tensor& entropy, const Tensor& lse, const Tensor& hidden,
                  const Tensor& weight, const Tensor& targets, const LogprobParams& p, Context& ctx);

@@ -9,12 +9,15 @@
 //   dz[t,v] = (a (onehot_v - p_v) - b p_v (z_v - E_p[z])) * inv_temperature
 //   dhidden = dz @ weight   (activation gradient: OVERWRITE)
 //   dweight += dz^T @ hidden (parameter gradient: ACCUMULATE)
-// Like the CUDA kernel, no [T,V] tensor is held: the vocabulary is walked in blocks of kVocabBlock rows of
-// `weight`, the forward keeps a running (max, sum exp, sum exp*z) per token, and the backward recomputes the
-// logits block by block (one extra pass for E_p[z] when dentropy is given). Everything accumulates in double.
+// Like the CUDA kernel, no [T,V] logits tensor is held: the vocabulary is walked in blocks of kVocabBlock rows of
+// `weight` (one block = one saved-softmax segment, ops::kLogprobSegment), the forward keeps a running (max, sum exp,
+// sum exp*z) per token, and the backward recomputes the logits block by block (one extra pass for E_p[z] when
+// dentropy is given), or, with the saved softmax (probs, stats), reads p and z from it instead. Everything
+// accumulates in double.
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "ops_cpu.h"
@@ -24,7 +27,7 @@ namespace rlcu::cpu {
 namespace ref {
 
 namespace {
-constexpr int64_t kVocabBlock = 256;
+constexpr int64_t kVocabBlock = ops::kLogprobSegment;
 
 void check_targets(const char* op, const int32_t* targets, int64_t tokens, int64_t vocab) {
   for (int64_t t = 0; t < tokens; ++t)
@@ -44,9 +47,9 @@ void logits_block(std::vector<double>& z, const T* hidden, const T* weight, int6
 
 template <class T>
 void logprob_fwd_ref(T* logprob, T* entropy, T* lse, const T* hidden, const T* weight, const int32_t* targets,
-                     const LogprobDims& d) {
+                     const LogprobDims& d, T* probs, T* stats) {
   check_targets("logprob_fwd", targets, d.tokens, d.vocab);
-  const int64_t tokens = d.tokens;
+  const int64_t tokens = d.tokens, scols = ops::logprob_prob_stats_cols(d.vocab);
   std::vector<double> mx(tokens, -std::numeric_limits<double>::infinity()), sum_e(tokens, 0.0), sum_ez(tokens, 0.0),
       z_target(tokens, 0.0), z(static_cast<size_t>(tokens * std::min(kVocabBlock, d.vocab)));
   for (int64_t v0 = 0; v0 < d.vocab; v0 += kVocabBlock) {
@@ -54,7 +57,12 @@ void logprob_fwd_ref(T* logprob, T* entropy, T* lse, const T* hidden, const T* w
     logits_block(z, hidden, weight, v0, nb, d);
     for (int64_t t = 0; t < tokens; ++t) {
       const double* zr = z.data() + t * nb;
-      const double m_new = std::max(mx[t], *std::max_element(zr, zr + nb));
+      const double bm = *std::max_element(zr, zr + nb);
+      const double m_new = std::max(mx[t], bm);
+      if (probs) {
+        stats[t * scols + v0 / kVocabBlock] = static_cast<T>(bm);
+        for (int64_t j = 0; j < nb; ++j) probs[t * d.vocab + v0 + j] = static_cast<T>(std::exp(zr[j] - bm));
+      }
       const double rescale = std::exp(mx[t] - m_new);
       double se = sum_e[t] * rescale, sez = sum_ez[t] * rescale;
       for (int64_t j = 0; j < nb; ++j) {
@@ -74,18 +82,51 @@ void logprob_fwd_ref(T* logprob, T* entropy, T* lse, const T* hidden, const T* w
     const bool active = targets[t] >= 0;
     logprob[t] = static_cast<T>(active ? z_target[t] - l : 0.0);
     if (entropy) entropy[t] = static_cast<T>(active ? l - sum_ez[t] / sum_e[t] : 0.0);
+    if (stats) {
+      stats[t * scols + scols - 2] = static_cast<T>(active ? z_target[t] : 0.0);
+      stats[t * scols + scols - 1] = static_cast<T>(sum_ez[t] / sum_e[t]);
+    }
   }
 }
 
+namespace {
+// The softmax p and logits z of tokens x [v0, v0 + nb) from the saved softmax (see ops.h): z is only meaningful
+// where p > 0 (a probability that underflowed carries no gradient).
+template <class T>
+void saved_block(std::vector<double>& p, std::vector<double>& z, const T* probs, const T* stats, const T* lse,
+                 const int32_t* targets, int64_t v0, int64_t nb, const LogprobDims& d) {
+  const int64_t scols = ops::logprob_prob_stats_cols(d.vocab);
+  for (int64_t t = 0; t < d.tokens; ++t) {
+    const T* st = stats + t * scols;
+    const double m = static_cast<double>(st[v0 / kVocabBlock]), l = static_cast<double>(lse[t]);
+    for (int64_t j = 0; j < nb; ++j) {
+      const double e = static_cast<double>(probs[t * d.vocab + v0 + j]);
+      double& pj = p[t * nb + j];
+      double& zj = z[t * nb + j];
+      if (v0 + j == targets[t]) {
+        zj = static_cast<double>(st[scols - 2]);
+        pj = std::exp(zj - l);
+      } else {
+        pj = e * std::exp(m - l);
+        zj = e > 0.0 ? m + std::log(e) : 0.0;
+      }
+    }
+  }
+}
+}  // namespace
+
 template <class T>
 void logprob_bwd_ref(T* dhidden, T* dweight, const T* dlogprob, const T* dentropy, const T* hidden, const T* weight,
-                     const int32_t* targets, const T* lse, const LogprobDims& d) {
+                     const int32_t* targets, const T* lse, const LogprobDims& d, const T* probs, const T* stats) {
   check_targets("logprob_bwd", targets, d.tokens, d.vocab);
   const int64_t tokens = d.tokens, H = d.hidden;
-  std::vector<double> z(static_cast<size_t>(tokens * std::min(kVocabBlock, d.vocab)));
+  std::vector<double> z(static_cast<size_t>(tokens * std::min(kVocabBlock, d.vocab))), p(probs ? z.size() : 0);
   // E_p[z] per token: only needed for the entropy term.
   std::vector<double> mean_z(tokens, 0.0);
-  if (dentropy) {
+  if (dentropy && probs) {
+    const int64_t scols = ops::logprob_prob_stats_cols(d.vocab);
+    for (int64_t t = 0; t < tokens; ++t) mean_z[t] = static_cast<double>(stats[t * scols + scols - 1]);
+  } else if (dentropy) {
     for (int64_t v0 = 0; v0 < d.vocab; v0 += kVocabBlock) {
       const int64_t nb = std::min(kVocabBlock, d.vocab - v0);
       logits_block(z, hidden, weight, v0, nb, d);
@@ -99,7 +140,8 @@ void logprob_bwd_ref(T* dhidden, T* dweight, const T* dlogprob, const T* dentrop
   std::vector<double> dh(static_cast<size_t>(tokens * H), 0.0), dw(static_cast<size_t>(std::min(kVocabBlock, d.vocab) * H));
   for (int64_t v0 = 0; v0 < d.vocab; v0 += kVocabBlock) {
     const int64_t nb = std::min(kVocabBlock, d.vocab - v0);
-    logits_block(z, hidden, weight, v0, nb, d);
+    if (probs) saved_block(p, z, probs, stats, lse, targets, v0, nb, d);
+    else logits_block(z, hidden, weight, v0, nb, d);
     // z becomes dz in place.
     for (int64_t t = 0; t < tokens; ++t) {
       double* zr = z.data() + t * nb;
@@ -111,9 +153,10 @@ void logprob_bwd_ref(T* dhidden, T* dweight, const T* dlogprob, const T* dentrop
       const double b = dentropy ? static_cast<double>(dentropy[t]) : 0.0;
       const double l = static_cast<double>(lse[t]);
       for (int64_t j = 0; j < nb; ++j) {
-        const double p = std::exp(zr[j] - l);
+        const double pj = probs ? p[t * nb + j] : std::exp(zr[j] - l);
         const double onehot = (v0 + j == targets[t]) ? 1.0 : 0.0;
-        zr[j] = (a * (onehot - p) - b * p * (zr[j] - mean_z[t])) * d.inv_temperature;
+        const double ent = pj > 0.0 ? b * pj * (zr[j] - mean_z[t]) : 0.0;
+        zr[j] = (a * (onehot - pj) - ent) * d.inv_temperature;
       }
     }
     for (int64_t t = 0; t < tokens; ++t) {
@@ -144,9 +187,9 @@ void logprob_bwd_ref(T* dhidden, T* dweight, const T* dlogprob, const T* dentrop
 }
 
 #define RLCU_INSTANTIATE(T)                                                                                   \
-  template void logprob_fwd_ref<T>(T*, T*, T*, const T*, const T*, const int32_t*, const LogprobDims&);     \
-  template void logprob_bwd_ref<T>(T*, T*, const T*, const T*, const T*, const T*, const int32_t*, const T*, \
-                                   const LogprobDims&);
+  template void logprob_fwd_ref<T>(T*, T*, T*, const T*, const T*, const int32_t*, const LogprobDims&, T*, T*); \
+  template void logprob_bwd_ref<T>(T*, T*, const T*, const T*, const T*, const T*, const int32_t*, const T*,     \
+                                   const LogprobDims&, const T*, const T*);
 RLCU_INSTANTIATE(float)
 RLCU_INSTANTIATE(double)
 #undef RLCU_INSTANTIATE
@@ -171,6 +214,17 @@ ref::LogprobDims logprob_dims(const char* op, const Tensor& hidden, const Tensor
              op, p.inv_temperature);
   return d;
 }
+
+// The saved softmax of p (both tensors or neither): {probs, stats} pointers, null when not used.
+std::pair<float*, float*> saved_softmax(const char* op, const ops::LogprobParams& p, const ref::LogprobDims& d) {
+  RLCU_CHECK((p.probs == nullptr) == (p.prob_stats == nullptr), "{}: probs and prob_stats go together", op);
+  if (!p.probs) return {nullptr, nullptr};
+  check::tensor(op, "probs", *p.probs, DType::F32, 2);
+  check::tensor(op, "prob_stats", *p.prob_stats, DType::F32, 2);
+  check::shape(op, "probs", *p.probs, {d.tokens, d.vocab});
+  check::shape(op, "prob_stats", *p.prob_stats, {d.tokens, ops::logprob_prob_stats_cols(d.vocab)});
+  return {p.probs->ptr<float>(), p.prob_stats->ptr<float>()};
+}
 }  // namespace
 
 void logprob_fwd(const Tensor& logprob, const Tensor& entropy, const Tensor& lse, const Tensor& hidden,
@@ -185,8 +239,10 @@ void logprob_fwd(const Tensor& logprob, const Tensor& entropy, const Tensor& lse
     check::tensor(op, "entropy", entropy, DType::F32);
     check::numel(op, "entropy", entropy, d.tokens);
   }
+  const auto [probs, stats] = saved_softmax(op, p, d);
   ref::logprob_fwd_ref<float>(logprob.ptr<float>(), entropy.empty() ? nullptr : entropy.ptr<float>(),
-                              lse.ptr<float>(), hidden.ptr<float>(), weight.ptr<float>(), targets.ptr<int32_t>(), d);
+                              lse.ptr<float>(), hidden.ptr<float>(), weight.ptr<float>(), targets.ptr<int32_t>(), d,
+                              probs, stats);
 }
 
 void logprob_bwd(const Tensor& dhidden, const Tensor& dweight, const Tensor& dlogprob, const Tensor& dentropy,
@@ -206,9 +262,10 @@ void logprob_bwd(const Tensor& dhidden, const Tensor& dweight, const Tensor& dlo
     check::tensor(op, "dentropy", dentropy, DType::F32);
     check::numel(op, "dentropy", dentropy, d.tokens);
   }
+  const auto [probs, stats] = saved_softmax(op, p, d);
   ref::logprob_bwd_ref<float>(dhidden.ptr<float>(), dweight.ptr<float>(), dlogprob.ptr<float>(),
                               dentropy.empty() ? nullptr : dentropy.ptr<float>(), hidden.ptr<float>(),
-                              weight.ptr<float>(), targets.ptr<int32_t>(), lse.ptr<float>(), d);
+                              weight.ptr<float>(), targets.ptr<int32_t>(), lse.ptr<float>(), d, probs, stats);
 }
 
 }  // namespace rlcu::cpu

@@ -101,14 +101,17 @@ struct LogprobDims {
   int64_t vocab = 0;
   double inv_temperature = 1.0;
 };
+// probs [T,V] / stats [T, ops::logprob_prob_stats_cols(V)] (both null or both set): the saved softmax of
+// include/rlcu/ops.h (LogprobParams::probs / prob_stats), written by the forward and read by the backward.
 template <class T>
 void logprob_fwd_ref(T* logprob, T* entropy, T* lse, const T* hidden, const T* weight, const int32_t* targets,
-                     const LogprobDims& d);
+                     const LogprobDims& d, T* probs = nullptr, T* stats = nullptr);
 // dz = dlogprob*(onehot - p) - dentropy*p*(z - E_p[z]), times inv_temperature; dhidden = dz @ weight (overwrite);
 // dweight += dz^T @ hidden (accumulate). dentropy may be null (zero). Rows with targets < 0 contribute nothing.
 template <class T>
 void logprob_bwd_ref(T* dhidden, T* dweight, const T* dlogprob, const T* dentropy, const T* hidden, const T* weight,
-                     const int32_t* targets, const T* lse, const LogprobDims& d);
+                     const int32_t* targets, const T* lse, const LogprobDims& d, const T* probs = nullptr,
+                     const T* stats = nullptr);
 
 // ---- optimizer -------------------------------------------------------------------------------------------------
 // out[0] = sum x^2, accumulated in double in index order.

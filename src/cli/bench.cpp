@@ -32,6 +32,7 @@ struct BenchTrainArgs {
   int64_t micro_batch_tokens = 32768;
   bool checkpointing = false;
   bool fp32_residual = false;
+  bool recompute_head = false;
   int steps = 3;
   int warmup = 1;
   std::string device = "cuda";
@@ -73,6 +74,7 @@ int run_bench_train(const BenchTrainArgs& a) {
   to.training = true;
   to.checkpointing = a.checkpointing;
   to.fp32_residual = a.fp32_residual;
+  to.save_head_probs = !a.recompute_head;
   Transformer tf(*model, to, ctx);
   OptimizerSection oc;
   oc.lr = 1e-6;
@@ -164,6 +166,7 @@ int run_bench_train(const BenchTrainArgs& a) {
   nlohmann::json j = {{"bench", "train"},         {"model", a.model},        {"device", card},
                       {"batch", a.batch},         {"seq_len", a.seq_len},    {"micro_batch_seqs", seqs_per_mb},
                       {"checkpointing", a.checkpointing}, {"fp32_residual", a.fp32_residual},
+                      {"save_head_probs", !a.recompute_head},
                       {"step_seconds_median", med}, {"step_seconds", times},
                       {"tokens_per_s", tps},      {"model_tflops", tflops},  {"mfu", peak > 0 ? tflops / peak : 0.0},
                       {"peak_bf16_tflops", peak}, {"peak_memory_gib", mem_gib}, {"parameters", model->num_parameters()}};
@@ -200,6 +203,9 @@ void add_bench_command(CLI::App& app, Action& action) {
   train->add_flag("--checkpointing", a.checkpointing, "Recompute each layer in backward (activation checkpointing)");
   train->add_flag("--fp32-residual", a.fp32_residual,
                   "Keep the residual stream in F32 (as `rlcu train` does by default) instead of the activation dtype");
+  train->add_flag("--recompute-head", a.recompute_head,
+                  "Recompute the log-prob head's logits in backward instead of keeping its softmax "
+                  "(train.save_head_probs = false)");
   train->add_option("--steps", a.steps, "Timed steps (the median is reported)")->capture_default_str();
   train->add_option("--warmup", a.warmup, "Untimed warm-up steps")->capture_default_str();
   train->add_option("--device", a.device, "cpu, cuda or cuda:N")->capture_default_str();

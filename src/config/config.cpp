@@ -238,6 +238,9 @@ void add_algorithm_train_rollout(std::vector<FieldSpec>& s) {
   s.push_back(train("fp32_residual", &T::fp32_residual, K::Bool,
                     "Keep the residual stream in F32 in the training, reference and rollout forwards (CUDA; the CPU "
                     "is F32 throughout). Rollout and training log-probs then agree about 3x more closely."));
+  s.push_back(train("save_head_probs", &T::save_head_probs, K::Bool,
+                    "Keep the log-prob head's softmax of a micro-batch (micro_batch_tokens x vocab values, bf16 on "
+                    "CUDA) so that its backward skips a second logits product; false saves that memory."));
   s.push_back(range(train("log_samples", &T::log_samples, K::Int,
                           "Completions per step written to samples.jsonl (with prompt and reward); 0 = none."),
                     0, 1e9));

@@ -9,6 +9,8 @@
 //   training:               residual stream x (L+1) [each layer's input, plus the final one], layer activations x L
 //   training+checkpointing: residual stream x (L+1), one shared set of layer activations; backward recomputes a
 //                           layer (up to gate_up) from its saved input before differentiating it
+//   training+save_head_probs: plus the head's saved softmax [Tm, V] (act_dtype) and its statistics, so that the
+//                           head's backward needs no second logits product
 // With fp32_residual the residual stream (x and x_mid) is F32 while the other activations stay in act_dtype: the
 // norms read it in F32 and the o/down products add into it in F32, so it is never rounded to bf16. The residual
 // gradient dres stays in act_dtype (it feeds the bf16 weight-gradient products).
@@ -104,6 +106,7 @@ struct Transformer::State {
   std::vector<Tensor> resid;
   std::vector<LayerActs> acts;
   Tensor act, rstd_f, h_f, lse_head;
+  Tensor head_probs, head_stats;  // the head's saved softmax (training with save_head_probs), else empty
   Tensor dres, dh, dgu, dact, dattn, dq, dk, dv, dq_raw, dk_raw;
   Tensor qkv, dqkv;  // fused path: the raw projection when not saved per layer (no QK-norm); its gradient
   bool fused_qkv = false;
@@ -111,7 +114,21 @@ struct Transformer::State {
   DeviceBatch last;
   bool have_forward = false;
 
+  Tensor head_probs_T, head_stats_T;  // the first T rows of head_probs / head_stats, for head_params
+
   Tensor& x_in(int64_t l, bool training) { return resid[training ? l : l % 2]; }
+  // The log-prob head's parameters for T tokens: with the saved softmax when it has a buffer.
+  ops::LogprobParams head_params(float inv_temperature, int64_t T) {
+    ops::LogprobParams p;
+    p.inv_temperature = inv_temperature;
+    if (!head_probs.empty()) {
+      head_probs_T = rows(head_probs, T);
+      head_stats_T = rows(head_stats, T);
+      p.probs = &head_probs_T;
+      p.prob_stats = &head_stats_T;
+    }
+    return p;
+  }
   LayerActs& layer(int64_t l, bool shared) { return acts[shared ? 0 : l]; }
 
   void layer_forward(const Model& m, int64_t l, const Tensor& x, const Tensor& x_out, LayerActs& a,
@@ -173,6 +190,10 @@ Transformer::Transformer(Model& model, const TransformerOptions& opt, Context& c
   plan.add(s_->rstd_f, f32, {Tm});
   plan.add(s_->h_f, ad, {Tm, H});
   plan.add(s_->lse_head, f32, {Tm});
+  if (opt.training && opt.save_head_probs) {
+    plan.add(s_->head_probs, ad, {Tm, c.vocab_size});
+    plan.add(s_->head_stats, f32, {Tm, ops::logprob_prob_stats_cols(c.vocab_size)});
+  }
   if (opt.training) {
     plan.add(s_->dres, ad, {Tm, H});
     plan.add(s_->dh, ad, {Tm, H});
@@ -314,7 +335,7 @@ void Transformer::forward(const Tensor& logprob, const Tensor& entropy, const De
   ops::rmsnorm_fwd(rows(s_->h_f, T), rows(s_->rstd_f, T), rows(s_->x_in(L, opt_.training), T), W.final_norm,
                    static_cast<float>(c.rms_norm_eps), ctx);
   ops::logprob_fwd(logprob, entropy, rows(s_->lse_head, T), rows(s_->h_f, T), W.lm_head, b.targets,
-                   ops::LogprobParams{opt_.inv_temperature}, ctx);
+                   s_->head_params(opt_.inv_temperature, T), ctx);
   s_->last = b;
   s_->have_forward = true;
 }
@@ -331,7 +352,7 @@ void Transformer::backward(const Tensor& dlogprob, const Tensor& dentropy, Conte
              "backward: dentropy must be empty or F32 [{}]", T);
   const Tensor dh = rows(s_->dh, T);
   ops::logprob_bwd(dh, G.lm_head, dlogprob, dentropy, rows(s_->h_f, T), W.lm_head, b.targets, rows(s_->lse_head, T),
-                   ops::LogprobParams{opt_.inv_temperature}, ctx);
+                   s_->head_params(opt_.inv_temperature, T), ctx);
   backward_from_final(dh, ctx);
 }
 

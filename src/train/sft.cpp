@@ -385,6 +385,7 @@ SftTrainer::SftTrainer(const SftArgs& args) : args_(args) {
   to.training = true;
   to.checkpointing = cfg_.train.checkpointing;
   to.fp32_residual = cfg_.train.fp32_residual;
+  to.save_head_probs = cfg_.train.save_head_probs;
   tf_ = std::make_unique<Transformer>(*model_, to, ctx);
   opt_ = std::make_unique<AdamW>(cfg_.optimizer, model_->flat_master(), model_->flat_grads(),
                                  dev_ == Device::CUDA ? model_->flat_weights() : Tensor(), ctx);

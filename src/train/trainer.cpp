@@ -200,6 +200,7 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
   to.training = true;
   to.checkpointing = cfg_.train.checkpointing;
   to.fp32_residual = cfg_.train.fp32_residual;
+  to.save_head_probs = cfg_.train.save_head_probs;
   to.inv_temperature = static_cast<float>(1.0 / cfg_.rollout.temperature);
   tf_ = std::make_unique<Transformer>(*policy_, to, ctx);
   opt_ = std::make_unique<AdamW>(cfg_.optimizer, policy_->flat_master(), policy_->flat_grads(),

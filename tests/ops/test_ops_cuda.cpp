@@ -628,6 +628,37 @@ void run_head_case(const HeadCase& c, DType dt, bool with_entropy) {
     EXPECT_EQ(download(gdh), download(gdh2)) << tag << ": dhidden not bit-reproducible";
     EXPECT_EQ(download(gdw), download(gdw2)) << tag << ": dweight not bit-reproducible";
   }
+
+  // The saved softmax: the forward also writes probs / prob_stats (as the CPU twin does) and leaves its outputs
+  // unchanged; the backward that reads them instead of recomputing the logits gives the CPU gradients.
+  const int64_t scols = ops::logprob_prob_stats_cols(V);
+  std::vector<float> probs(T * V), stats(T * scols), lp_s(T), ent_s(T), lse_s(T);
+  ops::LogprobParams ph = p;
+  const Tensor probs_h = hf(probs, {T, V}), stats_h = hf(stats, {T, scols});
+  ph.probs = &probs_h;
+  ph.prob_stats = &stats_h;
+  ops::logprob_fwd(hf(lp_s, {T}), with_entropy ? hf(ent_s, {T}) : Tensor(), hf(lse_s, {T}), hf(hidden, {T, H}),
+                   hf(weight, {V, H}), hi(targets, {T}), ph, host());
+  GuardedTensor gprobs = dev_out(dt, {T, V}), gstats = dev_out(DType::F32, {T, scols});
+  GuardedTensor glp_s = dev_out(DType::F32, {T}), gent_s = dev_out(DType::F32, {T}), glse_s = dev_out(DType::F32, {T});
+  ops::LogprobParams pg = p;
+  pg.probs = &gprobs.t;
+  pg.prob_stats = &gstats.t;
+  settle();
+  ops::logprob_fwd(glp_s.t, with_entropy ? gent_s.t : Tensor(), glse_s.t, gh.t, gw.t, gt.t, pg, gpu());
+  expect_tensor(glp_s, lp, tol_for(DType::F32), tag + " saved: logprob");
+  expect_tensor(glse_s, lse, tol_for(DType::F32), tag + " saved: lse");
+  if (with_entropy) expect_tensor(gent_s, ent, tol_for(DType::F32), tag + " saved: entropy");
+  expect_tensor(gprobs, rounded(probs, dt), tol_for(dt), tag + " saved: probs");
+  expect_tensor(gstats, stats, tol_for(DType::F32), tag + " saved: prob_stats");
+  for (DType dht : kFloatTypes) {
+    GuardedTensor gdh = dev_out(dht, {T, H}), gdw = dev(DType::F32, {V, H}, dw0);
+    settle();
+    ops::logprob_bwd(gdh.t, gdw.t, gdlp.t, with_entropy ? gdent.t : Tensor(), gh.t, gw.t, gt.t, glse_in.t, pg, gpu());
+    const Tol gtol = dt == DType::BF16 ? tol_for(DType::BF16) : tol_for(dht);
+    expect_tensor(gdh, rounded(dh, dht), gtol, fmt::format("{} saved: dhidden({})", tag, dn(dht)));
+    expect_tensor(gdw, dw, gtol, fmt::format("{} saved: dweight (dhidden {})", tag, dn(dht)));
+  }
   cuda::set_logprob_chunking({});
 }
 

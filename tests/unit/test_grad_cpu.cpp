@@ -430,5 +430,43 @@ TEST(GradCpu, Logprob) {
     expect_close_f(what + " f32 lse", lse_f, lse);
     expect_close_f(what + " f32 dhidden", dh_f, dh);
     expect_close_f(what + " f32 dweight", dw_f, dw);
+
+    // The saved softmax: the forward's outputs are unchanged, and the backward that reads p and z from it (no
+    // logits recomputation) gives the same gradients; the op (f32) likewise.
+    const int64_t scols = ops::logprob_prob_stats_cols(c.V);
+    Vec probs(c.T * c.V, kNaN), stats(c.T * scols, kNaN), lp_s(c.T), ent_s(c.T, 0.0), lse_s(c.T),
+        dh_s(hidden.size(), kNaN), dw_s = dw0;
+    ref::logprob_fwd_ref<double>(lp_s.data(), c.entropy ? ent_s.data() : nullptr, lse_s.data(), hidden.data(),
+                                 weight.data(), c.targets.data(), d, probs.data(), stats.data());
+    EXPECT_EQ(lp_s, lp) << what << " saved softmax changes logprob";
+    EXPECT_EQ(lse_s, lse) << what << " saved softmax changes lse";
+    for (int t = 0; t < c.T; ++t)
+      for (int v = 0; v < c.V; ++v) {
+        const double pv = probs[t * c.V + v] * std::exp(stats[t * scols + v / ops::kLogprobSegment] - lse[t]);
+        EXPECT_GT(pv, 0.0) << what;
+        EXPECT_LE(probs[t * c.V + v], 1.0) << what;
+        if (c.targets[t] == v) {
+          EXPECT_NEAR(std::log(pv), lp[t], 1e-12) << what << " saved target probability";
+        }
+      }
+    ref::logprob_bwd_ref<double>(dh_s.data(), dw_s.data(), r_lp.data(), c.entropy ? r_ent.data() : nullptr,
+                                 hidden.data(), weight.data(), c.targets.data(), lse.data(), d, probs.data(),
+                                 stats.data());
+    for (size_t i = 0; i < dh.size(); ++i) ASSERT_NEAR(dh_s[i], dh[i], 1e-10 * (1 + std::fabs(dh[i]))) << what;
+    for (size_t i = 0; i < dw.size(); ++i) ASSERT_NEAR(dw_s[i], dw[i], 1e-10 * (1 + std::fabs(dw[i]))) << what;
+
+    std::vector<float> probs_f(probs.size()), stats_f(stats.size()), lp_sf(c.T), ent_sf(c.T), lse_sf(c.T),
+        dh_sf(hidden.size()), dw_sf = to_f(dw0);
+    const Tensor probs_t = f32(probs_f, {c.T, c.V}), stats_t = f32(stats_f, {c.T, scols});
+    p.probs = &probs_t;
+    p.prob_stats = &stats_t;
+    ops::logprob_fwd(f32(lp_sf, {c.T}), c.entropy ? f32(ent_sf, {c.T}) : Tensor(), f32(lse_sf, {c.T}),
+                     f32(h_f, {c.T, c.H}), f32(w_f, {c.V, c.H}), i32(tg, {c.T}), p, host());
+    EXPECT_EQ(lp_sf, lp_f) << what;
+    ops::logprob_bwd(f32(dh_sf, {c.T, c.H}), f32(dw_sf, {c.V, c.H}), f32(rlp_f, {c.T}),
+                     c.entropy ? f32(rent_f, {c.T}) : Tensor(), f32(h_f, {c.T, c.H}), f32(w_f, {c.V, c.H}),
+                     i32(tg, {c.T}), f32(lse_sf, {c.T}), p, host());
+    expect_close_f(what + " f32 saved dhidden", dh_sf, dh);
+    expect_close_f(what + " f32 saved dweight", dw_sf, dw);
   }
 }
