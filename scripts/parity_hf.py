@@ -5,7 +5,8 @@ For each shape (Qwen3-0.6B: head_dim 128, tied, vocab 151,936; Qwen2.5-0.5B: hea
 builds a random-init model with transformers, saves it in bf16, and compares
   * per-token log-probs of random packed sequences, and
   * the gradients of the GRPO-like loss L = sum_t w_t * logprob_t for every parameter tensor,
-between rlcu (bf16 weights and activations, fp32 accumulation; through build/tests/rlcu_grad_dump) and PyTorch
+between rlcu (bf16 weights and activations, fp32 accumulation, the trainer's F32 residual stream and saved head
+softmax; through build/tests/rlcu_grad_dump) and PyTorch
 in float32 on the same bf16-rounded weights. Prints one JSON line per model and a summary table; exits 1 when a
 bound fails (mean |dlogprob| <= 1e-2, cosine similarity >= 0.99 for every tensor).
 

@@ -3,6 +3,8 @@
 // the gradient of L = sum_t w_t * logprob_t for every parameter, and writes
 //   --out-logprobs FILE.jsonl   {"logprobs": [...]} per sequence, in input order
 //   --out-grads FILE.safetensors F32 gradients under their Hugging Face names.
+// It runs the training forward/backward with the trainer's defaults (F32 residual stream, the head's saved softmax);
+// --bf16-residual and --recompute-head select the other paths.
 #include <fstream>
 
 #include <CLI/CLI.hpp>
@@ -31,6 +33,7 @@ int main(int argc, char** argv) {
   CLI::App app{"rlcu_grad_dump: log-probs and weighted-log-prob gradients for parity checks"};
   std::string model_dir, input, weights_path, device = "cuda", out_lp, out_grads;
   int64_t max_tokens = 4096;
+  bool bf16_residual = false, recompute_head = false;
   app.add_option("--model", model_dir)->required();
   app.add_option("--input", input)->required();
   app.add_option("--weights", weights_path)->required();
@@ -38,6 +41,9 @@ int main(int argc, char** argv) {
   app.add_option("--out-logprobs", out_lp)->required();
   app.add_option("--out-grads", out_grads)->required();
   app.add_option("--max-tokens", max_tokens);
+  // The trainer's defaults (train.fp32_residual, train.save_head_probs) unless these are given.
+  app.add_flag("--bf16-residual", bf16_residual);
+  app.add_flag("--recompute-head", recompute_head);
   CLI11_PARSE(app, argc, argv);
   try {
     int idx = 0;
@@ -56,6 +62,8 @@ int main(int argc, char** argv) {
     to.max_tokens = std::max(max_tokens, longest);
     to.act_dtype = default_act_dtype(dev);
     to.training = true;
+    to.fp32_residual = !bf16_residual;
+    to.save_head_probs = !recompute_head;
     Transformer tf(*model, to, ctx);
     OwnedTensor lp = OwnedTensor::make(DType::F32, dev, {to.max_tokens});
     OwnedTensor dlp = OwnedTensor::make(DType::F32, dev, {to.max_tokens});

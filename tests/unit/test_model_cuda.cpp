@@ -31,7 +31,8 @@ struct ModelRun {
 
 // Forward (+ backward with dlogprob = w, dentropy = u when training) of `batch` on `ctx`'s device.
 ModelRun run_model(const std::string& dir, Context& ctx, const PackedBatch& batch, const std::vector<float>& w,
-              const std::vector<float>& u, bool training, bool checkpointing, bool fp32_residual = false) {
+              const std::vector<float>& u, bool training, bool checkpointing, bool fp32_residual = false,
+              bool save_head_probs = false) {
   const Device dev = ctx.device();
   ModelOptions mo;
   mo.training = training;
@@ -42,6 +43,7 @@ ModelRun run_model(const std::string& dir, Context& ctx, const PackedBatch& batc
   opt.training = training;
   opt.checkpointing = checkpointing;
   opt.fp32_residual = fp32_residual;
+  opt.save_head_probs = save_head_probs;
   Transformer tf(*m, opt, ctx);
   const int64_t T = batch.num_tokens();
   auto lp = OwnedTensor::make(DType::F32, dev, {T});
@@ -151,6 +153,10 @@ TEST(ModelCuda, BackwardMatchesCpu) {
     // The F32 residual stream, with and without checkpointing: closer to the CPU (F32) than bf16 in the forward.
     const ModelRun gpu_r32 = run_model(dir, *ctx, b, w, u, true, false, true);
     const ModelRun gpu_r32_ckpt = run_model(dir, *ctx, b, w, u, true, true, true);
+    // The trainer's defaults: F32 residual and the head's saved softmax (its backward reads p and z from it).
+    const ModelRun gpu_saved = run_model(dir, *ctx, b, w, u, true, false, true, true);
+    EXPECT_EQ(gpu_saved.logprob, gpu_r32.logprob) << "saving the head's softmax changed the forward";
+    EXPECT_EQ(gpu_saved.entropy, gpu_r32.entropy) << "saving the head's softmax changed the forward";
     double lp_err = 0.0, lp_err32 = 0.0, mean_err = 0.0, mean_err32 = 0.0;
     for (size_t t = 0; t < cpu.logprob.size(); ++t) {
       const double e = std::abs(cpu.logprob[t] - gpu.logprob[t]), e32 = std::abs(cpu.logprob[t] - gpu_r32.logprob[t]);
@@ -178,6 +184,8 @@ TEST(ModelCuda, BackwardMatchesCpu) {
       EXPECT_GT(cosine(cpu.grads[i], gpu_r32.grads[i]), 0.999) << m->hf_tensors()[i].name << " (f32 residual)";
       EXPECT_GT(cosine(gpu_r32.grads[i], gpu_r32_ckpt.grads[i]), 0.9999) << m->hf_tensors()[i].name
                                                                           << " (f32 residual, checkpointing)";
+      EXPECT_GT(cosine(cpu.grads[i], gpu_saved.grads[i]), 0.999) << m->hf_tensors()[i].name << " (saved head)";
+      EXPECT_GT(cosine(gpu_r32.grads[i], gpu_saved.grads[i]), 0.9999) << m->hf_tensors()[i].name << " (saved head)";
     }
     std::printf("%s CUDA vs CPU: max |dlogprob| %.3e, lowest gradient cosine %.5f (%s)\n", name.c_str(), lp_err, worst,
                 worst_name.c_str());
