@@ -24,8 +24,12 @@
 // in the tile's dtype (bf16 for the model) in a second buffer and runs two GEMMs: dhidden_chunk (+)= dz W_chunk
 // (fp32 accumulator in scratch when dhidden is BF16) and dweight_chunk += dz^T h_chunk. The entropy gradient needs
 // mu = E_p[z]: the saved statistics hold it; without them a statistics pass (one more logits GEMM per tile)
-// recomputes it first. Scratch: Tc*Vc*(4 + elt) + Tc*H*4 + Tc*ceil(V/256)*12 bytes, allocated on first use and
-// reused. Everything is deterministic (no atomics).
+// recomputes it first. Scratch: Tc*Vc*(4 + elt) + Tc*H*4 + Tc*ceil(V/256)*12 bytes (about 0.9 GiB at the default
+// 16384 x 8192 chunks, H = 1024 and V = 151,936), allocated on first use and reused. Everything is deterministic (no
+// atomics).
+// Chunk sizes (H100, 32,768 tokens, H = 1024, V = 151,936, forward + backward): 16384 x 8192 83.4 ms recomputing the
+// logits and 70.9 ms with the saved softmax; 8192 x 8192 86.9 / 72.6 ms; 2048 x 8192 81.3 ms saved (a logits tile
+// small enough for L2 does not make the forward faster: 31.7 ms against 29.6 ms).
 #include <algorithm>
 #include <type_traits>
 #include <utility>
@@ -38,7 +42,7 @@ namespace rlcu::cuda {
 
 namespace {
 
-constexpr int64_t kDefaultTokenChunk = 8192;
+constexpr int64_t kDefaultTokenChunk = 16384;
 constexpr int64_t kDefaultVocabChunk = 8192;
 LogprobChunking g_chunking;
 

@@ -52,6 +52,7 @@ class ArenaPlan {
     bytes_ += (probe.nbytes() + 255) / 256 * 256;
     slots_.emplace_back(&slot, dt, std::move(dims));
   }
+  size_t bytes() const { return bytes_; }
   Arena commit(Device dev) {
     Arena a(bytes_, dev);
     for (auto& [slot, dt, dims] : slots_) *slot = a.alloc(dt, dims);
@@ -214,7 +215,20 @@ Transformer::Transformer(Model& model, const TransformerOptions& opt, Context& c
   plan.add(s_->positions, i32, {Tm});
   plan.add(s_->targets, i32, {Tm});
   plan.add(s_->cu_seqlens, i32, {Tm + 1});
-  s_->arena = plan.commit(model.device());
+  try {
+    s_->arena = plan.commit(model.device());
+  } catch (const Error& e) {
+    const double gib = 1024.0 * 1024.0 * 1024.0;
+    const double head = !(opt.training && opt.save_head_probs) ? 0.0
+                        : double(Tm) * (double(c.vocab_size) * dtype_size(ad) +
+                                        double(ops::logprob_prob_stats_cols(c.vocab_size)) * 4.0);
+    throw Error(fmt::format(
+        "{}: the {} activations for {} tokens need {:.2f} GiB{}; use fewer tokens per micro-batch{}{}", e.what(),
+        opt.training ? "training" : "inference", Tm, plan.bytes() / gib,
+        head > 0 ? fmt::format(" ({:.2f} GiB of them the log-prob head's saved softmax)", head / gib) : "",
+        opt.training && !opt.checkpointing ? ", activation checkpointing" : "",
+        head > 0 ? " or do not keep the head's softmax (train.save_head_probs = false)" : ""));
+  }
 }
 
 Transformer::~Transformer() = default;

@@ -745,6 +745,29 @@ TEST(OpsCudaBench, LogprobHeadQwen3Shape) {
   }
   cuda::set_logprob_chunking({});
   {
+    // With the saved softmax: the forward also writes probs, the backward reads them (no logits product). The two
+    // directions may prefer different chunkings (the forward's tile can stay in L2 when small).
+    const int64_t scols = ops::logprob_prob_stats_cols(V);
+    OwnedTensor probs = OwnedTensor::make(DType::BF16, Device::CUDA, {T, V});
+    OwnedTensor stats = OwnedTensor::make(DType::F32, Device::CUDA, {T, scols});
+    ops::LogprobParams ps = p;
+    ps.probs = &probs.t;
+    ps.prob_stats = &stats.t;
+    std::printf("saved softmax:\n%-14s %10s %10s %10s\n", "chunk TcxVc", "fwd ms", "bwd ms", "total ms");
+    const std::pair<int64_t, int64_t> saved_chunks[] = {{1024, 4096}, {1024, 8192}, {2048, 4096}, {2048, 8192},
+                                                        {4096, 4096}, {4096, 8192}, {8192, 8192}, {8192, 16384},
+                                                        {16384, 8192}, {32768, 8192}};
+    for (auto [tc, vc] : saved_chunks) {
+      cuda::set_logprob_chunking({tc, vc});
+      const double fwd = time_ms([&] { ops::logprob_fwd(glp.t, gent.t, glse.t, gh.t, gw.t, gt.t, ps, gpu()); });
+      const double bwd =
+          time_ms([&] { ops::logprob_bwd(gdh.t, gdw.t, gdlp.t, Tensor(), gh.t, gw.t, gt.t, glse.t, ps, gpu()); });
+      std::printf("%6lldx%-7lld %10.2f %10.2f %10.2f\n", static_cast<long long>(tc), static_cast<long long>(vc), fwd,
+                  bwd, fwd + bwd);
+    }
+    cuda::set_logprob_chunking({});
+  }
+  {
     // Where the time goes at the default chunking: the same GEMMs alone (logits; logits + dhidden + dweight).
     const cuda::LogprobChunking ch = cuda::logprob_chunking();
     const int64_t tc = std::min(T, ch.tokens), vc = std::min(V, ch.vocab);
