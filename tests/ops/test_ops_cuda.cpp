@@ -611,26 +611,8 @@ void run_head_case(const HeadCase& c, DType dt, bool with_entropy) {
   expect_tensor(glse, lse, tol_for(DType::F32), tag + " lse");
   if (with_entropy) expect_tensor(gent, ent, tol_for(DType::F32), tag + " entropy");
 
-  // The backward reads the CPU's lse so that both sides differentiate at the same point.
-  GuardedTensor glse_in = dev(DType::F32, {T}, lse), gdlp = dev(DType::F32, {T}, dlp);
-  GuardedTensor gdent = dev(DType::F32, {T}, dent);
-  for (DType dht : kFloatTypes) {
-    GuardedTensor gdh = dev_out(dht, {T, H}), gdw = dev(DType::F32, {V, H}, dw0);
-    settle();
-    ops::logprob_bwd(gdh.t, gdw.t, gdlp.t, with_entropy ? gdent.t : Tensor(), gh.t, gw.t, gt.t, glse_in.t, p, gpu());
-    // bf16 inputs: dz is rounded to bf16 before the two GEMMs, so the gradients carry bf16 arithmetic.
-    const Tol gtol = dt == DType::BF16 ? tol_for(DType::BF16) : tol_for(dht);
-    expect_tensor(gdh, rounded(dh, dht), gtol, fmt::format("{} dhidden({})", tag, dn(dht)));
-    expect_tensor(gdw, dw, gtol, fmt::format("{} dweight (dhidden {})", tag, dn(dht)));
-    GuardedTensor gdh2 = dev_out(dht, {T, H}), gdw2 = dev(DType::F32, {V, H}, dw0);
-    settle();
-    ops::logprob_bwd(gdh2.t, gdw2.t, gdlp.t, with_entropy ? gdent.t : Tensor(), gh.t, gw.t, gt.t, glse_in.t, p, gpu());
-    EXPECT_EQ(download(gdh), download(gdh2)) << tag << ": dhidden not bit-reproducible";
-    EXPECT_EQ(download(gdw), download(gdw2)) << tag << ": dweight not bit-reproducible";
-  }
-
   // The saved softmax: the forward also writes probs / prob_stats (as the CPU twin does) and leaves its outputs
-  // unchanged; the backward that reads them instead of recomputing the logits gives the CPU gradients.
+  // unchanged; the backward that reads them instead of recomputing the logits must give the CPU gradients too.
   const int64_t scols = ops::logprob_prob_stats_cols(V);
   std::vector<float> probs(T * V), stats(T * scols), lp_s(T), ent_s(T), lse_s(T);
   ops::LogprobParams ph = p;
@@ -651,14 +633,32 @@ void run_head_case(const HeadCase& c, DType dt, bool with_entropy) {
   if (with_entropy) expect_tensor(gent_s, ent, tol_for(DType::F32), tag + " saved: entropy");
   expect_tensor(gprobs, rounded(probs, dt), tol_for(dt), tag + " saved: probs");
   expect_tensor(gstats, stats, tol_for(DType::F32), tag + " saved: prob_stats");
-  for (DType dht : kFloatTypes) {
-    GuardedTensor gdh = dev_out(dht, {T, H}), gdw = dev(DType::F32, {V, H}, dw0);
-    settle();
-    ops::logprob_bwd(gdh.t, gdw.t, gdlp.t, with_entropy ? gdent.t : Tensor(), gh.t, gw.t, gt.t, glse_in.t, pg, gpu());
-    const Tol gtol = dt == DType::BF16 ? tol_for(DType::BF16) : tol_for(dht);
-    expect_tensor(gdh, rounded(dh, dht), gtol, fmt::format("{} saved: dhidden({})", tag, dn(dht)));
-    expect_tensor(gdw, dw, gtol, fmt::format("{} saved: dweight (dhidden {})", tag, dn(dht)));
-  }
+
+  // The backward reads the CPU's lse so that both sides differentiate at the same point; each path runs twice and
+  // must be bit-reproducible.
+  GuardedTensor glse_in = dev(DType::F32, {T}, lse), gdlp = dev(DType::F32, {T}, dlp);
+  GuardedTensor gdent = dev(DType::F32, {T}, dent);
+  for (const auto& [pp, path] : {std::pair<const ops::LogprobParams*, const char*>{&p, ""}, {&pg, " saved:"}})
+    for (DType dht : kFloatTypes) {
+      std::vector<float> first_dh, first_dw;
+      for (int run = 0; run < 2; ++run) {
+        GuardedTensor gdh = dev_out(dht, {T, H}), gdw = dev(DType::F32, {V, H}, dw0);
+        settle();
+        ops::logprob_bwd(gdh.t, gdw.t, gdlp.t, with_entropy ? gdent.t : Tensor(), gh.t, gw.t, gt.t, glse_in.t, *pp,
+                         gpu());
+        if (run == 1) {
+          EXPECT_EQ(download(gdh), first_dh) << tag << path << " dhidden not bit-reproducible";
+          EXPECT_EQ(download(gdw), first_dw) << tag << path << " dweight not bit-reproducible";
+          continue;
+        }
+        // bf16 inputs: dz is rounded to bf16 before the two GEMMs, so the gradients carry bf16 arithmetic.
+        const Tol gtol = dt == DType::BF16 ? tol_for(DType::BF16) : tol_for(dht);
+        expect_tensor(gdh, rounded(dh, dht), gtol, fmt::format("{}{} dhidden({})", tag, path, dn(dht)));
+        expect_tensor(gdw, dw, gtol, fmt::format("{}{} dweight (dhidden {})", tag, path, dn(dht)));
+        first_dh = download(gdh);
+        first_dw = download(gdw);
+      }
+    }
   cuda::set_logprob_chunking({});
 }
 
