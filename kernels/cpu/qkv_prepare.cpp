@@ -19,6 +19,20 @@
 
 namespace rlcu::cpu {
 
+namespace {
+// The QK-norm weights of both ops: both given ([hd] F32, eps >= 0) or both empty. Returns whether they are given.
+bool check_qk_norm(const char* op, const Tensor& q_norm, const Tensor& k_norm, int64_t hd, float eps) {
+  RLCU_CHECK(q_norm.empty() == k_norm.empty(), "{}: q_norm and k_norm must be both given or both empty", op);
+  if (q_norm.empty()) return false;
+  check::tensor(op, "q_norm", q_norm, DType::F32);
+  check::tensor(op, "k_norm", k_norm, DType::F32);
+  check::numel(op, "q_norm", q_norm, hd);
+  check::numel(op, "k_norm", k_norm, hd);
+  RLCU_CHECK(eps >= 0.0f, "{}: eps {} is negative", op, eps);
+  return true;
+}
+}  // namespace
+
 void qkv_prepare(const Tensor& q_out, const Tensor& k_out, const Tensor& v_out, const Tensor& k_cache,
                  const Tensor& v_cache, const Tensor& qkv, const Tensor& bias, const Tensor& q_norm,
                  const Tensor& k_norm, float eps, const Tensor& positions, const Tensor& inv_freq,
@@ -57,15 +71,7 @@ void qkv_prepare(const Tensor& q_out, const Tensor& k_out, const Tensor& v_out, 
     check::tensor(op, "bias", bias, DType::F32);
     check::numel(op, "bias", bias, W);
   }
-  RLCU_CHECK(q_norm.empty() == k_norm.empty(), "{}: q_norm and k_norm must be both given or both empty", op);
-  const bool norm = !q_norm.empty();
-  if (norm) {
-    check::tensor(op, "q_norm", q_norm, DType::F32);
-    check::tensor(op, "k_norm", k_norm, DType::F32);
-    check::numel(op, "q_norm", q_norm, hd);
-    check::numel(op, "k_norm", k_norm, hd);
-    RLCU_CHECK(eps >= 0.0f, "{}: eps {} is negative", op, eps);
-  }
+  const bool norm = check_qk_norm(op, q_norm, k_norm, hd, eps);
   check::tensor(op, "inv_freq", inv_freq, DType::F32);
   check::numel(op, "inv_freq", inv_freq, hd / 2);
   if (T == 0) return;
@@ -131,18 +137,12 @@ void qkv_prepare_bwd(const Tensor& dqkv, const Tensor& dq_norm, const Tensor& dk
   const int64_t qd = nq * hd, kvd = nkv * hd, W = qd + 2 * kvd;
   check::tensor(op, "dqkv", dqkv, DType::F32, 2);
   check::shape(op, "dqkv", dqkv, {T, W});
-  RLCU_CHECK(q_norm.empty() == k_norm.empty(), "{}: q_norm and k_norm must be both given or both empty", op);
-  const bool norm = !q_norm.empty();
+  const bool norm = check_qk_norm(op, q_norm, k_norm, hd, eps);
   if (norm) {
-    check::tensor(op, "q_norm", q_norm, DType::F32);
-    check::tensor(op, "k_norm", k_norm, DType::F32);
-    check::numel(op, "q_norm", q_norm, hd);
-    check::numel(op, "k_norm", k_norm, hd);
     check::tensor(op, "dq_norm", dq_norm, DType::F32);
     check::tensor(op, "dk_norm", dk_norm, DType::F32);
     check::numel(op, "dq_norm", dq_norm, hd);
     check::numel(op, "dk_norm", dk_norm, hd);
-    RLCU_CHECK(eps >= 0.0f, "{}: eps {} is negative", op, eps);
     check::tensor(op, "qkv", qkv, DType::F32, 2);
     check::shape(op, "qkv", qkv, {T, W});
     if (!bias.empty()) {
