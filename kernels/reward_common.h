@@ -1,5 +1,5 @@
 // Per-completion reward logic shared by kernels/cpu/reward.cpp and kernels/reward.cu, so that both give the same
-// value for the same bytes (the rules are written out in include/rlcu/reward.h):
+// value for the same bytes (the rules are written out in include/rlcu/reward_ops.h):
 //   math_answer_value(text, answer)   final-answer extraction, normalisation and numeric/string comparison
 //   exact_match_value(text, answer)   trimmed byte equality
 //   contains_value(text, needle)      byte substring search
@@ -13,7 +13,7 @@
 #include <cstdint>
 
 #include "philox.h"  // RLCU_HD
-#include "rlcu/reward.h"
+#include "rlcu/reward_ops.h"
 
 namespace rlcu::reward_detail {
 
@@ -324,7 +324,7 @@ RLCU_HD float length_value(int64_t n, int64_t L, int64_t C) {
 
 }  // namespace rlcu::reward_detail
 
-// The two implementations of the ops in include/rlcu/reward.h (validated arguments; table views already on the
+// The two implementations of the ops in include/rlcu/reward_ops.h (validated arguments; table views already on the
 // op's device). namespace rlcu::cpu: kernels/cpu/reward.cpp; namespace rlcu::cuda: kernels/reward.cu.
 #define RLCU_REWARD_OP_DECLS                                                                                       \
   void detokenize_offsets(const Tensor& byte_offsets, const Tensor& ids, const Tensor& id_offsets,                 \

@@ -13,7 +13,6 @@
 
 #include <nlohmann/json.hpp>
 
-#include "rlcu/data.h"
 
 namespace rlcu {
 
@@ -31,6 +30,22 @@ struct ModelSection {
   std::string chat_template = "auto"; // auto | chatml | qwen2 | qwen2.5 | qwen3 | llama3 | llama3.1 | none | custom
   std::string custom_template;        // used when chat_template = custom
   bool enable_thinking = true;        // Qwen3 chat template's thinking switch
+};
+
+// The `data` section of a run config; JSON keys are these field names.
+struct DataConfig {
+  std::string path;                         // prompt file: JSONL, or a JSON array of objects
+  std::string format = "auto";              // auto | jsonl | json (auto: a file whose first character is '[' is a
+                                            // JSON array, anything else JSONL)
+  std::string prompt_field = "prompt";      // prompt text (string) or a list of chat messages
+  std::string messages_field = "messages";  // list of {role, content}; used when the record has it
+  std::string answer_field = "answer";      // reference answer handed to rewards; "" = the records have none
+  std::string system_prompt;                // system message put before every conversation without one
+  std::string prompt_template;              // user prompt built from record fields, e.g. "{question}\nAnswer:"
+  int64_t max_prompt_tokens = 1024;         // longer prompts are dropped; 0 = no limit
+  bool shuffle = true;                      // new order every epoch, drawn from the run seed
+  bool skip_malformed = false;              // skip and count malformed records instead of failing
+  int64_t max_samples = 0;                  // keep only the first N usable prompts; 0 = all
 };
 
 struct OptimizerSection {

@@ -1,8 +1,14 @@
 // Device context: where ops run. CPU contexts carry nothing; CUDA contexts own a stream, a cuBLASLt handle and
 // its workspace. Ops take the context last ("then the stream"). Raw CUDA handles are kept as void* so that
-// this header stays free of CUDA includes.
+// this header stays free of CUDA includes; every CUDA runtime call of the host code goes through core (this header
+// and tensor.h), so the modules above core build without the CUDA toolkit (RLCU_CUDA=OFF).
+//
+// Stream-ordered transfers: upload / download / zero are queued on the context's stream after the kernels already
+// queued there (on the CPU they happen at once). A pageable host source may be reused as soon as upload returns
+// (the runtime stages it); a download's destination is valid after synchronize().
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -10,6 +16,11 @@
 #include "rlcu/tensor.h"
 
 namespace rlcu {
+
+struct MemoryInfo {
+  size_t free_bytes = 0;
+  size_t total_bytes = 0;
+};
 
 class Context {
  public:
@@ -29,6 +40,17 @@ class Context {
   // Named sync point: waits for all work queued on this context's stream.
   void synchronize(const char* why) const;
 
+  // dst.nbytes() bytes from host memory `src` into dst (any device), stream-ordered.
+  void upload(const Tensor& dst, const void* src) const;
+  // src.nbytes() bytes of src (any device) into host memory `dst`, stream-ordered: read dst after synchronize().
+  void download(void* dst, const Tensor& src) const;
+  // Sets every byte of dst to zero, stream-ordered.
+  void zero(const Tensor& dst) const;
+  // Free and total memory of this context's device (0 / 0 on the CPU).
+  MemoryInfo memory_info() const;
+  // Streaming multiprocessors of the device (1 on the CPU).
+  int multiprocessors() const;
+
  private:
   Context() = default;
   Device device_ = Device::CPU;
@@ -37,6 +59,24 @@ class Context {
   void* cublaslt_ = nullptr;
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
+};
+
+// A captured sequence of launches on a CUDA context's stream, replayed with launch(). Move-only.
+class CudaGraph {
+ public:
+  CudaGraph() = default;
+  // Runs `enqueue` under stream capture on ctx's stream (nothing executes) and instantiates the graph.
+  static CudaGraph capture(Context& ctx, const std::function<void()>& enqueue);
+  ~CudaGraph();
+  CudaGraph(CudaGraph&& o) noexcept;
+  CudaGraph& operator=(CudaGraph&& o) noexcept;
+  CudaGraph(const CudaGraph&) = delete;
+  CudaGraph& operator=(const CudaGraph&) = delete;
+  void launch(Context& ctx) const;
+  bool empty() const { return exec_ == nullptr; }
+
+ private:
+  void* exec_ = nullptr;  // cudaGraphExec_t
 };
 
 struct GpuInfo {
@@ -48,6 +88,7 @@ struct GpuInfo {
   int multiprocessors;
 };
 
+bool built_with_cuda();  // false for a CPU-only build (RLCU_CUDA=OFF)
 int cuda_device_count();  // 0 when there is no driver or no device
 int cuda_runtime_version();
 int cuda_driver_version();  // 0 when there is no driver

@@ -27,26 +27,11 @@
 #include <nlohmann/json.hpp>
 
 #include "rlcu/chat.h"
+#include "rlcu/config.h"
 
 namespace rlcu {
 
 class Tokenizer;
-
-// The `data` section of a run config; JSON keys are these field names.
-struct DataConfig {
-  std::string path;                         // prompt file: JSONL, or a JSON array of objects
-  std::string format = "auto";              // auto | jsonl | json (auto: a file whose first character is '[' is a
-                                            // JSON array, anything else JSONL)
-  std::string prompt_field = "prompt";      // prompt text (string) or a list of chat messages
-  std::string messages_field = "messages";  // list of {role, content}; used when the record has it
-  std::string answer_field = "answer";      // reference answer handed to rewards; "" = the records have none
-  std::string system_prompt;                // system message put before every conversation without one
-  std::string prompt_template;              // user prompt built from record fields, e.g. "{question}\nAnswer:"
-  int64_t max_prompt_tokens = 1024;         // longer prompts are dropped; 0 = no limit
-  bool shuffle = true;                      // new order every epoch, drawn from the run seed
-  bool skip_malformed = false;              // skip and count malformed records instead of failing
-  int64_t max_samples = 0;                  // keep only the first N usable prompts; 0 = all
-};
 
 struct PromptSample {
   int64_t record = 0;   // 0-based index of the record in the file (blank lines not counted)

@@ -34,6 +34,7 @@
 
 namespace rlcu {
 class Tokenizer;
+class TokenBytesTable;
 }
 
 namespace rlcu::engine {
@@ -57,7 +58,7 @@ struct SamplingOptions {
   std::vector<int32_t> eos_ids;               // stop ids (usually the model's and the tokenizer's EOS)
   bool ignore_eos = false;
   std::vector<std::string> stop_strings;      // byte strings; need token_bytes
-  const std::vector<std::string>* token_bytes = nullptr;  // bytes of every token id (Tokenizer::token_bytes)
+  const TokenBytesTable* token_bytes = nullptr;  // bytes of every token id, at least the model's vocabulary
 };
 
 struct Request {
@@ -119,8 +120,5 @@ class Engine {
 // The ids that end a completion: the model's EOS ids (generation_config.json, config.json) followed by the
 // tokenizer's that are not among them. `tok` may be null.
 std::vector<int32_t> stop_token_ids(const ModelConfig& model, const Tokenizer* tok);
-// SamplingOptions::token_bytes for a vocabulary of `vocab` ids: Tokenizer::token_bytes of each id the tokenizer has,
-// "" for the rest.
-std::vector<std::string> token_bytes_table(const Tokenizer& tok, int64_t vocab);
 
 }  // namespace rlcu::engine

@@ -71,6 +71,9 @@ class Buffer {
  public:
   Buffer() = default;
   static Buffer alloc(size_t bytes, Device device);
+  // Host memory that is page-locked when CUDA is available (asynchronous copies to and from it); plain host memory
+  // otherwise. device() is CPU.
+  static Buffer alloc_pinned(size_t bytes);
   ~Buffer();
   Buffer(Buffer&& o) noexcept;
   Buffer& operator=(Buffer&& o) noexcept;
@@ -87,6 +90,7 @@ class Buffer {
   void* data_ = nullptr;
   size_t size_ = 0;
   Device device_ = Device::CPU;
+  bool pinned_ = false;
 };
 
 // Device memory held by Buffers (bytes now, and the peak since start or since the last reset).

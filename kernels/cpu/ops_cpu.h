@@ -5,5 +5,5 @@
 #include "rlcu/ops.h"
 
 namespace rlcu::cpu {
-#include "../op_list.inc"
+#include "op_list.inc"
 }  // namespace rlcu::cpu

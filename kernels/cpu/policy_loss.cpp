@@ -12,7 +12,7 @@
 #include "rlcu/rl_ops.h"
 
 namespace rlcu::cpu {
-#include "../rl_op_list.inc"
+#include "rl_op_list.inc"
 
 namespace {
 

@@ -6,7 +6,7 @@
 //   reward_*:           out[i] = <component>(completion i), F32, overwritten
 #include <cstring>
 
-#include "../reward_common.h"
+#include "reward_common.h"
 
 namespace rlcu::cpu {
 

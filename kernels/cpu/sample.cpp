@@ -15,7 +15,7 @@
 #include <utility>
 #include <vector>
 
-#include "../sample_common.h"
+#include "sample_common.h"
 #include "ops_cpu.h"
 #include "reference.h"
 

@@ -13,7 +13,7 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
-#include "cli/commands.h"
+#include "commands.h"
 #include "rlcu/config.h"
 #include "rlcu/context.h"
 #include "rlcu/model.h"

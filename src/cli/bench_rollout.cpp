@@ -15,7 +15,7 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
-#include "cli/commands.h"
+#include "commands.h"
 #include "rlcu/context.h"
 #include "rlcu/engine.h"
 #include "rlcu/model.h"

@@ -4,7 +4,7 @@
 
 #include <fmt/format.h>
 
-#include "cli/commands.h"
+#include "commands.h"
 #include "rlcu/config.h"
 
 namespace rlcu::cli {

@@ -8,7 +8,7 @@
 
 #include <memory>
 
-#include "cli/commands.h"
+#include "commands.h"
 #include "rlcu/synth.h"
 
 namespace rlcu::cli {

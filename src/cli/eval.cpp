@@ -20,8 +20,8 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
-#include "cli/commands.h"
-#include "cli/output.h"
+#include "commands.h"
+#include "output.h"
 #include "rlcu/config.h"
 #include "rlcu/context.h"
 #include "rlcu/data.h"
@@ -29,6 +29,7 @@
 #include "rlcu/eval.h"
 #include "rlcu/model.h"
 #include "rlcu/reward.h"
+#include "rlcu/token_bytes.h"
 #include "rlcu/tokenizer.h"
 
 namespace rlcu::cli {
@@ -124,7 +125,7 @@ int run_eval(const EvalArgs& a) {
   so.sample.greedy = a.greedy;
   so.max_new_tokens = a.max_new_tokens;
   so.eos_ids = engine::stop_token_ids(mc, &tok);
-  const std::vector<std::string> bytes = engine::token_bytes_table(tok, mc.vocab_size);
+  const TokenBytesTable bytes = TokenBytesTable::build(tok, mc.vocab_size);
   so.token_bytes = &bytes;
   so.stop_strings = a.stop;
   std::vector<engine::Request> reqs;

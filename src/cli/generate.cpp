@@ -19,13 +19,14 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 
-#include "cli/commands.h"
-#include "cli/output.h"
+#include "commands.h"
+#include "output.h"
 #include "rlcu/chat.h"
 #include "rlcu/context.h"
 #include "rlcu/data.h"
 #include "rlcu/engine.h"
 #include "rlcu/model.h"
+#include "rlcu/token_bytes.h"
 #include "rlcu/tokenizer.h"
 
 namespace rlcu::cli {
@@ -176,9 +177,9 @@ int run_generate(const GenerateArgs& a) {
   so.max_new_tokens = a.max_new_tokens;
   so.ignore_eos = a.ignore_eos;
   so.eos_ids = engine::stop_token_ids(cfg, tok ? &*tok : nullptr);
-  std::vector<std::string> bytes;
+  TokenBytesTable bytes;
   if (tok) {
-    bytes = engine::token_bytes_table(*tok, cfg.vocab_size);
+    bytes = TokenBytesTable::build(*tok, cfg.vocab_size);
     so.token_bytes = &bytes;
   }
   so.stop_strings = a.stop;

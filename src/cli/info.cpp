@@ -1,5 +1,5 @@
 // `rlcu info`: build type, CUDA runtime/driver versions, and each GPU's name, memory and compute capability.
-#include "cli/commands.h"
+#include "commands.h"
 #include "rlcu/context.h"
 
 namespace rlcu::cli {

@@ -8,7 +8,7 @@
 // max position 4096, tied embeddings, seed 0. A bad flag value or combination exits 2; a problem with a file exits 1.
 #include <memory>
 
-#include "cli/commands.h"
+#include "commands.h"
 #include "rlcu/init_model.h"
 
 namespace rlcu::cli {

@@ -6,7 +6,7 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
-#include "cli/commands.h"
+#include "commands.h"
 #include "rlcu/error.h"
 
 int main(int argc, char** argv) {

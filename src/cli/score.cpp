@@ -17,8 +17,8 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
-#include "cli/commands.h"
-#include "cli/output.h"
+#include "commands.h"
+#include "output.h"
 #include "rlcu/context.h"
 #include "rlcu/model.h"
 

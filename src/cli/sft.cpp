@@ -4,7 +4,7 @@
 // used. --stop-after N saves a checkpoint and stops after N steps of this invocation.
 #include <memory>
 
-#include "cli/commands.h"
+#include "commands.h"
 #include "rlcu/sft.h"
 
 namespace rlcu::cli {

@@ -11,7 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "cli/commands.h"
+#include "commands.h"
 #include "rlcu/chat.h"
 #include "rlcu/data.h"
 #include "rlcu/error.h"

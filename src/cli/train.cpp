@@ -3,7 +3,7 @@
 // config.json is used. --stop-after N saves a checkpoint and stops after N steps of this invocation.
 #include <memory>
 
-#include "cli/commands.h"
+#include "commands.h"
 #include "rlcu/trainer.h"
 
 namespace rlcu::cli {

@@ -1,9 +1,12 @@
-// Device contexts (CPU singleton; CUDA stream + cuBLASLt handle + workspace) and CUDA device queries.
+// Device contexts (CPU singleton; CUDA stream + cuBLASLt handle + workspace), stream-ordered transfers, CUDA graph
+// capture and CUDA device queries; the CUDA runtime calls themselves are behind cuda_rt.h.
 #include "rlcu/context.h"
 
 #include <cstdlib>
+#include <cstring>
+#include <utility>
 
-#include "rlcu/cuda_check.h"
+#include "cuda_rt.h"
 
 namespace rlcu {
 
@@ -13,6 +16,8 @@ Context& Context::cpu() {
 }
 
 std::unique_ptr<Context> Context::cuda(int device_index) {
+  if (!cuda_rt::built_with_cuda())
+    throw Error("--device cuda: this rlcu was built without CUDA (RLCU_CUDA=OFF); use --device cpu");
   const int n = cuda_device_count();
   if (n == 0) throw Error("--device cuda: no CUDA device is available on this machine (try --device cpu)");
   if (device_index < 0 || device_index >= n)
@@ -20,68 +25,99 @@ std::unique_ptr<Context> Context::cuda(int device_index) {
   std::unique_ptr<Context> c(new Context());
   c->device_ = Device::CUDA;
   c->device_index_ = device_index;
-  RLCU_CUDA_CHECK(cudaSetDevice(device_index));
-  // A blocking stream: the synchronous copies of copy_bytes()/to_host_f32() (legacy default stream) are then
-  // ordered after the kernels queued here, and kernels queued afterwards wait for those copies.
-  cudaStream_t s = nullptr;
-  RLCU_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamDefault));
-  c->stream_ = s;
-  cublasLtHandle_t h = nullptr;
-  RLCU_CUBLAS_CHECK(cublasLtCreate(&h));
-  c->cublaslt_ = h;
   c->workspace_bytes_ = size_t(32) << 20;
-  RLCU_CUDA_CHECK(cudaMalloc(&c->workspace_, c->workspace_bytes_));
+  cuda_rt::create_context(device_index, c->workspace_bytes_, &c->stream_, &c->cublaslt_, &c->workspace_);
   return c;
 }
 
 Context::~Context() {
   if (device_ != Device::CUDA) return;
-  if (workspace_) (void)cudaFree(workspace_);
-  if (cublaslt_) (void)cublasLtDestroy(static_cast<cublasLtHandle_t>(cublaslt_));
-  if (stream_) (void)cudaStreamDestroy(static_cast<cudaStream_t>(stream_));
+  cuda_rt::destroy_context(stream_, cublaslt_, workspace_);
 }
 
 void Context::synchronize(const char* why) const {
   if (device_ != Device::CUDA) return;
-  cudaError_t err = cudaStreamSynchronize(static_cast<cudaStream_t>(stream_));
-  if (err != cudaSuccess) throw_cuda_failure(why, __FILE__, __LINE__, err);
+  cuda_rt::stream_synchronize(stream_, why);
 }
 
-int cuda_device_count() {
-  int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return 0;
+void Context::upload(const Tensor& dst, const void* src) const {
+  if (dst.nbytes() == 0) return;
+  if (dst.device == Device::CPU) {
+    std::memcpy(dst.data, src, dst.nbytes());
+    return;
   }
-  return n;
+  RLCU_CHECK(device_ == Device::CUDA, "upload to a CUDA tensor needs a CUDA context");
+  cuda_rt::copy_async(dst.data, src, dst.nbytes(), stream_);
 }
 
-int cuda_runtime_version() {
-  int v = 0;
-  (void)cudaRuntimeGetVersion(&v);
-  return v;
-}
-
-int cuda_driver_version() {
-  int v = 0;
-  if (cudaDriverGetVersion(&v) != cudaSuccess) return 0;
-  return v;
-}
-
-std::vector<GpuInfo> cuda_devices() {
-  std::vector<GpuInfo> out;
-  const int n = cuda_device_count();
-  for (int i = 0; i < n; ++i) {
-    cudaDeviceProp p{};
-    RLCU_CUDA_CHECK(cudaGetDeviceProperties(&p, i));
-    GpuInfo g{i, p.name, p.totalGlobalMem, 0, p.major, p.minor, p.multiProcessorCount};
-    size_t free_b = 0, total_b = 0;
-    if (cudaSetDevice(i) == cudaSuccess && cudaMemGetInfo(&free_b, &total_b) == cudaSuccess) g.free_memory = free_b;
-    (void)cudaGetLastError();
-    out.push_back(g);
+void Context::download(void* dst, const Tensor& src) const {
+  if (src.nbytes() == 0) return;
+  if (src.device == Device::CPU) {
+    std::memcpy(dst, src.data, src.nbytes());
+    return;
   }
-  return out;
+  RLCU_CHECK(device_ == Device::CUDA, "download from a CUDA tensor needs a CUDA context");
+  cuda_rt::copy_async(dst, src.data, src.nbytes(), stream_);
 }
+
+void Context::zero(const Tensor& dst) const {
+  if (dst.nbytes() == 0) return;
+  if (dst.device == Device::CPU) {
+    std::memset(dst.data, 0, dst.nbytes());
+    return;
+  }
+  RLCU_CHECK(device_ == Device::CUDA, "zeroing a CUDA tensor needs a CUDA context");
+  cuda_rt::zero_async(dst.data, dst.nbytes(), stream_);
+}
+
+MemoryInfo Context::memory_info() const {
+  if (device_ != Device::CUDA) return {};
+  return cuda_rt::memory_info();
+}
+
+int Context::multiprocessors() const {
+  if (device_ != Device::CUDA) return 1;
+  return cuda_rt::multiprocessors(device_index_);
+}
+
+CudaGraph CudaGraph::capture(Context& ctx, const std::function<void()>& enqueue) {
+  RLCU_CHECK(ctx.device() == Device::CUDA, "CUDA graph capture on a {} context", device_name(ctx.device()));
+  cuda_rt::capture_begin(ctx.stream());
+  try {
+    enqueue();
+  } catch (...) {
+    cuda_rt::capture_abort(ctx.stream());
+    throw;
+  }
+  CudaGraph g;
+  g.exec_ = cuda_rt::capture_end(ctx.stream());
+  return g;
+}
+
+CudaGraph::~CudaGraph() {
+  if (exec_) cuda_rt::graph_destroy(exec_);
+}
+
+CudaGraph::CudaGraph(CudaGraph&& o) noexcept : exec_(std::exchange(o.exec_, nullptr)) {}
+
+CudaGraph& CudaGraph::operator=(CudaGraph&& o) noexcept {
+  if (this != &o) {
+    if (exec_) cuda_rt::graph_destroy(exec_);
+    exec_ = std::exchange(o.exec_, nullptr);
+  }
+  return *this;
+}
+
+void CudaGraph::launch(Context& ctx) const {
+  RLCU_CHECK(exec_ != nullptr, "launch of an empty CUDA graph");
+  cuda_rt::graph_launch(exec_, ctx.stream());
+}
+
+bool built_with_cuda() { return cuda_rt::built_with_cuda(); }
+int cuda_device_count() { return cuda_rt::device_count(); }
+int cuda_runtime_version() { return cuda_rt::runtime_version(); }
+int cuda_driver_version() { return cuda_rt::driver_version(); }
+std::vector<GpuInfo> cuda_devices() { return cuda_rt::devices(); }
 
 Device parse_device(const std::string& s, const std::string& what, int* index) {
   if (index) *index = 0;

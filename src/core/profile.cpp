@@ -4,7 +4,7 @@
 #include <algorithm>
 #include <map>
 
-#include "rlcu/cuda_check.h"
+#include "cuda_rt.h"
 
 namespace rlcu {
 
@@ -12,7 +12,8 @@ namespace {
 
 struct Record {
   std::string name;
-  cudaEvent_t start = nullptr, end = nullptr;
+  void* start = nullptr;  // events (cuda_rt)
+  void* end = nullptr;
 };
 
 struct State {
@@ -44,19 +45,23 @@ void ProfileScope::begin(std::string name, Context& ctx) {
   if (!s.on || ctx.device() != Device::CUDA) return;
   if (s.used == s.records.size()) {
     Record r;
-    RLCU_CUDA_CHECK(cudaEventCreate(&r.start));
-    RLCU_CUDA_CHECK(cudaEventCreate(&r.end));
+    r.start = cuda_rt::event_create();
+    r.end = cuda_rt::event_create();
     s.records.push_back(r);
   }
   slot_ = static_cast<int>(s.used++);
   ctx_ = &ctx;
   s.records[slot_].name = std::move(name);
-  RLCU_CUDA_CHECK(cudaEventRecord(s.records[slot_].start, static_cast<cudaStream_t>(ctx.stream())));
+  cuda_rt::event_record(s.records[slot_].start, ctx.stream());
 }
 
 ProfileScope::~ProfileScope() {
   if (slot_ < 0) return;
-  (void)cudaEventRecord(state().records[slot_].end, static_cast<cudaStream_t>(ctx_->stream()));
+  try {
+    cuda_rt::event_record(state().records[slot_].end, ctx_->stream());
+  } catch (const Error&) {
+    // A failed record leaves this op out of the profile; the op's own error is reported by its launch check.
+  }
 }
 
 std::vector<ProfileRow> profiler_collect(Context& ctx) {
@@ -64,8 +69,7 @@ std::vector<ProfileRow> profiler_collect(Context& ctx) {
   ctx.synchronize("profiler collect");
   std::map<std::string, ProfileRow> agg;
   for (size_t i = 0; i < s.used; ++i) {
-    float ms = 0;
-    RLCU_CUDA_CHECK(cudaEventElapsedTime(&ms, s.records[i].start, s.records[i].end));
+    const float ms = cuda_rt::event_elapsed_ms(s.records[i].start, s.records[i].end);
     ProfileRow& r = agg[s.records[i].name];
     r.name = s.records[i].name;
     r.calls++;

@@ -5,7 +5,7 @@
 #include <cstdlib>
 #include <utility>
 
-#include "rlcu/cuda_check.h"
+#include "cuda_rt.h"
 
 namespace rlcu {
 
@@ -135,14 +135,7 @@ Buffer Buffer::alloc(size_t bytes, Device device) {
     b.data_ = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
     if (!b.data_) throw Error(fmt::format("out of host memory allocating {} bytes", bytes));
   } else {
-    cudaError_t err = cudaMalloc(&b.data_, bytes);
-    if (err != cudaSuccess) {
-      (void)cudaGetLastError();
-      size_t free_b = 0, total_b = 0;
-      (void)cudaMemGetInfo(&free_b, &total_b);
-      throw Error(fmt::format("out of GPU memory allocating {:.1f} MiB ({:.1f} MiB free of {:.1f} MiB)",
-                              bytes / 1048576.0, free_b / 1048576.0, total_b / 1048576.0));
-    }
+    b.data_ = cuda_rt::device_alloc(bytes);
     const size_t now = g_device_in_use.fetch_add(bytes) + bytes;
     size_t peak = g_device_peak.load();
     while (now > peak && !g_device_peak.compare_exchange_weak(peak, now)) {
@@ -151,12 +144,29 @@ Buffer Buffer::alloc(size_t bytes, Device device) {
   return b;
 }
 
+Buffer Buffer::alloc_pinned(size_t bytes) {
+  Buffer b;
+  b.size_ = bytes;
+  if (bytes == 0) return b;
+  b.data_ = cuda_rt::device_count() > 0 ? cuda_rt::host_alloc_pinned(bytes) : nullptr;
+  if (b.data_) {
+    b.pinned_ = true;
+    return b;
+  }
+  b.data_ = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
+  if (!b.data_) throw Error(fmt::format("out of host memory allocating {} bytes", bytes));
+  return b;
+}
+
 void Buffer::release() {
   if (!data_) return;
   if (device_ == Device::CPU) {
-    std::free(data_);
+    if (pinned_)
+      cuda_rt::host_free_pinned(data_);
+    else
+      std::free(data_);
   } else {
-    (void)cudaFree(data_);
+    cuda_rt::device_free(data_);
     g_device_in_use.fetch_sub(size_);
   }
   data_ = nullptr;
@@ -165,9 +175,10 @@ void Buffer::release() {
 
 Buffer::~Buffer() { release(); }
 
-Buffer::Buffer(Buffer&& o) noexcept : data_(o.data_), size_(o.size_), device_(o.device_) {
+Buffer::Buffer(Buffer&& o) noexcept : data_(o.data_), size_(o.size_), device_(o.device_), pinned_(o.pinned_) {
   o.data_ = nullptr;
   o.size_ = 0;
+  o.pinned_ = false;
 }
 
 Buffer& Buffer::operator=(Buffer&& o) noexcept {
@@ -176,6 +187,7 @@ Buffer& Buffer::operator=(Buffer&& o) noexcept {
     data_ = std::exchange(o.data_, nullptr);
     size_ = std::exchange(o.size_, 0);
     device_ = o.device_;
+    pinned_ = std::exchange(o.pinned_, false);
   }
   return *this;
 }
@@ -214,7 +226,7 @@ void copy_bytes(const Tensor& dst, const Tensor& src) {
     std::memcpy(dst.data, src.data, dst.nbytes());
     return;
   }
-  RLCU_CUDA_CHECK(cudaMemcpy(dst.data, src.data, dst.nbytes(), cudaMemcpyDefault));
+  cuda_rt::copy(dst.data, src.data, dst.nbytes());
 }
 
 std::vector<float> to_host_f32(const Tensor& t) {

@@ -5,17 +5,11 @@
 
 #include "rlcu/data.h"
 #include "rlcu/error.h"
+#include "rlcu/rng.h"
 
 namespace rlcu {
 
 namespace {
-
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
 
 uint64_t shuffle_key(uint64_t seed, uint64_t epoch, uint64_t i) {
   return splitmix64(splitmix64(splitmix64(seed ^ 0x5DA7A5E7ull) ^ epoch) ^ i);
@@ -55,11 +49,8 @@ std::vector<int64_t> PromptLoader::epoch_order(int64_t epoch) const {
   std::vector<int64_t> order(static_cast<size_t>(dataset_->size()));
   std::iota(order.begin(), order.end(), int64_t(0));
   if (!shuffle_) return order;
-  for (size_t i = order.size(); i-- > 1;) {
-    const uint64_t u = shuffle_key(seed_, static_cast<uint64_t>(epoch), i);
-    const auto j = static_cast<size_t>((static_cast<unsigned __int128>(u) * (i + 1)) >> 64);
-    std::swap(order[i], order[j]);
-  }
+  keyed_shuffle(
+      order, [&](uint64_t i) { return shuffle_key(seed_, static_cast<uint64_t>(epoch), i); }, ShuffleIndex::Scale);
   return order;
 }
 

@@ -11,6 +11,7 @@
 #include <set>
 
 #include "rlcu/error.h"
+#include "rlcu/rng.h"
 
 namespace rlcu {
 
@@ -18,46 +19,12 @@ using nlohmann::ordered_json;
 
 namespace {
 
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
-uint64_t fnv1a64(const std::string& s) {
-  uint64_t h = 0xCBF29CE484222325ull;
-  for (unsigned char c : s) {
-    h ^= c;
-    h *= 0x100000001B3ull;
-  }
-  return h;
-}
-
-class Rng {
- public:
-  explicit Rng(uint64_t key) : key_(key) {}
-  uint64_t next() { return splitmix64(key_ ^ splitmix64(counter_++)); }
-  // Uniform integer in [lo, hi] (rejection sampling: no modulo bias, same on every platform).
-  int64_t uniform(int64_t lo, int64_t hi) {
-    const uint64_t span = static_cast<uint64_t>(hi - lo) + 1;
-    const uint64_t limit = span == 0 ? 0 : UINT64_MAX - UINT64_MAX % span;
-    uint64_t x = next();
-    while (span != 0 && x >= limit) x = next();
-    return lo + static_cast<int64_t>(span == 0 ? x : x % span);
-  }
-
- private:
-  uint64_t key_;
-  uint64_t counter_ = 0;
-};
-
 std::string str(int64_t v) { return std::to_string(v); }
 
 std::string boxed(const std::string& answer) { return "\\boxed{" + answer + "}"; }
 
 // ---- arithmetic ---------------------------------------------------------------------------------------------
-SynthExample make_arithmetic(Rng& rng, int d, bool sft) {
+SynthExample make_arithmetic(KeyedRng& rng, int d, bool sft) {
   int k = 2;
   int64_t max_a = 99, max_b = 9;
   std::vector<char> op_set = {'+', '-'};
@@ -118,7 +85,7 @@ struct Node {
 
 std::string wrap(const Node& n, bool paren) { return paren ? "(" + n.expr + ")" : n.expr; }
 
-SynthExample make_countdown(Rng& rng, int d, bool sft) {
+SynthExample make_countdown(KeyedRng& rng, int d, bool sft) {
   static const int kCount[] = {3, 4, 4, 5, 6};
   static const int64_t kMax[] = {9, 9, 25, 25, 50};
   const size_t idx = static_cast<size_t>(std::min(d, 5) - 1);
@@ -175,7 +142,7 @@ SynthExample make_countdown(Rng& rng, int d, bool sft) {
 }
 
 // ---- linear -------------------------------------------------------------------------------------------------
-SynthExample make_linear(Rng& rng, int d, bool sft) {
+SynthExample make_linear(KeyedRng& rng, int d, bool sft) {
   const int64_t max_a = d == 1 ? 5 : d == 2 ? 9 : 12;
   const int64_t max_b = d == 1 ? 9 : d == 2 ? 20 : 50;
   const int64_t min_x = d >= 3 ? -20 : 0;
@@ -299,7 +266,7 @@ std::vector<SynthExample> synth_generate(const SynthOptions& o) {
   if (o.n < 0) throw UsageError(fmt::format("--n: expected an integer >= 0, got {}", o.n));
   if (o.difficulty < 1) throw UsageError(fmt::format("--difficulty: expected an integer >= 1, got {}", o.difficulty));
   const bool test = o.split == SynthSplit::Test;
-  Rng rng(splitmix64(splitmix64(o.seed) ^ fnv1a64(o.task)) ^
+  KeyedRng rng(splitmix64(splitmix64(o.seed) ^ fnv1a64(o.task)) ^
           splitmix64(static_cast<uint64_t>(o.difficulty) * 2 + (test ? 1 : 0)));
   auto draw = [&]() {
     if (o.task == "arithmetic") return make_arithmetic(rng, o.difficulty, o.sft);

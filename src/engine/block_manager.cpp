@@ -1,6 +1,6 @@
 // Paged-KV block manager (see block_manager.h for the slot layout, reference counting, copy-on-write and the
 // invariants). Host bookkeeping only: the runner performs the reported block copies on the device.
-#include "engine/block_manager.h"
+#include "block_manager.h"
 
 #include <algorithm>
 #include <limits>

@@ -11,7 +11,6 @@
 // waits, at the front of the queue, for a recompute prefill of prompt + completion.
 #include "rlcu/engine.h"
 
-#include <cuda_runtime.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -19,11 +18,11 @@
 #include <deque>
 #include <optional>
 
-#include "engine/block_manager.h"
-#include "engine/runner.h"
-#include "rlcu/cuda_check.h"
+#include "block_manager.h"
 #include "rlcu/error.h"
+#include "rlcu/token_bytes.h"
 #include "rlcu/tokenizer.h"
+#include "runner.h"
 
 namespace rlcu::engine {
 
@@ -33,13 +32,6 @@ std::vector<int32_t> stop_token_ids(const ModelConfig& model, const Tokenizer* t
     for (int32_t id : tok->eos_ids())
       if (std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(id);
   return ids;
-}
-
-std::vector<std::string> token_bytes_table(const Tokenizer& tok, int64_t vocab) {
-  std::vector<std::string> bytes(static_cast<size_t>(vocab));
-  for (int64_t i = 0; i < vocab && i < tok.vocab_size(); ++i)
-    bytes[static_cast<size_t>(i)] = tok.token_bytes(static_cast<int32_t>(i));
-  return bytes;
 }
 
 const char* finish_reason_name(FinishReason r) {
@@ -122,8 +114,7 @@ Engine::Engine(const Model& model, const EngineOptions& opt, Context& ctx)
   int64_t cap_tokens = opt.max_kv_tokens > 0 ? opt.max_kv_tokens : (model.device() == Device::CPU ? 65536 : 0);
   if (cap_tokens > 0) want = std::min(want, std::max<int64_t>(1, cap_tokens / opt.block_size));
   if (model.device() == Device::CUDA) {
-    size_t free_b = 0, total_b = 0;
-    RLCU_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    const size_t free_b = ctx.memory_info().free_bytes;
     const size_t act = Runner::activation_bytes(c, ro, model.weight_dtype()) + (size_t(256) << 20);
     const size_t avail = free_b > act ? free_b - act : 0;
     const int64_t fit = num_kv_blocks(avail, opt.kv_fraction, block_bytes);
@@ -165,9 +156,9 @@ std::vector<Completion> Engine::generate(const std::vector<Request>& requests, c
   if (sp.max_new_tokens < 1) throw Error(fmt::format("max_new_tokens must be >= 1, got {}", sp.max_new_tokens));
   if (!sp.stop_strings.empty()) {
     if (sp.token_bytes == nullptr) throw Error("stop strings need a tokenizer (token bytes)");
-    if (static_cast<int64_t>(sp.token_bytes->size()) < V)
-      throw Error(fmt::format("the tokenizer has {} tokens but the model's vocabulary is {}", sp.token_bytes->size(),
-                              V));
+    if (sp.token_bytes->vocab_size() < V)
+      throw Error(fmt::format("the tokenizer has {} tokens but the model's vocabulary is {}",
+                              sp.token_bytes->vocab_size(), V));
     for (const std::string& st : sp.stop_strings)
       if (st.empty()) throw Error("a stop string must not be empty");
   }
@@ -235,7 +226,7 @@ std::vector<Completion> Engine::generate(const std::vector<Request>& requests, c
       return finish(q, FinishReason::Eos);
     if (max_stop > 0) {
       const size_t before = q.tail.size();
-      q.tail += (*sp.token_bytes)[static_cast<size_t>(tok)];
+      q.tail += sp.token_bytes->token(tok);
       const size_t from = before >= max_stop ? before - max_stop + 1 : 0;
       for (const std::string& st : sp.stop_strings)
         if (q.tail.find(st, from) != std::string::npos) return finish(q, FinishReason::Stop);

@@ -1,14 +1,11 @@
 // The engine's model runner (see runner.h for the math, the cache layout and the CUDA-graph scheme).
-#include "engine/runner.h"
-
-#include <cuda_runtime.h>
+#include "runner.h"
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <map>
 
-#include "rlcu/cuda_check.h"
 #include "rlcu/error.h"
 
 namespace rlcu::engine {
@@ -24,32 +21,6 @@ int64_t decode_bucket(int64_t batch, int64_t max_batch) {
 namespace {
 
 Tensor rows(const Tensor& t, int64_t n) { return t.slice_rows(0, n); }
-
-// Host staging for I32/F32 inputs and outputs: page-locked on CUDA so copies are asynchronous.
-class HostStage {
- public:
-  HostStage(size_t bytes, Device dev) : dev_(dev) {
-    if (dev == Device::CUDA) {
-      RLCU_CUDA_CHECK(cudaHostAlloc(&p_, bytes, cudaHostAllocDefault));
-    } else {
-      p_ = std::malloc(bytes);
-      RLCU_CHECK(p_ != nullptr, "host staging of {} bytes", bytes);
-    }
-  }
-  ~HostStage() {
-    if (dev_ == Device::CUDA)
-      (void)cudaFreeHost(p_);
-    else
-      std::free(p_);
-  }
-  HostStage(const HostStage&) = delete;
-  HostStage& operator=(const HostStage&) = delete;
-  char* data() const { return static_cast<char*>(p_); }
-
- private:
-  Device dev_;
-  void* p_ = nullptr;
-};
 
 // Offsets of the input arrays in the page-locked stage (bytes).
 struct StageLayout {
@@ -94,9 +65,9 @@ struct Runner::Impl {
   Tensor x, h, q_raw, k_raw, qkv, q, k, v, attn, lse, rstd, gu, act, hsel, hf, logits_, ws;
   // device-side inputs (I32) and outputs
   Tensor ids, pos, slots, cu, ctx_lens, tables, logit_rows, seq_ids, spos, tokens, logprobs, copies;
-  std::unique_ptr<HostStage> host;
+  Buffer host;  // page-locked staging (see StageLayout)
   size_t host_bytes = 0;
-  std::map<int64_t, cudaGraphExec_t> graphs;
+  std::map<int64_t, CudaGraph> graphs;
 
   Impl(const Model& model, const RunnerOptions& opt, Context& c) : m(model), o(opt), ctx(c) {}
 
@@ -119,9 +90,9 @@ struct Runner::Impl {
       std::memcpy(dst.data, src, bytes);
       return;
     }
-    std::memcpy(host->data() + off, src, bytes);
-    RLCU_CUDA_CHECK(cudaMemcpyAsync(dst.data, host->data() + off, bytes, cudaMemcpyHostToDevice,
-                                    static_cast<cudaStream_t>(ctx.stream())));
+    char* h = static_cast<char*>(host.data()) + off;
+    std::memcpy(h, src, bytes);
+    ctx.upload(dst.view({-1}).slice_rows(0, n), h);
   }
 
   void layer(int64_t l, int64_t T, bool decode, int num_seqs, int max_seqlen) {
@@ -228,12 +199,7 @@ Runner::Runner(const Model& model, const RunnerOptions& opt, Context& ctx)
   s.num_slots = opt.num_blocks * opt.block_size;
   s.eps = static_cast<float>(c.rms_norm_eps);
   s.scale = 1.0f / std::sqrt(static_cast<float>(s.hd));
-  if (s.dev == Device::CUDA) {
-    int dev = 0, n = 0;
-    RLCU_CUDA_CHECK(cudaGetDevice(&dev));
-    RLCU_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
-    s.sms = n;
-  }
+  s.sms = ctx.multiprocessors();
 
   const size_t kv_bytes = static_cast<size_t>(2 * s.L * s.num_slots * s.kvd) * dtype_size(s.ad);
   s.kv_buf = Buffer::alloc(kv_bytes, s.dev);
@@ -276,12 +242,10 @@ Runner::Runner(const Model& model, const RunnerOptions& opt, Context& ctx)
   s.copies = s.arena.alloc(i32, {MB, 3});
   // Page-locked mirror: one region per array (so a staged array is never overwritten before its copy ran).
   s.host_bytes = StageLayout(Tm, MB, opt.max_blocks_per_seq).end;
-  s.host = std::make_unique<HostStage>(s.host_bytes, s.dev);
+  s.host = Buffer::alloc_pinned(s.host_bytes);
 }
 
-Runner::~Runner() {
-  for (auto& [b, exec] : impl_->graphs) (void)cudaGraphExecDestroy(exec);
-}
+Runner::~Runner() = default;
 
 size_t Runner::activation_bytes() const { return impl_->arena.capacity() + impl_->host_bytes; }
 size_t Runner::kv_bytes() const { return impl_->kv_buf.size(); }
@@ -354,27 +318,13 @@ void Runner::decode(const DecodeInput& in) {
   }
   auto it = s.graphs.find(Bk);
   if (it != s.graphs.end()) {
-    RLCU_CUDA_CHECK(cudaGraphLaunch(it->second, static_cast<cudaStream_t>(s.ctx.stream())));
+    it->second.launch(s.ctx);
     return;
   }
   // First use of this bucket: run it eagerly (this computes the step's logits and settles lazily created GEMM plans
   // and scratch), then capture the same launches for replay.
   s.decode_forward(Bk);
-  auto stream = static_cast<cudaStream_t>(s.ctx.stream());
-  cudaGraph_t graph = nullptr;
-  RLCU_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-  try {
-    s.decode_forward(Bk);
-  } catch (...) {
-    (void)cudaStreamEndCapture(stream, &graph);
-    if (graph) (void)cudaGraphDestroy(graph);
-    throw;
-  }
-  RLCU_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
-  cudaGraphExec_t exec = nullptr;
-  RLCU_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-  RLCU_CUDA_CHECK(cudaGraphDestroy(graph));
-  s.graphs[Bk] = exec;
+  s.graphs.emplace(Bk, CudaGraph::capture(s.ctx, [&] { s.decode_forward(Bk); }));
 }
 
 void Runner::sample(std::vector<int32_t>& tokens, std::vector<float>& logprobs, const std::vector<int32_t>& seq_ids,
@@ -394,11 +344,9 @@ void Runner::sample(std::vector<int32_t>& tokens, std::vector<float>& logprobs, 
     std::memcpy(logprobs.data(), s.logprobs.data, static_cast<size_t>(B) * 4);
     return;
   }
-  char* h = s.host->data() + lay.out;
-  auto stream = static_cast<cudaStream_t>(s.ctx.stream());
-  RLCU_CUDA_CHECK(cudaMemcpyAsync(h, s.tokens.data, static_cast<size_t>(B) * 4, cudaMemcpyDeviceToHost, stream));
-  RLCU_CUDA_CHECK(cudaMemcpyAsync(h + 4 * B, s.logprobs.data, static_cast<size_t>(B) * 4, cudaMemcpyDeviceToHost,
-                                  stream));
+  char* h = static_cast<char*>(s.host.data()) + lay.out;
+  s.ctx.download(h, rows(s.tokens, B));
+  s.ctx.download(h + 4 * B, rows(s.logprobs, B));
   s.ctx.synchronize("engine sample");
   std::memcpy(tokens.data(), h, static_cast<size_t>(B) * 4);
   std::memcpy(logprobs.data(), h + 4 * B, static_cast<size_t>(B) * 4);

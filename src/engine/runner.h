@@ -21,7 +21,7 @@
 #include <memory>
 #include <vector>
 
-#include "engine/block_manager.h"
+#include "block_manager.h"
 #include "rlcu/context.h"
 #include "rlcu/model.h"
 #include "rlcu/ops.h"

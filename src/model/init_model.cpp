@@ -14,6 +14,7 @@
 
 #include "rlcu/error.h"
 #include "rlcu/model.h"
+#include "rlcu/rng.h"
 #include "rlcu/safetensors.h"
 #include "rlcu/tensor.h"
 #include "rlcu/tokenizer.h"
@@ -29,24 +30,6 @@ namespace {
 constexpr double kInitStd = 0.02;  // transformers' initializer_range default for these models
 constexpr const char* kTransformersVersion = "4.51.0";
 
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
-uint64_t fnv1a64(const std::string& s) {
-  uint64_t h = 0xCBF29CE484222325ull;
-  for (unsigned char c : s) {
-    h ^= c;
-    h *= 0x100000001B3ull;
-  }
-  return h;
-}
-
-// Uniform in (0, 1): the top 53 bits, offset by half a step so that log() never sees 0.
-double unit_open(uint64_t x) { return (static_cast<double>(x >> 11) + 0.5) * (1.0 / 9007199254740992.0); }
 
 enum class Init { Normal, Ones, Zeros };
 

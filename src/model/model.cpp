@@ -19,15 +19,12 @@
 #include <filesystem>
 #include <set>
 
-#include "model/device_copy.h"
 #include "rlcu/ops.h"
 #include "rlcu/safetensors.h"
 
 namespace rlcu {
 
 namespace fs = std::filesystem;
-using model_detail::upload;
-using model_detail::zero_bytes;
 
 namespace {
 
@@ -196,12 +193,12 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const ModelOptions& o
   }
 
   // The other roles; padding between parameters is zero in every buffer.
-  zero_bytes(m->flat_weights_, ctx);
+  ctx.zero(m->flat_weights_);
   if (separate_master) {
     m->master_buf_ = Buffer::alloc(static_cast<size_t>(total) * 4, dev);
     m->master_ = bind(c, m->master_buf_.data(), DType::F32, dev);
     m->flat_master_ = Tensor(m->master_buf_.data(), DType::F32, dev, {total});
-    zero_bytes(m->flat_master_, ctx);
+    ctx.zero(m->flat_master_);
   } else if (m->weight_dtype_ == DType::F32) {
     m->master_ = m->weights_;
     m->flat_master_ = m->flat_weights_;
@@ -210,7 +207,7 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const ModelOptions& o
     m->grads_buf_ = Buffer::alloc(static_cast<size_t>(total) * 4, dev);
     m->grads_ = bind(c, m->grads_buf_.data(), DType::F32, dev);
     m->flat_grads_ = Tensor(m->grads_buf_.data(), DType::F32, dev, {total});
-    zero_bytes(m->flat_grads_, ctx);
+    ctx.zero(m->flat_grads_);
   }
 
   // The HF name table, then the data.
@@ -239,11 +236,11 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const ModelOptions& o
     } else {
       staging.resize(view.nbytes());
       loc.file->read_converted(*loc.entry, staging.data(), view.dtype);
-      upload(view, staging.data(), ctx);
+      ctx.upload(view, staging.data());
       if (separate_master) {
         staging.resize(h.master.nbytes());
         loc.file->read_converted(*loc.entry, staging.data(), DType::F32);
-        upload(h.master, staging.data(), ctx);
+        ctx.upload(h.master, staging.data());
       }
     }
     m->hf_.push_back(std::move(h));
@@ -252,7 +249,7 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const ModelOptions& o
   const std::vector<float> inv = rope_inv_freq(c.rope, c.head_dim);
   m->inv_freq_buf_ = Buffer::alloc(inv.size() * 4, dev);
   m->inv_freq_ = Tensor(m->inv_freq_buf_.data(), DType::F32, dev, {static_cast<int64_t>(inv.size())});
-  upload(m->inv_freq_, inv.data(), ctx);
+  ctx.upload(m->inv_freq_, inv.data());
   ctx.synchronize("model weights loaded");
   spdlog::info("loaded {} ({} layers, {:.1f}M parameters) from {}: {} weights on {}{}", c.model_type, c.num_layers,
                m->num_params_ / 1e6, dir, dtype_name(m->weight_dtype_), device_name(dev),
@@ -262,7 +259,7 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const ModelOptions& o
 
 void Model::zero_grads(Context& ctx) {
   RLCU_CHECK(has_grads(), "zero_grads: the model was loaded without training buffers");
-  zero_bytes(flat_grads_, ctx);
+  ctx.zero(flat_grads_);
 }
 
 }  // namespace rlcu

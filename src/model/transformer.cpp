@@ -36,7 +36,6 @@
 #include <cmath>
 #include <tuple>
 
-#include "model/device_copy.h"
 #include "rlcu/model.h"
 #include "rlcu/ops.h"
 
@@ -267,10 +266,10 @@ DeviceBatch Transformer::upload(const PackedBatch& b, Context& ctx) {
   d.positions = rows(s_->positions, T);
   d.targets = rows(s_->targets, T);
   d.cu_seqlens = rows(s_->cu_seqlens, d.num_seqs + 1);
-  model_detail::upload(d.ids, b.ids.data(), ctx);
-  model_detail::upload(d.positions, b.positions.data(), ctx);
-  model_detail::upload(d.targets, b.targets.data(), ctx);
-  model_detail::upload(d.cu_seqlens, b.cu_seqlens.data(), ctx);
+  ctx.upload(d.ids, b.ids.data());
+  ctx.upload(d.positions, b.positions.data());
+  ctx.upload(d.targets, b.targets.data());
+  ctx.upload(d.cu_seqlens, b.cu_seqlens.data());
   return d;
 }
 

@@ -191,7 +191,7 @@ RewardResult RewardSet::score(const RewardBatch& batch) {
   // Detokenise on the device.
   std::vector<int64_t> byte_off(static_cast<size_t>(N + 1));
   const Tensor boff_t = d == Device::CPU ? host_view(byte_off, DType::I64) : m.byte_offsets.get(DType::I64, N + 1, d);
-  detokenize_offsets(boff_t, ids_t, off_t, m.table, ctx);
+  detokenize_offsets(boff_t, ids_t, off_t, m.table.bytes(ctx.device()), m.table.offsets(ctx.device()), ctx);
   if (d == Device::CUDA) copy_bytes(host_view(byte_off, DType::I64), boff_t);
   const int64_t nbytes = byte_off[static_cast<size_t>(N)];
   std::string host_bytes;
@@ -202,7 +202,8 @@ RewardResult RewardSet::score(const RewardBatch& batch) {
   } else {
     bytes_t = m.bytes.get(DType::U8, nbytes, d);
   }
-  if (nbytes > 0) detokenize_bytes(bytes_t, boff_t, ids_t, off_t, m.table, ctx);
+  if (nbytes > 0)
+    detokenize_bytes(bytes_t, boff_t, ids_t, off_t, m.table.bytes(ctx.device()), m.table.offsets(ctx.device()), ctx);
   const TextBatch text{nbytes > 0 ? bytes_t : Tensor(), boff_t};
 
   // Rule-based components on the device.

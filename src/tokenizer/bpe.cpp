@@ -9,8 +9,8 @@
 #include <queue>
 
 #include "rlcu/error.h"
-#include "tokenizer/components.h"
-#include "tokenizer/unicode.h"
+#include "components.h"
+#include "unicode.h"
 
 namespace rlcu::tok {
 

@@ -6,7 +6,7 @@
 
 #include "rlcu/error.h"
 #include "rlcu/tokenizer.h"
-#include "tokenizer/unicode.h"
+#include "unicode.h"
 
 namespace rlcu {
 

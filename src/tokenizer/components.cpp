@@ -3,7 +3,7 @@
 //   Removed: drop matches · Isolated: every segment apart · MergedWithPrevious: a match joins the segment before it
 //   MergedWithNext: a match joins the segment after it · Contiguous: runs of matches/non-matches joined
 // Empty pieces are dropped after every split.
-#include "tokenizer/components.h"
+#include "components.h"
 
 #include <algorithm>
 #include <cstring>
@@ -12,7 +12,7 @@
 #include <pcre2.h>
 
 #include "rlcu/error.h"
-#include "tokenizer/unicode.h"
+#include "unicode.h"
 
 namespace rlcu::tok {
 

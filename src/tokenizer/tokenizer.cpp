@@ -15,8 +15,8 @@
 #include <spdlog/spdlog.h>
 
 #include "rlcu/error.h"
-#include "tokenizer/components.h"
-#include "tokenizer/unicode.h"
+#include "components.h"
+#include "unicode.h"
 
 namespace rlcu {
 

@@ -1,5 +1,5 @@
 // UTF-8 decoding/validation, lossy conversion and utf8proc-backed normalization and character classes.
-#include "tokenizer/unicode.h"
+#include "unicode.h"
 
 #include <cstdlib>
 

@@ -1,9 +1,8 @@
 // The PPO critic (see critic.h for the math).
-#include "train/critic.h"
+#include "critic.h"
 
 #include <spdlog/spdlog.h>
 
-#include "model/device_copy.h"
 #include "rlcu/error.h"
 #include "rlcu/ops.h"
 #include "rlcu/rl_ops.h"
@@ -98,9 +97,9 @@ nlohmann::ordered_json Critic::update(const std::vector<Micro>& micros, const st
         r[static_cast<size_t>(i)] = returns_[t];
         w[static_cast<size_t>(i)] = w_c[t];
       }
-      model_detail::upload(rows(old_v_.t, T), o.data(), ctx);
-      model_detail::upload(rows(ret_.t, T), r.data(), ctx);
-      model_detail::upload(rows(w_.t, T), w.data(), ctx);
+      ctx.upload(rows(old_v_.t, T), o.data());
+      ctx.upload(rows(ret_.t, T), r.data());
+      ctx.upload(rows(w_.t, T), w.data());
       forward(mb, ctx);
       rl::value_loss(rows(dv_.t, T), stats_.t, rows(vals_.t, T), rows(old_v_.t, T), rows(ret_.t, T), rows(w_.t, T),
                      vp, ctx);

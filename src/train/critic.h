@@ -19,7 +19,7 @@
 #include "rlcu/config.h"
 #include "rlcu/model.h"
 #include "rlcu/optimizer.h"
-#include "train/micro.h"
+#include "micro.h"
 
 namespace rlcu {
 

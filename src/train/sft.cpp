@@ -25,13 +25,13 @@
 #include <optional>
 #include <sstream>
 
-#include "model/device_copy.h"
 #include "rlcu/checkpoint.h"
 #include "rlcu/config.h"
 #include "rlcu/error.h"
 #include "rlcu/metrics.h"
 #include "rlcu/model.h"
 #include "rlcu/optimizer.h"
+#include "rlcu/rng.h"
 #include "rlcu/signals.h"
 #include "rlcu/tokenizer.h"
 
@@ -46,23 +46,9 @@ using nlohmann::ordered_json;
 
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
 // Fisher-Yates with draws keyed by (key, i): the permutation depends only on key and n.
 std::vector<int64_t> permutation(int64_t n, uint64_t key) {
-  std::vector<int64_t> p(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) p[static_cast<size_t>(i)] = i;
-  for (int64_t i = n - 1; i > 0; --i) {
-    const uint64_t r = splitmix64(key ^ splitmix64(static_cast<uint64_t>(i)));
-    const int64_t j = static_cast<int64_t>(r % static_cast<uint64_t>(i + 1));
-    std::swap(p[static_cast<size_t>(i)], p[static_cast<size_t>(j)]);
-  }
-  return p;
+  return keyed_permutation(n, [key](uint64_t i) { return mix_key(key, i); }, ShuffleIndex::Modulo);
 }
 
 constexpr uint64_t kHoldoutKey = 0x5f7e1d0a11c0ffeeull;
@@ -468,7 +454,7 @@ void SftTrainer::step(int64_t s) {
     for (int64_t r = 0; r < T; ++r)
       if (mb.target_row[static_cast<size_t>(r)]) d[static_cast<size_t>(r)] = g;
     const Tensor lp = logp_.t.slice_rows(0, T), dl = dlogp_.t.slice_rows(0, T);
-    model_detail::upload(dl, d.data(), ctx);
+    ctx.upload(dl, d.data());
     const DeviceBatch db = tf_->upload(mb.batch, ctx);
     tf_->forward(lp, Tensor(), db, ctx);
     tf_->backward(dl, Tensor(), ctx);

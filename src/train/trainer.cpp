@@ -33,7 +33,6 @@
 #include <numeric>
 #include <optional>
 
-#include "model/device_copy.h"
 #include "rlcu/checkpoint.h"
 #include "rlcu/config.h"
 #include "rlcu/data.h"
@@ -45,10 +44,12 @@
 #include "rlcu/optimizer.h"
 #include "rlcu/reward.h"
 #include "rlcu/rl_ops.h"
+#include "rlcu/rng.h"
 #include "rlcu/signals.h"
+#include "rlcu/token_bytes.h"
 #include "rlcu/tokenizer.h"
-#include "train/critic.h"
-#include "train/micro.h"
+#include "critic.h"
+#include "micro.h"
 
 namespace rlcu {
 
@@ -61,19 +62,13 @@ using nlohmann::ordered_json;
 
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
 // The sampler seed of step `step` (1-based): a completion depends only on (run.seed, step, sequence, position).
-uint64_t rollout_seed(uint64_t seed, int64_t step) { return splitmix64(seed ^ splitmix64(static_cast<uint64_t>(step))); }
+uint64_t rollout_seed(uint64_t seed, int64_t step) { return mix_key(seed, static_cast<uint64_t>(step)); }
 
 // A device (or host) F32 vector of n values.
 void put(const Tensor& dst, const std::vector<float>& v, Context& ctx) {
   RLCU_CHECK(dst.numel() == static_cast<int64_t>(v.size()), "put: {} values into {}", v.size(), dst.shape_str());
-  model_detail::upload(dst, v.data(), ctx);
+  ctx.upload(dst, v.data());
 }
 std::vector<float> get(const Tensor& t, Context& ctx) {
   ctx.synchronize("trainer: read back");
@@ -134,7 +129,7 @@ class Trainer {
   std::unique_ptr<engine::Engine> engine_;
   std::unique_ptr<MetricsWriter> metrics_;
   std::unique_ptr<SamplesWriter> samples_;
-  std::vector<std::string> token_bytes_;
+  TokenBytesTable token_bytes_;
   std::vector<int32_t> eos_ids_;
   std::vector<std::string> stop_strings_;
   OwnedTensor logp_, entropy_, dlogp_, dentropy_, old_, ref_lp_, adv_, w_, stats_;
@@ -230,7 +225,7 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
 
   // ---- rewards and the rollout engine (which takes its share of the memory that is left) -----------------------
   rewards_ = std::make_unique<RewardSet>(cfg_.reward, &*tok_, ctx);
-  token_bytes_ = engine::token_bytes_table(*tok_, mc.vocab_size);
+  token_bytes_ = TokenBytesTable::build(*tok_, mc.vocab_size);
   eos_ids_ = engine::stop_token_ids(mc, &*tok_);
   engine::EngineOptions eo;
   eo.block_size = cfg_.rollout.block_size;
@@ -444,7 +439,7 @@ void Trainer::step(int64_t step) {
           adv_c[static_cast<size_t>(t)] = a[static_cast<size_t>(i)];
     } else if (Tc > 0) {
       const OwnedTensor cu_d = OwnedTensor::make(DType::I32, dev_, {N + 1});
-      model_detail::upload(cu_d.t, comp_cu.data(), ctx);
+      ctx.upload(cu_d.t, comp_cu.data());
       const OwnedTensor a_d = OwnedTensor::make(DType::F32, dev_, {Tc});
       OwnedTensor old_d, ref_d;
       const float kc = ref_tf_ ? static_cast<float>(al.kl_coef) : 0.0f;

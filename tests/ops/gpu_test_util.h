@@ -14,8 +14,10 @@
 #include <vector>
 
 #include "rlcu/context.h"
-#include "rlcu/cuda_check.h"
 #include "rlcu/tensor.h"
+#if RLCU_WITH_CUDA
+#include "rlcu/cuda_check.h"
+#endif
 
 namespace rlcu::test {
 
@@ -115,11 +117,12 @@ inline Context& gpu() {
 }
 inline Context& host() { return Context::cpu(); }
 
-// The op stream is non-blocking, so plain cudaMemcpy does not order against it: settle before reading results
-// and after uploads.
+// Settle before reading results and after uploads: the op stream and then the whole device.
 inline void settle() {
   gpu().synchronize("test");
+#if RLCU_WITH_CUDA
   RLCU_CUDA_CHECK(cudaDeviceSynchronize());
+#endif
 }
 
 // v with every value rounded to what dt can hold (bf16), so CPU references see the GPU's inputs.

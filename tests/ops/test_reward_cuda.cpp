@@ -130,16 +130,16 @@ TEST(RewardCuda, DetokenizeMatchesCpu) {
       const Tensor h_ids = ids64 ? host_view(ids, DType::I64) : host_view(ids32, DType::I32);
       const Tensor h_off = ids64 ? host_view(off32, DType::I32) : host_view(off, DType::I64);  // mixed index types
       std::vector<int64_t> want_off(static_cast<size_t>(N + 1));
-      detokenize_offsets(host_view(want_off, DType::I64), h_ids, h_off, table, Context::cpu());
+      detokenize_offsets(host_view(want_off, DType::I64), h_ids, h_off, table.bytes(Device::CPU), table.offsets(Device::CPU), Context::cpu());
       std::vector<uint8_t> want(static_cast<size_t>(want_off.back()));
-      detokenize_bytes(host_view(want, DType::U8), host_view(want_off, DType::I64), h_ids, h_off, table,
+      detokenize_bytes(host_view(want, DType::U8), host_view(want_off, DType::I64), h_ids, h_off, table.bytes(Device::CPU), table.offsets(Device::CPU),
                        Context::cpu());
       // CUDA.
       DevCopy d_ids64(ids, DType::I64), d_ids32(ids32, DType::I32), d_off64(off, DType::I64), d_off32(off32, DType::I32);
       const Tensor d_ids = ids64 ? d_ids64.o.t : d_ids32.o.t;
       const Tensor d_off = ids64 ? d_off32.o.t : d_off64.o.t;
       GuardedTensor boff = make_guarded(DType::I64, Device::CUDA, {N + 1});
-      detokenize_offsets(boff.t, d_ids, d_off, table, gpu());
+      detokenize_offsets(boff.t, d_ids, d_off, table.bytes(Device::CUDA), table.offsets(Device::CUDA), gpu());
       gpu().synchronize("test");
       std::vector<int64_t> got_off(static_cast<size_t>(N + 1));
       copy_bytes(host_view(got_off, DType::I64), boff.t);
@@ -147,7 +147,7 @@ TEST(RewardCuda, DetokenizeMatchesCpu) {
       boff.check_guards(what + " byte_offsets");
       const int64_t nb = want_off.back();
       GuardedTensor bytes = make_guarded(DType::U8, Device::CUDA, {std::max<int64_t>(nb, 1)});
-      detokenize_bytes(bytes.t, boff.t, d_ids, d_off, table, gpu());
+      detokenize_bytes(bytes.t, boff.t, d_ids, d_off, table.bytes(Device::CUDA), table.offsets(Device::CUDA), gpu());
       gpu().synchronize("test");
       std::vector<uint8_t> got(static_cast<size_t>(std::max<int64_t>(nb, 1)));
       copy_bytes(host_view(got, DType::U8), bytes.t);
@@ -290,8 +290,8 @@ TEST(RewardCuda, BenchDetokenizeAndRules) {
   OwnedTensor bytes = OwnedTensor::make(DType::U8, Device::CUDA, {N * L * table.max_token_bytes()});
   OwnedTensor out = OwnedTensor::make(DType::F32, Device::CUDA, {N});
   const auto device_pass = [&] {
-    detokenize_offsets(boff.t, d_ids.o.t, d_off.o.t, table, gpu());
-    detokenize_bytes(bytes.t, boff.t, d_ids.o.t, d_off.o.t, table, gpu());
+    detokenize_offsets(boff.t, d_ids.o.t, d_off.o.t, table.bytes(Device::CUDA), table.offsets(Device::CUDA), gpu());
+    detokenize_bytes(bytes.t, boff.t, d_ids.o.t, d_off.o.t, table.bytes(Device::CUDA), table.offsets(Device::CUDA), gpu());
     const TextBatch text{bytes.t, boff.t};
     reward_math_answer(out.t, text, d_ans.view(), gpu());
     reward_format(out.t, text, d_tags.view(), gpu());
@@ -315,11 +315,11 @@ TEST(RewardCuda, BenchDetokenizeAndRules) {
   // CPU twin on the same batch.
   std::vector<int64_t> h_boff(static_cast<size_t>(N + 1));
   const auto t0 = std::chrono::steady_clock::now();
-  detokenize_offsets(host_view(h_boff, DType::I64), host_view(ids, DType::I32), host_view(off, DType::I64), table,
+  detokenize_offsets(host_view(h_boff, DType::I64), host_view(ids, DType::I32), host_view(off, DType::I64), table.bytes(Device::CPU), table.offsets(Device::CPU),
                      Context::cpu());
   std::vector<uint8_t> h_bytes(static_cast<size_t>(h_boff.back()));
   detokenize_bytes(host_view(h_bytes, DType::U8), host_view(h_boff, DType::I64), host_view(ids, DType::I32),
-                   host_view(off, DType::I64), table, Context::cpu());
+                   host_view(off, DType::I64), table.bytes(Device::CPU), table.offsets(Device::CPU), Context::cpu());
   std::vector<float> h_out(static_cast<size_t>(N));
   const TextBatch h_text{host_view(h_bytes, DType::U8), host_view(h_boff, DType::I64)};
   reward_math_answer(host_view(h_out, DType::F32), h_text, answers.host(), Context::cpu());

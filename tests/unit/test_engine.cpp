@@ -15,6 +15,7 @@
 #include "rlcu/engine.h"
 #include "rlcu/error.h"
 #include "rlcu/model.h"
+#include "rlcu/token_bytes.h"
 
 namespace rlcu {
 namespace {
@@ -195,8 +196,9 @@ TEST(Engine, StopsAtEosStopStringsAndLength) {
   EXPECT_EQ(out[0].ids, std::vector<int32_t>(gc.greedy.begin(), gc.greedy.begin() + 3));
   EXPECT_EQ(out[0].finish, engine::FinishReason::Length);
   // Stop strings over token bytes: token i spells "<i>"; "1><14" spans the 1st and 2nd tokens.
-  std::vector<std::string> bytes(static_cast<size_t>(model->config().vocab_size));
-  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = "<" + std::to_string(i) + ">";
+  std::vector<std::string> spelled(static_cast<size_t>(model->config().vocab_size));
+  for (size_t i = 0; i < spelled.size(); ++i) spelled[i] = "<" + std::to_string(i) + ">";
+  const TokenBytesTable bytes = TokenBytesTable::from_strings(spelled);
   so.max_new_tokens = 8;
   so.token_bytes = &bytes;
   so.stop_strings = {"zzz", "1><14"};

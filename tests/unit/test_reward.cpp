@@ -178,11 +178,11 @@ TEST(RewardDetokenize, BytesAndOffsetsI32AndI64) {
     const Tensor off = use64 ? Tensor(const_cast<int64_t*>(off64.data()), DType::I64, Device::CPU, {5})
                              : Tensor(off32.data(), DType::I32, Device::CPU, {5});
     std::vector<int64_t> boff(5, -1);
-    detokenize_offsets(Tensor(boff.data(), DType::I64, Device::CPU, {5}), ids, off, table, Context::cpu());
+    detokenize_offsets(Tensor(boff.data(), DType::I64, Device::CPU, {5}), ids, off, table.bytes(Device::CPU), table.offsets(Device::CPU), Context::cpu());
     EXPECT_EQ(boff, want_off);
     std::string bytes(11, '?');
     detokenize_bytes(Tensor(bytes.data(), DType::U8, Device::CPU, {11}), Tensor(boff.data(), DType::I64, Device::CPU, {5}),
-                     ids, off, table, Context::cpu());
+                     ids, off, table.bytes(Device::CPU), table.offsets(Device::CPU), Context::cpu());
     EXPECT_EQ(bytes, want);
   }
 }
@@ -197,11 +197,11 @@ TEST(RewardDetokenize, TableFromTokenizerMatchesDecode) {
   std::vector<int64_t> boff(2);
   detokenize_offsets(Tensor(boff.data(), DType::I64, Device::CPU, {2}),
                      Tensor(const_cast<int32_t*>(ids.data()), DType::I32, Device::CPU, {static_cast<int64_t>(ids.size())}),
-                     Tensor(const_cast<int32_t*>(off.data()), DType::I32, Device::CPU, {2}), table, Context::cpu());
+                     Tensor(const_cast<int32_t*>(off.data()), DType::I32, Device::CPU, {2}), table.bytes(Device::CPU), table.offsets(Device::CPU), Context::cpu());
   std::string bytes(static_cast<size_t>(boff[1]), '?');
   detokenize_bytes(Tensor(bytes.data(), DType::U8, Device::CPU, {boff[1]}), Tensor(boff.data(), DType::I64, Device::CPU, {2}),
                    Tensor(const_cast<int32_t*>(ids.data()), DType::I32, Device::CPU, {static_cast<int64_t>(ids.size())}),
-                   Tensor(const_cast<int32_t*>(off.data()), DType::I32, Device::CPU, {2}), table, Context::cpu());
+                   Tensor(const_cast<int32_t*>(off.data()), DType::I32, Device::CPU, {2}), table.bytes(Device::CPU), table.offsets(Device::CPU), Context::cpu());
   EXPECT_EQ(bytes, text);
 }
 

@@ -5,14 +5,15 @@
 
 #include <initializer_list>
 
+#include "cuda_backend.h"
 #include "rlcu/profile.h"
 
 namespace rlcu {
 namespace cpu {
-#include "../../kernels/rl_op_list.inc"
+#include "rl_op_list.inc"
 }  // namespace cpu
 namespace cuda {
-#include "../../kernels/rl_op_list.inc"
+#include "rl_op_list.inc"
 }  // namespace cuda
 
 namespace rl {
@@ -32,7 +33,7 @@ void group_advantages(const Tensor& adv, const Tensor& rewards, const GroupAdvan
     return;
   }
   ProfileScope prof_("group_advantages", ctx);
-  cuda::group_advantages(adv, rewards, p, ctx);
+  RLCU_CUDA_BACKEND(cuda::group_advantages(adv, rewards, p, ctx));
 }
 
 void rloo_advantages(const Tensor& adv, const Tensor& rewards, int group_size, Context& ctx) {
@@ -42,7 +43,7 @@ void rloo_advantages(const Tensor& adv, const Tensor& rewards, int group_size, C
     return;
   }
   ProfileScope prof_("rloo_advantages", ctx);
-  cuda::rloo_advantages(adv, rewards, group_size, ctx);
+  RLCU_CUDA_BACKEND(cuda::rloo_advantages(adv, rewards, group_size, ctx));
 }
 
 void reinforce_pp_advantages(const Tensor& adv, const Tensor& returns, const Tensor& seq_rewards,
@@ -54,7 +55,7 @@ void reinforce_pp_advantages(const Tensor& adv, const Tensor& returns, const Ten
     return;
   }
   ProfileScope prof_("reinforce_pp_advantages", ctx);
-  cuda::reinforce_pp_advantages(adv, returns, seq_rewards, old_logp, ref_logp, cu_seqlens, p, ctx);
+  RLCU_CUDA_BACKEND(cuda::reinforce_pp_advantages(adv, returns, seq_rewards, old_logp, ref_logp, cu_seqlens, p, ctx));
 }
 
 void gae_advantages(const Tensor& adv, const Tensor& returns, const Tensor& values, const Tensor& seq_rewards,
@@ -66,7 +67,7 @@ void gae_advantages(const Tensor& adv, const Tensor& returns, const Tensor& valu
     return;
   }
   ProfileScope prof_("gae_advantages", ctx);
-  cuda::gae_advantages(adv, returns, values, seq_rewards, old_logp, ref_logp, cu_seqlens, p, ctx);
+  RLCU_CUDA_BACKEND(cuda::gae_advantages(adv, returns, values, seq_rewards, old_logp, ref_logp, cu_seqlens, p, ctx));
 }
 
 void broadcast_to_tokens(const Tensor& out, const Tensor& seq_values, const Tensor& cu_seqlens, Context& ctx) {
@@ -76,7 +77,7 @@ void broadcast_to_tokens(const Tensor& out, const Tensor& seq_values, const Tens
     return;
   }
   ProfileScope prof_("broadcast_to_tokens", ctx);
-  cuda::broadcast_to_tokens(out, seq_values, cu_seqlens, ctx);
+  RLCU_CUDA_BACKEND(cuda::broadcast_to_tokens(out, seq_values, cu_seqlens, ctx));
 }
 
 void loss_weights(const Tensor& w, const Tensor& cu_seqlens, const Tensor& seq_scale, const LossWeightParams& p,
@@ -87,7 +88,7 @@ void loss_weights(const Tensor& w, const Tensor& cu_seqlens, const Tensor& seq_s
     return;
   }
   ProfileScope prof_("loss_weights", ctx);
-  cuda::loss_weights(w, cu_seqlens, seq_scale, p, ctx);
+  RLCU_CUDA_BACKEND(cuda::loss_weights(w, cu_seqlens, seq_scale, p, ctx));
 }
 
 void policy_loss(const Tensor& dlogp, const Tensor& dentropy, const Tensor& stats, const Tensor& logp,
@@ -99,7 +100,7 @@ void policy_loss(const Tensor& dlogp, const Tensor& dentropy, const Tensor& stat
     return;
   }
   ProfileScope prof_("policy_loss", ctx);
-  cuda::policy_loss(dlogp, dentropy, stats, logp, old_logp, ref_logp, adv, w, entropy, p, ctx);
+  RLCU_CUDA_BACKEND(cuda::policy_loss(dlogp, dentropy, stats, logp, old_logp, ref_logp, adv, w, entropy, p, ctx));
 }
 
 void value_loss(const Tensor& dv, const Tensor& stats, const Tensor& v, const Tensor& old_v, const Tensor& returns,
@@ -110,7 +111,7 @@ void value_loss(const Tensor& dv, const Tensor& stats, const Tensor& v, const Te
     return;
   }
   ProfileScope prof_("value_loss", ctx);
-  cuda::value_loss(dv, stats, v, old_v, returns, w, p, ctx);
+  RLCU_CUDA_BACKEND(cuda::value_loss(dv, stats, v, old_v, returns, w, p, ctx));
 }
 
 }  // namespace rl

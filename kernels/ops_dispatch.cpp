@@ -1,10 +1,11 @@
 // Dispatch of include/rlcu/ops.h to the CPU or CUDA implementation by the device of the first tensor.
 #include "rlcu/ops.h"
 
+#include "cuda_backend.h"
 #include "rlcu/profile.h"
 
-#include "../../kernels/cpu/ops_cpu.h"
-#include "../../kernels/ops_cuda.h"
+#include "cpu/ops_cpu.h"
+#include "ops_cuda.h"
 
 namespace rlcu::ops {
 
@@ -27,7 +28,7 @@ void gemm(const Tensor& out, const Tensor& a, const Tensor& b, const GemmParams&
                                                       p.trans_b ? " Tb" : "", dtype_name(out.dtype))
                                        : std::string(),
                       ctx);
-  cuda::gemm(out, a, b, p, ctx);
+  RLCU_CUDA_BACKEND(cuda::gemm(out, a, b, p, ctx));
 }
 
 void bias_add(const Tensor& out, const Tensor& bias, Context& ctx) {
@@ -37,7 +38,7 @@ void bias_add(const Tensor& out, const Tensor& bias, Context& ctx) {
     return;
   }
   ProfileScope prof_("bias_add", ctx);
-  cuda::bias_add(out, bias, ctx);
+  RLCU_CUDA_BACKEND(cuda::bias_add(out, bias, ctx));
 }
 
 void bias_grad(const Tensor& dbias, const Tensor& dy, Context& ctx) {
@@ -47,7 +48,7 @@ void bias_grad(const Tensor& dbias, const Tensor& dy, Context& ctx) {
     return;
   }
   ProfileScope prof_("bias_grad", ctx);
-  cuda::bias_grad(dbias, dy, ctx);
+  RLCU_CUDA_BACKEND(cuda::bias_grad(dbias, dy, ctx));
 }
 
 void embedding_fwd(const Tensor& out, const Tensor& table, const Tensor& ids, Context& ctx) {
@@ -57,7 +58,7 @@ void embedding_fwd(const Tensor& out, const Tensor& table, const Tensor& ids, Co
     return;
   }
   ProfileScope prof_("embedding_fwd", ctx);
-  cuda::embedding_fwd(out, table, ids, ctx);
+  RLCU_CUDA_BACKEND(cuda::embedding_fwd(out, table, ids, ctx));
 }
 
 void embedding_bwd(const Tensor& dtable, const Tensor& dout, const Tensor& ids, Context& ctx) {
@@ -67,7 +68,7 @@ void embedding_bwd(const Tensor& dtable, const Tensor& dout, const Tensor& ids, 
     return;
   }
   ProfileScope prof_("embedding_bwd", ctx);
-  cuda::embedding_bwd(dtable, dout, ids, ctx);
+  RLCU_CUDA_BACKEND(cuda::embedding_bwd(dtable, dout, ids, ctx));
 }
 
 void rmsnorm_fwd(const Tensor& out, const Tensor& rstd, const Tensor& x, const Tensor& weight, float eps, Context& ctx) {
@@ -77,7 +78,7 @@ void rmsnorm_fwd(const Tensor& out, const Tensor& rstd, const Tensor& x, const T
     return;
   }
   ProfileScope prof_("rmsnorm_fwd", ctx);
-  cuda::rmsnorm_fwd(out, rstd, x, weight, eps, ctx);
+  RLCU_CUDA_BACKEND(cuda::rmsnorm_fwd(out, rstd, x, weight, eps, ctx));
 }
 
 void rmsnorm_bwd(const Tensor& dx, const Tensor& dweight, const Tensor& dout, const Tensor& x, const Tensor& weight, const Tensor& rstd, Context& ctx) {
@@ -87,7 +88,7 @@ void rmsnorm_bwd(const Tensor& dx, const Tensor& dweight, const Tensor& dout, co
     return;
   }
   ProfileScope prof_("rmsnorm_bwd", ctx);
-  cuda::rmsnorm_bwd(dx, dweight, dout, x, weight, rstd, ctx);
+  RLCU_CUDA_BACKEND(cuda::rmsnorm_bwd(dx, dweight, dout, x, weight, rstd, ctx));
 }
 
 void rmsnorm_bwd_add(const Tensor& dx, const Tensor& dweight, const Tensor& dout, const Tensor& x, const Tensor& weight, const Tensor& rstd, Context& ctx) {
@@ -97,7 +98,7 @@ void rmsnorm_bwd_add(const Tensor& dx, const Tensor& dweight, const Tensor& dout
     return;
   }
   ProfileScope prof_("rmsnorm_bwd", ctx);
-  cuda::rmsnorm_bwd_add(dx, dweight, dout, x, weight, rstd, ctx);
+  RLCU_CUDA_BACKEND(cuda::rmsnorm_bwd_add(dx, dweight, dout, x, weight, rstd, ctx));
 }
 
 void rope_fwd(const Tensor& out, const Tensor& x, const Tensor& positions, const Tensor& inv_freq, Context& ctx) {
@@ -107,7 +108,7 @@ void rope_fwd(const Tensor& out, const Tensor& x, const Tensor& positions, const
     return;
   }
   ProfileScope prof_("rope_fwd", ctx);
-  cuda::rope_fwd(out, x, positions, inv_freq, ctx);
+  RLCU_CUDA_BACKEND(cuda::rope_fwd(out, x, positions, inv_freq, ctx));
 }
 
 void rope_bwd(const Tensor& dx, const Tensor& dout, const Tensor& positions, const Tensor& inv_freq, Context& ctx) {
@@ -117,7 +118,7 @@ void rope_bwd(const Tensor& dx, const Tensor& dout, const Tensor& positions, con
     return;
   }
   ProfileScope prof_("rope_bwd", ctx);
-  cuda::rope_bwd(dx, dout, positions, inv_freq, ctx);
+  RLCU_CUDA_BACKEND(cuda::rope_bwd(dx, dout, positions, inv_freq, ctx));
 }
 
 void attention_fwd(const Tensor& out, const Tensor& lse, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cu_seqlens, const AttentionParams& p, Context& ctx) {
@@ -127,7 +128,7 @@ void attention_fwd(const Tensor& out, const Tensor& lse, const Tensor& q, const 
     return;
   }
   ProfileScope prof_("attention_fwd", ctx);
-  cuda::attention_fwd(out, lse, q, k, v, cu_seqlens, p, ctx);
+  RLCU_CUDA_BACKEND(cuda::attention_fwd(out, lse, q, k, v, cu_seqlens, p, ctx));
 }
 
 void attention_bwd(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse, const Tensor& cu_seqlens, const AttentionParams& p, Context& ctx) {
@@ -137,7 +138,7 @@ void attention_bwd(const Tensor& dq, const Tensor& dk, const Tensor& dv, const T
     return;
   }
   ProfileScope prof_("attention_bwd", ctx);
-  cuda::attention_bwd(dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, p, ctx);
+  RLCU_CUDA_BACKEND(cuda::attention_bwd(dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, p, ctx));
 }
 
 void kv_cache_write(const Tensor& k_cache, const Tensor& v_cache, const Tensor& k, const Tensor& v,
@@ -148,7 +149,7 @@ void kv_cache_write(const Tensor& k_cache, const Tensor& v_cache, const Tensor& 
     return;
   }
   ProfileScope prof_("kv_cache_write", ctx);
-  cuda::kv_cache_write(k_cache, v_cache, k, v, slots, ctx);
+  RLCU_CUDA_BACKEND(cuda::kv_cache_write(k_cache, v_cache, k, v, slots, ctx));
 }
 
 void qkv_prepare(const Tensor& q_out, const Tensor& k_out, const Tensor& v_out, const Tensor& k_cache,
@@ -164,8 +165,8 @@ void qkv_prepare(const Tensor& q_out, const Tensor& k_out, const Tensor& v_out, 
     return;
   }
   ProfileScope prof_("qkv_prepare", ctx);
-  cuda::qkv_prepare(q_out, k_out, v_out, k_cache, v_cache, qkv, bias, q_norm, k_norm, eps, positions, inv_freq,
-                    slots, ctx);
+  RLCU_CUDA_BACKEND(cuda::qkv_prepare(q_out, k_out, v_out, k_cache, v_cache, qkv, bias, q_norm, k_norm, eps, positions, inv_freq,
+                    slots, ctx));
 }
 
 void qkv_prepare_bwd(const Tensor& dqkv, const Tensor& dq_norm, const Tensor& dk_norm, const Tensor& dq,
@@ -179,8 +180,8 @@ void qkv_prepare_bwd(const Tensor& dqkv, const Tensor& dq_norm, const Tensor& dk
     return;
   }
   ProfileScope prof_("qkv_prepare_bwd", ctx);
-  cuda::qkv_prepare_bwd(dqkv, dq_norm, dk_norm, dq, dk, dv, qkv, bias, q_norm, k_norm, eps, positions, inv_freq,
-                        ctx);
+  RLCU_CUDA_BACKEND(cuda::qkv_prepare_bwd(dqkv, dq_norm, dk_norm, dq, dk, dv, qkv, bias, q_norm, k_norm, eps, positions, inv_freq,
+                        ctx));
 }
 
 void kv_block_copy(const Tensor& cache, const Tensor& copies, Context& ctx) {
@@ -190,7 +191,7 @@ void kv_block_copy(const Tensor& cache, const Tensor& copies, Context& ctx) {
     return;
   }
   ProfileScope prof_("kv_block_copy", ctx);
-  cuda::kv_block_copy(cache, copies, ctx);
+  RLCU_CUDA_BACKEND(cuda::kv_block_copy(cache, copies, ctx));
 }
 
 void paged_attention_decode(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
@@ -203,7 +204,7 @@ void paged_attention_decode(const Tensor& out, const Tensor& q, const Tensor& k_
     return;
   }
   ProfileScope prof_("paged_attention_decode", ctx);
-  cuda::paged_attention_decode(out, q, k_cache, v_cache, block_tables, context_lens, workspace, p, ctx);
+  RLCU_CUDA_BACKEND(cuda::paged_attention_decode(out, q, k_cache, v_cache, block_tables, context_lens, workspace, p, ctx));
 }
 
 void swiglu_fwd(const Tensor& out, const Tensor& gate_up, Context& ctx) {
@@ -213,7 +214,7 @@ void swiglu_fwd(const Tensor& out, const Tensor& gate_up, Context& ctx) {
     return;
   }
   ProfileScope prof_("swiglu_fwd", ctx);
-  cuda::swiglu_fwd(out, gate_up, ctx);
+  RLCU_CUDA_BACKEND(cuda::swiglu_fwd(out, gate_up, ctx));
 }
 
 void swiglu_bwd(const Tensor& dgate_up, const Tensor& dout, const Tensor& gate_up, Context& ctx) {
@@ -223,7 +224,7 @@ void swiglu_bwd(const Tensor& dgate_up, const Tensor& dout, const Tensor& gate_u
     return;
   }
   ProfileScope prof_("swiglu_bwd", ctx);
-  cuda::swiglu_bwd(dgate_up, dout, gate_up, ctx);
+  RLCU_CUDA_BACKEND(cuda::swiglu_bwd(dgate_up, dout, gate_up, ctx));
 }
 
 void add(const Tensor& out, const Tensor& a, const Tensor& b, Context& ctx) {
@@ -233,7 +234,7 @@ void add(const Tensor& out, const Tensor& a, const Tensor& b, Context& ctx) {
     return;
   }
   ProfileScope prof_("add", ctx);
-  cuda::add(out, a, b, ctx);
+  RLCU_CUDA_BACKEND(cuda::add(out, a, b, ctx));
 }
 
 void scale(const Tensor& out, const Tensor& x, float s, Context& ctx) {
@@ -243,7 +244,7 @@ void scale(const Tensor& out, const Tensor& x, float s, Context& ctx) {
     return;
   }
   ProfileScope prof_("scale", ctx);
-  cuda::scale(out, x, s, ctx);
+  RLCU_CUDA_BACKEND(cuda::scale(out, x, s, ctx));
 }
 
 void cast(const Tensor& out, const Tensor& x, Context& ctx) {
@@ -253,7 +254,7 @@ void cast(const Tensor& out, const Tensor& x, Context& ctx) {
     return;
   }
   ProfileScope prof_("cast", ctx);
-  cuda::cast(out, x, ctx);
+  RLCU_CUDA_BACKEND(cuda::cast(out, x, ctx));
 }
 
 void fill(const Tensor& out, float value, Context& ctx) {
@@ -263,7 +264,7 @@ void fill(const Tensor& out, float value, Context& ctx) {
     return;
   }
   ProfileScope prof_("fill", ctx);
-  cuda::fill(out, value, ctx);
+  RLCU_CUDA_BACKEND(cuda::fill(out, value, ctx));
 }
 
 void logprob_fwd(const Tensor& logprob, const Tensor& entropy, const Tensor& lse, const Tensor& hidden, const Tensor& weight, const Tensor& targets, const LogprobParams& p, Context& ctx) {
@@ -273,7 +274,7 @@ void logprob_fwd(const Tensor& logprob, const Tensor& entropy, const Tensor& lse
     return;
   }
   ProfileScope prof_("logprob_fwd", ctx);
-  cuda::logprob_fwd(logprob, entropy, lse, hidden, weight, targets, p, ctx);
+  RLCU_CUDA_BACKEND(cuda::logprob_fwd(logprob, entropy, lse, hidden, weight, targets, p, ctx));
 }
 
 void logprob_bwd(const Tensor& dhidden, const Tensor& dweight, const Tensor& dlogprob, const Tensor& dentropy, const Tensor& hidden, const Tensor& weight, const Tensor& targets, const Tensor& lse, const LogprobParams& p, Context& ctx) {
@@ -283,7 +284,7 @@ void logprob_bwd(const Tensor& dhidden, const Tensor& dweight, const Tensor& dlo
     return;
   }
   ProfileScope prof_("logprob_bwd", ctx);
-  cuda::logprob_bwd(dhidden, dweight, dlogprob, dentropy, hidden, weight, targets, lse, p, ctx);
+  RLCU_CUDA_BACKEND(cuda::logprob_bwd(dhidden, dweight, dlogprob, dentropy, hidden, weight, targets, lse, p, ctx));
 }
 
 void sum_squares(const Tensor& out, const Tensor& x, Context& ctx) {
@@ -293,7 +294,7 @@ void sum_squares(const Tensor& out, const Tensor& x, Context& ctx) {
     return;
   }
   ProfileScope prof_("sum_squares", ctx);
-  cuda::sum_squares(out, x, ctx);
+  RLCU_CUDA_BACKEND(cuda::sum_squares(out, x, ctx));
 }
 
 void adamw_update(const Tensor& master, const Tensor& m, const Tensor& v, const Tensor& weights, const Tensor& grad, const AdamWParams& p, Context& ctx) {
@@ -303,7 +304,7 @@ void adamw_update(const Tensor& master, const Tensor& m, const Tensor& v, const 
     return;
   }
   ProfileScope prof_("adamw_update", ctx);
-  cuda::adamw_update(master, m, v, weights, grad, p, ctx);
+  RLCU_CUDA_BACKEND(cuda::adamw_update(master, m, v, weights, grad, p, ctx));
 }
 
 void sample(const Tensor& tokens, const Tensor& logprobs, const Tensor& logits, const Tensor& seq_ids,
@@ -314,7 +315,7 @@ void sample(const Tensor& tokens, const Tensor& logprobs, const Tensor& logits, 
     return;
   }
   ProfileScope prof_("sample", ctx);
-  cuda::sample(tokens, logprobs, logits, seq_ids, positions, p, ctx);
+  RLCU_CUDA_BACKEND(cuda::sample(tokens, logprobs, logits, seq_ids, positions, p, ctx));
 }
 
 }  // namespace rlcu::ops
