@@ -73,6 +73,8 @@ std::vector<FieldSpec> build_schema() {
   s.push_back(range(bind_field("run.keep_checkpoints", &RunConfig::run, &RunSection::keep_checkpoints, K::Int,
                                "Keep only the newest N checkpoints of the run; 0 = keep all."),
                     0, 1e12));
+  s.push_back(bind_field("run.tensorboard", &RunConfig::run, &RunSection::tensorboard, K::Bool,
+                         "Also write the metrics as TensorBoard event files (`RUN/events.out.tfevents.*`)."));
   // model
   s.push_back(bind_field("model.path", &RunConfig::model, &ModelSection::path, K::String,
                    "Hugging Face model directory (config.json and *.safetensors)."));
