@@ -4,7 +4,8 @@
 Each RUN_DIR holds metrics.jsonl (one JSON object per step with an integer "step") and, for the legend of an
 overlay, config.json: a run is labelled by the config keys whose values differ between the runs
 ("optimizer.lr=0.001"), or by its directory when they all agree. One figure per group, x axis = step; a key missing
-from a record (or null / not a number) is skipped for that step, and a group none of whose keys appear is not drawn:
+from a record (or null / not a number) is skipped for that step, and a group none of whose keys appear is not drawn
+(an overlay of a group of several keys draws one panel per key):
 
   reward.png             `reward` (faint), its moving average over --smooth steps and a band of +- the moving
                          average of `reward_std` (the std of the step's rewards)
@@ -23,7 +24,7 @@ from a record (or null / not a number) is skipped for that step, and a group non
 Lines that are not valid JSON (a torn last line of a run still writing) are skipped with a warning. Needs
 matplotlib; without it the script says so and exits with status 1.
 
-usage: scripts/plot_metrics.py RUN_DIR [RUN_DIR...] [--out DIR] [--smooth N]
+usage: scripts/plot_metrics.py RUN_DIR [RUN_DIR...] [--out DIR] [--smooth N] [--dpi N]
        (default DIR: RUN_DIR/plots for one run, COMMON_PARENT/plots for several; prints the files written)
 """
 import argparse
@@ -132,8 +133,9 @@ LINESTYLES = ["-", "--", ":", "-."]
 
 
 class Plotter:
-    def __init__(self, plt, runs, out_dir, smooth):
+    def __init__(self, plt, runs, out_dir, smooth, dpi):
         self.plt = plt
+        self.dpi = dpi
         self.runs = runs  # [(label, records)]
         self.out_dir = out_dir
         self.smooth = smooth
@@ -143,26 +145,19 @@ class Plotter:
         self.run_color = [colors[i % len(colors)] for i in range(len(runs))]
         self.key_color = colors
 
-    def label(self, run_label, key):
-        if not self.overlay:
-            return key
-        return run_label if key is None else f"{run_label}: {key}"
-
-    def style(self, run_index, key_index):
-        """(color, linestyle): runs differ by colour in an overlay, keys by colour in a single run."""
-        if self.overlay:
-            return self.run_color[run_index], LINESTYLES[key_index % len(LINESTYLES)]
-        return self.key_color[key_index % len(self.key_color)], "-"
-
-    def save(self, fig, ax, name, title):
-        ax.set_title(title)
-        ax.set_xlabel("step")
-        ax.grid(True, alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+    def save(self, fig, axes, name, title):
+        for ax in axes:
+            ax.set_xlabel("step")
+            ax.grid(True, alpha=0.3)
+        if len(axes) == 1:
+            axes[0].set_title(title)
+        else:
+            fig.suptitle(title)
+        if axes[0].get_legend_handles_labels()[0]:
+            axes[0].legend(fontsize=8)
         fig.tight_layout()
         path = os.path.join(self.out_dir, name + ".png")
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=self.dpi)
         self.plt.close(fig)
         self.written.append(path)
 
@@ -183,7 +178,7 @@ class Plotter:
             windows.add(w)
             mean = moving_average(ys, w)
             ax.plot(xs, ys, color=color, alpha=0.25, linewidth=0.8)
-            ax.plot(xs, mean, color=color, linewidth=1.6, label=self.label(run_label, None) or "reward")
+            ax.plot(xs, mean, color=color, linewidth=1.6, label=run_label if self.overlay else "reward")
             std_by_step = dict(zip(*series(recs, "reward_std")))
             band = [(x, m, std_by_step[x]) for x, m in zip(xs, mean) if x in std_by_step]
             if band:
@@ -192,30 +187,43 @@ class Plotter:
                                 [b[1] + s for b, s in zip(band, sd)], color=color, alpha=0.15,
                                 label=None if self.overlay else "+- reward_std")
         smoothing = f"moving average over {windows.pop()} steps" if len(windows) == 1 else "moving averages"
-        self.save(fig, ax, "reward", f"reward ({smoothing}; faint: per step)")
+        self.save(fig, [ax], "reward", f"reward ({smoothing}; faint: per step)")
 
     def lines(self, name, title, keys, points=()):
-        fig, ax = self.plt.subplots(figsize=(7, 4))
+        """`keys` as lines, `points` (held-out values) as markers; an overlay of several keys gets a panel per key."""
+        split = self.overlay and len(keys) > 1
+        panels = [[(k, False)] for k in keys] if split else [[(k, False) for k in keys]]
+        panels[0] += [(k, True) for k in points]
+        cols = 1 if len(panels) == 1 else 2
+        rows = math.ceil(len(panels) / cols)
+        fig, grid = self.plt.subplots(rows, cols, squeeze=False,
+                                      figsize=(7, 4) if len(panels) == 1 else (11, 2.6 * rows + 0.6))
+        axes = [ax for row in grid for ax in row]
+        for ax in axes[len(panels):]:
+            ax.set_visible(False)
         drawn = False
-        for i, (run_label, recs) in enumerate(self.runs):
-            for j, k in enumerate(keys):
-                xs, ys = series(recs, k)
-                if not xs:
-                    continue
-                color, ls = self.style(i, j)
-                ax.plot(xs, ys, color=color, linestyle=ls, linewidth=1.2, marker="." if len(xs) < 50 else None,
-                        label=self.label(run_label, k))
-                drawn = True
-            for j, k in enumerate(points, start=len(keys)):
-                xs, ys = series(recs, k)
-                if not xs:
-                    continue
-                color, _ = self.style(i, j)
-                ax.plot(xs, ys, color=color, linestyle="none", marker="o", markersize=5,
-                        label=self.label(run_label, k))
-                drawn = True
+        for ax, panel in zip(axes, panels):
+            if split:
+                ax.set_title(panel[0][0], fontsize=9)
+            n_lines = sum(1 for _, is_points in panel if not is_points)
+            for i, (run_label, recs) in enumerate(self.runs):
+                for j, (k, is_points) in enumerate(panel):
+                    xs, ys = series(recs, k)
+                    if not xs:
+                        continue
+                    if self.overlay:
+                        color, ls = self.run_color[i], LINESTYLES[j % len(LINESTYLES)]
+                        label = run_label if not is_points and n_lines == 1 else f"{run_label}: {k}"
+                    else:
+                        color, ls, label = self.key_color[j % len(self.key_color)], "-", k
+                    if is_points:
+                        ax.plot(xs, ys, color=color, linestyle="none", marker="o", markersize=5, label=label)
+                    else:
+                        ax.plot(xs, ys, color=color, linestyle=ls, linewidth=1.2,
+                                marker="." if len(xs) < 50 else None, label=label)
+                    drawn = True
         if drawn:
-            self.save(fig, ax, name, title)
+            self.save(fig, axes[:len(panels)], name, title)
         else:
             self.plt.close(fig)
 
@@ -248,6 +256,7 @@ def main():
                     help="output directory (default: RUN_DIR/plots, or COMMON_PARENT/plots for several runs)")
     ap.add_argument("--smooth", type=int, default=0,
                     help="moving-average window of the reward, in steps (default: 1/20 of the steps)")
+    ap.add_argument("--dpi", type=int, default=110, help="resolution of the PNGs (default: 110)")
     args = ap.parse_args()
     try:
         import matplotlib
@@ -275,7 +284,7 @@ def main():
     else:
         out = os.path.join(os.path.commonpath([os.path.abspath(d) for d in args.run_dirs]), "plots")
     os.makedirs(out, exist_ok=True)
-    written = Plotter(plt, list(zip(labels, runs)), out, args.smooth).all()
+    written = Plotter(plt, list(zip(labels, runs)), out, args.smooth, args.dpi).all()
     for p in written:
         print(p)
     if not written:
