@@ -22,6 +22,7 @@ struct RunSection {
   std::string device = "cuda";           // cpu | cuda | cuda:N
   int64_t save_every = 0;                // checkpoint every N steps; 0 = only at the end
   int64_t keep_checkpoints = 0;          // keep the newest N checkpoints; 0 = all
+  bool tensorboard = true;               // also write TensorBoard event files next to metrics.jsonl
 };
 
 struct ModelSection {

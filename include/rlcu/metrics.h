@@ -1,7 +1,9 @@
 // Run outputs besides checkpoints: RUN/metrics.jsonl, RUN/samples.jsonl, RUN/config.json and the console line.
 //
 //   metrics.jsonl   one JSON object per training step and line, e.g. {"step": 12, "reward/mean": 0.41, "kl": 0.001,
-//                   ...}; every record holds an integer "step". Each line is flushed as it is written.
+//                   ...}; every record holds an integer "step". Each line is flushed as it is written. With
+//                   MetricsOptions::tensorboard the same records also go to RUN/events.out.tfevents.* as scalars
+//                   (include/rlcu/tensorboard.h), with the same resume rule.
 //   samples.jsonl   {"step", "prompt", "completion", "reward", ...extra fields} per logged completion.
 //   config.json     the resolved run config, written atomically (config.json.tmp, then rename) at the start.
 //
@@ -18,6 +20,8 @@
 #include <vector>
 
 #include <nlohmann/json.hpp>
+
+#include "rlcu/tensorboard.h"
 
 namespace rlcu {
 
@@ -42,15 +46,23 @@ class JsonlWriter {
   int64_t kept_ = 0;
 };
 
-// RUN/metrics.jsonl
+struct MetricsOptions {
+  bool tensorboard = false;  // also write TensorBoard event files (run.tensorboard)
+};
+
+// RUN/metrics.jsonl, and the TensorBoard events when asked for.
 class MetricsWriter {
  public:
-  explicit MetricsWriter(const std::string& run_dir, int64_t resume_step = -1);
-  void write(const nlohmann::ordered_json& record) { w_.write(record); }
+  explicit MetricsWriter(const std::string& run_dir, int64_t resume_step = -1,
+                         const MetricsOptions& options = MetricsOptions());
+  void write(const nlohmann::ordered_json& record);
   const std::string& path() const { return w_.path(); }
+  // The TensorBoard event file of this process, or "" when not written.
+  std::string tensorboard_path() const { return tb_ ? tb_->path() : std::string(); }
 
  private:
   JsonlWriter w_;
+  std::optional<TensorBoardWriter> tb_;
 };
 
 struct SampleRecord {

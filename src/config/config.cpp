@@ -53,7 +53,8 @@ std::vector<FieldSpec> build_schema() {
                          "Seed for every random choice of the run (sampling, shuffling, initialisation)."),
                     0, 9007199254740991.0));
   s.push_back(bind_field("run.output_dir", &RunConfig::run, &RunSection::output_dir, K::String,
-                   "Directory a run writes its outputs to."));
+                   "Directory a run writes its outputs to; `{section.key}` placeholders are filled with the resolved "
+                   "values (`runs/lr{optimizer.lr}`), `{{` and `}}` are literal braces."));
   {
     FieldSpec f = bind_field("run.device", &RunConfig::run, &RunSection::device, K::String,
                        "Where to run: `cpu`, `cuda` or `cuda:N`.");
@@ -73,6 +74,8 @@ std::vector<FieldSpec> build_schema() {
   s.push_back(range(bind_field("run.keep_checkpoints", &RunConfig::run, &RunSection::keep_checkpoints, K::Int,
                                "Keep only the newest N checkpoints of the run; 0 = keep all."),
                     0, 1e12));
+  s.push_back(bind_field("run.tensorboard", &RunConfig::run, &RunSection::tensorboard, K::Bool,
+                         "Also write the metrics as TensorBoard event files (`RUN/events.out.tfevents.*`)."));
   // model
   s.push_back(bind_field("model.path", &RunConfig::model, &ModelSection::path, K::String,
                    "Hugging Face model directory (config.json and *.safetensors)."));
@@ -407,6 +410,61 @@ const FieldSpec* find_field(const std::string& path) {
                           best.empty() ? " (see `rlcu config keys`)" : fmt::format("; did you mean `{}`?", best)));
 }
 
+// A resolved value as a user would write it in a path: 0.001, 2e-6, 8, true, the string itself.
+std::string placeholder_text(const json& v) {
+  if (v.is_string()) return v.get<std::string>();
+  if (v.is_boolean()) return v.get<bool>() ? "true" : "false";
+  if (v.is_number_integer()) return std::to_string(v.get<int64_t>());
+  // Shortest text that reads back as the same double; exponents without '+' and leading zeros ("2e-06" -> "2e-6").
+  std::string t = fmt::format("{}", v.get<double>());
+  const size_t e = t.find('e');
+  if (e == std::string::npos) return t;
+  std::string exp = t.substr(e + 1);
+  const bool neg = !exp.empty() && exp[0] == '-';
+  if (!exp.empty() && (exp[0] == '-' || exp[0] == '+')) exp = exp.substr(1);
+  while (exp.size() > 1 && exp[0] == '0') exp = exp.substr(1);
+  return t.substr(0, e + 1) + (neg ? "-" : "") + exp;
+}
+
+// Replaces each `{section.key}` in run.output_dir with that key's resolved value; `{{` and `}}` are literal braces.
+void fill_output_dir(RunConfig& c, const std::string& source) {
+  const std::string& in = c.run.output_dir;
+  if (in.find_first_of("{}") == std::string::npos) return;
+  const auto fail = [&](const std::string& what) {
+    throw Error(fmt::format("{}: `run.output_dir` = \"{}\": {}", source, in, what));
+  };
+  std::string out;
+  for (size_t i = 0; i < in.size(); ++i) {
+    const char ch = in[i];
+    if ((ch == '{' || ch == '}') && i + 1 < in.size() && in[i + 1] == ch) {
+      out += ch;
+      ++i;
+      continue;
+    }
+    if (ch == '}') fail(fmt::format("`}}` at byte {} closes no placeholder (write `}}}}` for a literal brace)", i));
+    if (ch != '{') {
+      out += ch;
+      continue;
+    }
+    const size_t close = in.find('}', i + 1);
+    const size_t nested = in.find('{', i + 1);
+    if (close == std::string::npos || (nested != std::string::npos && nested < close))
+      fail(fmt::format("placeholder `{}` at byte {} is not closed by `}}` (write `{{{{` for a literal brace)",
+                       in.substr(i, (nested == std::string::npos ? in.size() : nested) - i), i));
+    const std::string key = in.substr(i + 1, close - i - 1);
+    const FieldSpec* f = find_field(key);
+    if (!f) {
+      const std::string best = key.empty() ? "" : suggest_key(key);
+      fail(fmt::format("placeholder `{{{}}}` names no config key{}", key,
+                       best.empty() ? " (see `rlcu config keys`)" : fmt::format("; did you mean `{{{}}}`?", best)));
+    }
+    if (f->path == "run.output_dir") fail("placeholder `{run.output_dir}` names the key itself");
+    out += placeholder_text(f->get(c));
+    i = close;
+  }
+  c.run.output_dir = out;
+}
+
 // Type/range validation of one value; returns the error text or "".
 std::string validate_value(const FieldSpec& f, const json& v) {
   switch (f.kind) {
@@ -601,6 +659,7 @@ RunConfig parse_config(const std::string& text, const std::string& source, const
   RunConfig cfg;
   walk(doc, "", source, overridden, cfg);
   check_cross_fields(cfg, source);
+  fill_output_dir(cfg, overridden.count("run.output_dir") ? "--set run.output_dir" : source);
   return cfg;
 }
 
@@ -614,7 +673,12 @@ RunConfig load_run_config(const std::string& command, const std::string& config,
       throw Error(fmt::format("{}: no such file (the run's resolved config)", path));
   }
   if (!device.empty()) overrides.push_back("run.device=" + device);
-  if (!resume.empty()) overrides.push_back("run.output_dir=" + resume);
+  if (!resume.empty()) {
+    // The run directory is a real path: its braces are not placeholders.
+    std::string escaped;
+    for (const char ch : resume) escaped += (ch == '{' || ch == '}') ? std::string(2, ch) : std::string(1, ch);
+    overrides.push_back("run.output_dir=" + escaped);
+  }
   if (source) *source = path;
   return load_config(path, overrides);
 }

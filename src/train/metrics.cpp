@@ -1,5 +1,5 @@
 // JSON-lines writers (metrics, samples) with resume truncation, the resolved-config dump and the console step line
-// (see include/rlcu/metrics.h).
+// (see include/rlcu/metrics.h); metrics records are also handed to the TensorBoard writer when it is on.
 #include "rlcu/metrics.h"
 
 #include <spdlog/spdlog.h>
@@ -91,8 +91,15 @@ void JsonlWriter::write(const nlohmann::ordered_json& record) {
     throw Error(fmt::format("{}: write failed: {}", path_, std::strerror(errno)));
 }
 
-MetricsWriter::MetricsWriter(const std::string& run_dir, int64_t resume_step)
-    : w_((fs::path(run_dir) / "metrics.jsonl").string(), resume_step) {}
+MetricsWriter::MetricsWriter(const std::string& run_dir, int64_t resume_step, const MetricsOptions& options)
+    : w_((fs::path(run_dir) / "metrics.jsonl").string(), resume_step) {
+  if (options.tensorboard) tb_.emplace(run_dir, resume_step);
+}
+
+void MetricsWriter::write(const nlohmann::ordered_json& record) {
+  w_.write(record);
+  if (tb_) tb_->write(record);
+}
 
 SamplesWriter::SamplesWriter(const std::string& run_dir, int64_t resume_step)
     : w_((fs::path(run_dir) / "samples.jsonl").string(), resume_step) {}

@@ -9,9 +9,10 @@
 // Loss = -(1/N) sum of the target rows' log-probs (fp64 sum on the host). The held-out loss is the same token mean
 // over every completion token of the eval set, from forward passes only, at step 0, every sft.eval_every steps and
 // at the end. Outputs as `rlcu train`: metrics.jsonl (step, loss, lr, grad_norm, tokens_per_s, epoch[, eval_loss]),
-// config.json, checkpoints (save_checkpoint: the checkpoint directory is a loadable Hugging Face model directory);
-// SIGINT/SIGTERM and --stop-after save a checkpoint and stop. Determinism: fixed schedule, fixed-order reductions,
-// restored master weights and Adam moments, so a resumed run ends with byte-identical weights on the same device.
+// TensorBoard events (run.tensorboard), config.json, checkpoints (save_checkpoint: the checkpoint directory is a
+// loadable Hugging Face model directory); SIGINT/SIGTERM and --stop-after save a checkpoint and stop.
+// Determinism: fixed schedule, fixed-order reductions, restored master weights and Adam moments, so a resumed run
+// ends with byte-identical weights on the same device.
 #include "rlcu/sft.h"
 
 #include <spdlog/spdlog.h>
@@ -492,7 +493,9 @@ void SftTrainer::step(int64_t s) {
 int SftTrainer::run() {
   fs::create_directories(run_dir_);
   write_run_config(run_dir_, config_to_json(cfg_));
-  metrics_ = std::make_unique<MetricsWriter>(run_dir_, args_.resume.empty() ? -1 : start_step_);
+  MetricsOptions mo;
+  mo.tensorboard = cfg_.run.tensorboard;
+  metrics_ = std::make_unique<MetricsWriter>(run_dir_, args_.resume.empty() ? -1 : start_step_, mo);
   install_stop_handlers();
   struct Uninstall {
     ~Uninstall() { uninstall_stop_handlers(); }

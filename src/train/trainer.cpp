@@ -15,8 +15,9 @@
 //                per-token weights over the whole batch) and the backward; gradients accumulate over the micro-batches
 //                and one AdamW step (global-norm clipping, LR schedule) ends the pass. PPO also updates the critic
 //                (clipped value loss, its own AdamW).
-//   7. outputs   metrics.jsonl (TRL's names where they exist), samples.jsonl, the console line, checkpoints every
-//                run.save_every steps and at the end; SIGINT/SIGTERM save a checkpoint and stop.
+//   7. outputs   metrics.jsonl (TRL's names where they exist) and the same scalars as TensorBoard events
+//                (run.tensorboard), samples.jsonl, the console line, checkpoints every run.save_every steps and at
+//                the end; SIGINT/SIGTERM save a checkpoint and stop.
 // Determinism: the sampler is keyed by (seed, step, sequence, position), every reduction has a fixed order and the
 // data cursor and optimizer state are checkpointed, so a resumed run reproduces the uninterrupted one bit for bit on
 // the same device.
@@ -269,7 +270,9 @@ void Trainer::setup_outputs() {
   fs::create_directories(run_dir_);
   write_run_config(run_dir_, config_to_json(cfg_));
   const int64_t resume_step = args_.resume.empty() ? -1 : start_step_;
-  metrics_ = std::make_unique<MetricsWriter>(run_dir_, resume_step);
+  MetricsOptions mo;
+  mo.tensorboard = cfg_.run.tensorboard;
+  metrics_ = std::make_unique<MetricsWriter>(run_dir_, resume_step, mo);
   samples_ = std::make_unique<SamplesWriter>(run_dir_, resume_step);
 }
 

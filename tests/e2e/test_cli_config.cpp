@@ -20,6 +20,19 @@ TEST(CliConfig, CheckAndShow) {
   EXPECT_NE(r.out.find("\"beta1\": 0.9"), std::string::npos);  // defaults filled in
 }
 
+TEST(CliConfig, ShowFillsOutputDirPlaceholders) {
+  const std::string p = temp_dir() + "/sweep.json";
+  write_file(p, R"({"run": {"output_dir": "runs/lr{optimizer.lr}_g{rollout.group_size}"}})");
+  auto r = run_cli("config show " + p + " --set optimizer.lr=1e-3");
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("\"output_dir\": \"runs/lr0.001_g8\""), std::string::npos) << r.out;
+  r = run_cli("config check " + p + " --set 'run.output_dir=runs/{optimizer.lrr}'");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("--set run.output_dir: `run.output_dir` = \"runs/{optimizer.lrr}\""), std::string::npos)
+      << r.err;
+  EXPECT_NE(r.err.find("did you mean `{optimizer.lr}`?"), std::string::npos) << r.err;
+}
+
 TEST(CliConfig, ShippedConfigsAreValid) {
   for (const char* name : {"configs/base.json", "configs/smoke_cpu.json", "configs/demo.json", "configs/demo_sft.json"}) {
     auto r = run_cli(std::string("config check ") + RLCU_SOURCE_DIR + "/" + name);

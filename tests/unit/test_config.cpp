@@ -1,6 +1,9 @@
 // RunConfig: defaults, types, ranges, enums, unknown keys with suggestions, syntax errors with line/column,
-// --set overrides, and the resolved dump.
+// --set overrides, the resolved dump, and run.output_dir's `{section.key}` placeholders.
 #include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
 
 #include "rlcu/config.h"
 #include "rlcu/error.h"
@@ -205,4 +208,62 @@ TEST(Config, StopStringEncoding) {
   } catch (const Error& err) {
     EXPECT_NE(std::string(err.what()).find("rollout.stop: `\\` at byte 2"), std::string::npos) << err.what();
   }
+}
+
+TEST(Config, OutputDirPlaceholdersAreFilledFromTheResolvedConfig) {
+  const auto dir = [](const std::string& text, const std::vector<std::string>& sets = {}) {
+    return parse_config(text, "cfg.json", sets).run.output_dir;
+  };
+  // Numbers as a user writes them, after --set and with defaults; ints, bools, enums and strings as they are.
+  EXPECT_EQ(dir(R"({"run": {"output_dir": "runs/lr{optimizer.lr}_g{rollout.group_size}"}})",
+                {"optimizer.lr=1e-3", "rollout.group_size=4"}),
+            "runs/lr0.001_g4");
+  EXPECT_EQ(dir(R"({"run": {"output_dir": "r/{optimizer.lr}"}, "optimizer": {"lr": 2e-6}})"), "r/2e-6");
+  EXPECT_EQ(dir(R"({"run": {"output_dir": "r/{optimizer.lr}"}, "optimizer": {"lr": 0.0003}})"), "r/0.0003");
+  EXPECT_EQ(dir(R"({"run": {"output_dir": "r/{optimizer.beta2}"}})"), "r/0.999");  // a default
+  EXPECT_EQ(dir(R"({"run": {"output_dir": "r/{optimizer.max_grad_norm}"}})"), "r/1");
+  EXPECT_EQ(dir(R"({"run": {"output_dir": "r/{optimizer.eps}"}})"), "r/1e-8");
+  EXPECT_EQ(dir(R"({"run": {"output_dir": "r/{optimizer.max_grad_norm}"}})", {"optimizer.max_grad_norm=1e12"}),
+            "r/1000000000000");
+  EXPECT_EQ(dir(R"({"run": {"output_dir": "{algorithm.name}-{train.checkpointing}-s{run.seed}"}})",
+                {"algorithm.name=rloo", "run.seed=3"}),
+            "rloo-false-s3");
+  EXPECT_EQ(dir(R"({"run": {"output_dir": "a{{b}}c"}})"), "a{b}c");  // literal braces
+  EXPECT_EQ(dir(R"({"run": {"output_dir": "plain/dir"}})"), "plain/dir");
+  // The resolved dump (config show, RUN/config.json) holds the filled path.
+  const RunConfig c = parse_config(R"({"run": {"output_dir": "runs/lr{optimizer.lr}"}})", "cfg.json",
+                                   {"optimizer.lr=0.01"});
+  EXPECT_EQ(config_to_json(c)["run"]["output_dir"], "runs/lr0.01");
+}
+
+TEST(Config, OutputDirPlaceholderErrorsNameTheKeyAndThePlaceholder) {
+  EXPECT_EQ(error_of(R"({"run": {"output_dir": "runs/{optimizer.lrr}"}})"),
+            "cfg.json: `run.output_dir` = \"runs/{optimizer.lrr}\": placeholder `{optimizer.lrr}` names no config "
+            "key; did you mean `{optimizer.lr}`?");
+  EXPECT_EQ(error_of(R"({"run": {"output_dir": "runs/lr{optimizer.lr"}})"),
+            "cfg.json: `run.output_dir` = \"runs/lr{optimizer.lr\": placeholder `{optimizer.lr` at byte 7 is not "
+            "closed by `}` (write `{{` for a literal brace)");
+  EXPECT_NE(error_of(R"({"run": {"output_dir": "a{optimizer.lr{x}"}})").find("`{optimizer.lr` at byte 1 is not closed"),
+            std::string::npos);
+  EXPECT_NE(error_of(R"({"run": {"output_dir": "a}b"}})").find("`}` at byte 1 closes no placeholder"),
+            std::string::npos);
+  EXPECT_NE(error_of(R"({"run": {"output_dir": "a{}"}})").find("placeholder `{}` names no config key"),
+            std::string::npos);
+  EXPECT_NE(error_of(R"({"run": {"output_dir": "{run.output_dir}"}})").find("names the key itself"),
+            std::string::npos);
+  // Given with --set, the error names the option.
+  EXPECT_EQ(error_of("{}", {"run.output_dir=runs/{nope.key}"})
+                .rfind("--set run.output_dir: `run.output_dir` = \"runs/{nope.key}\": placeholder `{nope.key}`", 0),
+            0u);
+}
+
+TEST(Config, ResumeDirectoryBracesAreNotPlaceholders) {
+  char tmpl[] = "/tmp/rlcu_config_XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  const std::string run = std::string(tmpl) + "/lr{0.1}";
+  std::filesystem::create_directories(run);
+  std::ofstream(run + "/config.json") << R"({"run": {"output_dir": "elsewhere"}})";
+  const RunConfig c = load_run_config("train", "", {}, run, "", nullptr);
+  EXPECT_EQ(c.run.output_dir, run);
+  std::filesystem::remove_all(tmpl);
 }

@@ -45,7 +45,7 @@ const std::map<std::string, std::string>& owners() {
       {"chat.h", "tokenizer"},   {"token_bytes.h", "tokenizer"}, {"model.h", "model"},  {"safetensors.h", "model"},
       {"init_model.h", "model"}, {"data.h", "data"},        {"synth.h", "data"},       {"engine.h", "engine"},
       {"reward.h", "rl"},        {"eval.h", "rl"},          {"trainer.h", "train"},    {"sft.h", "train"},
-      {"checkpoint.h", "train"}, {"metrics.h", "train"},    {"optimizer.h", "train"},
+      {"checkpoint.h", "train"}, {"metrics.h", "train"},    {"optimizer.h", "train"},  {"tensorboard.h", "train"},
   };
   return m;
 }
