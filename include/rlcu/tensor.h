@@ -14,7 +14,7 @@
 
 namespace rlcu {
 
-enum class DType : uint8_t { F32, BF16, F16, I32, I64, U8 };
+enum class DType : uint8_t { F32, BF16, F16, I32, I64, U8, F64 };
 enum class Device : uint8_t { CPU, CUDA };
 
 size_t dtype_size(DType t);
