@@ -133,7 +133,6 @@ constexpr int kMaxFunctionLines = 150;
 
 // "file: start of the function's header" of functions known to be too long.
 const std::vector<std::string> kLongFunctions = {
-    "src/engine/engine.cpp: std::vector<Completion> Engine::generate(",
     "src/train/trainer.cpp: void Trainer::step(",
     "src/cli/bench_rollout.cpp: int run_bench_rollout(",
 };
