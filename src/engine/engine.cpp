@@ -40,9 +40,8 @@ using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 // rlcu::Error for requests or sampling options the engine cannot serve (see Engine::generate).
-void validate(const std::vector<Request>& requests, const SamplingOptions& sp, int64_t vocab,
-              const EngineOptions& opt, int64_t max_len, const BlockManager& bm) {
-  const int64_t V = vocab;
+void validate(const std::vector<Request>& requests, const SamplingOptions& sp, int64_t V, const EngineOptions& opt,
+              int64_t max_len, const BlockManager& bm) {
   if (sp.max_new_tokens < 1) throw Error(fmt::format("max_new_tokens must be >= 1, got {}", sp.max_new_tokens));
   if (!sp.stop_strings.empty()) {
     if (sp.token_bytes == nullptr) throw Error("stop strings need a tokenizer (token bytes)");
@@ -142,6 +141,7 @@ Engine::Engine(const Model& model, const EngineOptions& opt, Context& ctx)
   sc.blocks.block_size = opt.block_size;
   sc.blocks.watermark_blocks = std::min<int64_t>(want / 20, opt.max_batch);
   s.sched = std::make_unique<Scheduler>(sc);
+  RLCU_CHECK(s.sched->max_blocks_per_seq() == ro.max_blocks_per_seq, "block-table width of scheduler and runner");
   s.runner = std::make_unique<Runner>(model, ro, ctx);
   spdlog::debug("engine: {} KV blocks of {} tokens ({:.2f} GiB), max length {}, {} split(s), batch {}", want,
                 opt.block_size, static_cast<double>(s.runner->kv_bytes()) / (1 << 30), s.max_len, ro.num_splits,

@@ -1,9 +1,9 @@
 // The rollout engine's scheduler: which sequences run in the next forward pass, and what their sampled tokens do.
 // Host bookkeeping only; the runner (the model) is not a dependency, so it is tested without a model.
 //
-// It owns the BlockManager and, for one generate() call, the sequence states. Sequence id = request index * n +
-// sample index in request order (the sampler's sequence id and the block manager's id); a prompt group is
-// prefilled under group_id(request) (negative) and forked to its n samples.
+// It owns the BlockManager and, for one generate() call, the sequence states. Sequence ids number the samples in
+// request order (with n samples per request, request r's sample j is r * n + j); the id is the sampler's sequence id
+// and the block manager's. A prompt group is prefilled under group_id(request) (negative) and forked to its samples.
 //
 // One call of schedule() returns the next engine step as plain data (Step): either
 //   * a prefill pass: entries of the waiting queue are admitted from its front while running slots (max_batch),
