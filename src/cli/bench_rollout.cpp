@@ -54,6 +54,199 @@ double hbm_peak_bytes(const std::string& name) {
   return 0;
 }
 
+// Random prompts of a.prompt_len tokens from one stream seeded by a.seed, drawn in call order.
+class RandomPrompts {
+ public:
+  RandomPrompts(const BenchRolloutArgs& a, int64_t vocab)
+      : a_(a), rng_(a.seed), tok_(0, static_cast<int32_t>(vocab - 1)) {}
+  std::vector<engine::Request> next() {
+    std::vector<engine::Request> reqs(static_cast<size_t>(a_.prompts));
+    for (auto& r : reqs) {
+      r.prompt.resize(static_cast<size_t>(a_.prompt_len));
+      for (auto& x : r.prompt) x = tok_(rng_);
+      r.n = a_.samples;
+    }
+    return reqs;
+  }
+
+ private:
+  const BenchRolloutArgs& a_;
+  std::mt19937_64 rng_;
+  std::uniform_int_distribution<int32_t> tok_;
+};
+
+struct TimedRuns {
+  double tokens_per_s = 0, ms_per_step = 0;  // medians over the runs
+  std::vector<engine::Request> last_reqs;    // the last run's requests and completions, with its statistics
+  std::vector<engine::Completion> last;
+  engine::EngineStats st;
+};
+
+// One warm-up run (it captures the decode graphs of every bucket the run passes through), then a.repeats timed runs.
+TimedRuns time_runs(engine::Engine& eng, RandomPrompts& prompts, engine::SamplingOptions& so,
+                    const BenchRolloutArgs& a) {
+  so.sample.seed = a.seed + 1000;
+  eng.generate(prompts.next(), so);
+  TimedRuns out;
+  std::vector<double> times, step_ms, tps;
+  for (int r = 0; r < a.repeats; ++r) {
+    so.sample.seed = a.seed + static_cast<uint64_t>(r);
+    out.last_reqs = prompts.next();
+    out.last = eng.generate(out.last_reqs, so);
+    const engine::EngineStats& st = out.st = eng.stats();
+    times.push_back(st.total_seconds);
+    tps.push_back(static_cast<double>(st.generated_tokens) / st.total_seconds);
+    step_ms.push_back(1e3 * st.decode_seconds / std::max<int64_t>(1, st.decode_steps));
+    spdlog::info("run {}: {:.3f} s, {:.0f} tokens/s, {} decode steps of {:.2f} ms, prefill {:.1f} ms, {} preemptions",
+                 r + 1, st.total_seconds, tps.back(), st.decode_steps, step_ms.back(), 1e3 * st.prefill_seconds,
+                 st.preemptions);
+  }
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  out.tokens_per_s = median(tps);
+  out.ms_per_step = median(step_ms);
+  return out;
+}
+
+struct Roofline {
+  std::string card = "cpu";
+  double peak_bw = 0;      // bytes/s; 0 when the card is unknown
+  double achieved_bw = 0;  // bytes a decode step must read, over the last run's decode time
+};
+
+Roofline roofline(const Model& model, const TimedRuns& runs, Device dev, int dev_index) {
+  const ModelConfig& mc = model.config();
+  const double weight_bytes = static_cast<double>(model.num_parameters()) * 2.0;
+  const double kv_token_bytes = 2.0 * static_cast<double>(mc.num_layers * mc.kv_dim()) * 2.0;
+  double kv_bytes_read = 0;
+  for (const auto& c : runs.last) {
+    const double P = static_cast<double>(runs.last_reqs[static_cast<size_t>(c.request)].prompt.size());
+    const double T = static_cast<double>(c.ids.size());
+    // decode steps feed tokens 2..T: contexts P+1 .. P+T-1
+    if (T > 1) kv_bytes_read += (T - 1) * (2 * P + T) / 2.0 * kv_token_bytes;
+  }
+  const double bytes = weight_bytes * static_cast<double>(runs.st.decode_steps) + kv_bytes_read;
+  Roofline r;
+  if (dev == Device::CUDA)
+    for (const GpuInfo& g : cuda_devices())
+      if (g.index == dev_index) {
+        r.card = g.name;
+        r.peak_bw = hbm_peak_bytes(g.name);
+      }
+  r.achieved_bw = runs.st.decode_seconds > 0 ? bytes / runs.st.decode_seconds : 0;
+  return r;
+}
+
+struct Mismatch {
+  double mean_abs = 0, max_abs = 0;
+};
+
+// The last run's log-probs against the training path: a forward of prompt + completion, compared on the completion.
+Mismatch mismatch(Model& model, const TimedRuns& runs, const BenchRolloutArgs& a, Device dev, Context& ctx) {
+  TransformerOptions to;
+  to.max_tokens = 16384;
+  to.act_dtype = default_act_dtype(dev);
+  to.fp32_residual = !a.bf16_residual;
+  to.max_tokens = std::max<int64_t>(to.max_tokens, a.prompt_len + a.new_tokens);
+  Transformer tf(model, to, ctx);
+  OwnedTensor lp = OwnedTensor::make(DType::F32, dev, {to.max_tokens});
+  double sum_abs = 0, max_abs = 0;
+  int64_t count = 0;
+  PackedBatch pb;
+  std::vector<const engine::Completion*> in_batch;
+  auto flush = [&] {
+    if (pb.num_tokens() == 0) return;
+    const DeviceBatch db = tf.upload(pb, ctx);
+    const Tensor l = lp.t.slice_rows(0, pb.num_tokens());
+    tf.forward(l, Tensor(), db, ctx);
+    ctx.synchronize("bench rollout: scored");
+    const std::vector<float> host = to_host_f32(l);
+    for (size_t i = 0; i < in_batch.size(); ++i) {
+      const engine::Completion& c = *in_batch[i];
+      const int64_t P = static_cast<int64_t>(runs.last_reqs[static_cast<size_t>(c.request)].prompt.size());
+      const int64_t base = pb.cu_seqlens[i];
+      for (size_t k = 0; k < c.ids.size(); ++k) {
+        // logprob of completion token k = log p(ids[P+k] | ...), stored at row P+k-1 of the sequence.
+        const double d = std::fabs(static_cast<double>(host[static_cast<size_t>(base + P + k - 1)]) - c.logprobs[k]);
+        sum_abs += d;
+        max_abs = std::max(max_abs, d);
+        ++count;
+      }
+    }
+    pb.clear();
+    in_batch.clear();
+  };
+  for (const auto& c : runs.last) {
+    std::vector<int32_t> seq = runs.last_reqs[static_cast<size_t>(c.request)].prompt;
+    seq.insert(seq.end(), c.ids.begin(), c.ids.end());
+    if (pb.num_tokens() + static_cast<int64_t>(seq.size()) > to.max_tokens) flush();
+    pb.add_sequence(seq);
+    in_batch.push_back(&c);
+  }
+  flush();
+  Mismatch m;
+  m.mean_abs = count ? sum_abs / static_cast<double>(count) : 0;
+  m.max_abs = max_abs;
+  return m;
+}
+
+// The results table and its JSON line.
+void print_results(const BenchRolloutArgs& a, const engine::Engine& eng, const TimedRuns& runs, const Roofline& rf,
+                   const Mismatch& mm) {
+  const engine::EngineStats& st = runs.st;
+  fmt::print("| card | sequences | prompt -> new | tokens/s | ms / decode step | mean decode batch | KV pool GiB | "
+             "peak KV use | HBM GB/s | roofline | mean abs dlogprob | max abs dlogprob |\n"
+             "|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  fmt::print("| {} | {} x {} | {} -> {} | {:.0f} | {:.3f} | {:.1f} | {:.2f} | {:.1f}% | {:.0f} | {} | {:.2e} | {:.2e} |\n",
+             rf.card, a.prompts, a.samples, a.prompt_len, a.new_tokens, runs.tokens_per_s, runs.ms_per_step,
+             st.mean_decode_batch(), static_cast<double>(eng.kv_bytes()) / (1 << 30),
+             100.0 * static_cast<double>(st.peak_blocks_used) / static_cast<double>(eng.kv_blocks()),
+             rf.achieved_bw / 1e9,
+             rf.peak_bw > 0 ? fmt::format("{:.1f}%", 100 * rf.achieved_bw / rf.peak_bw) : std::string("-"),
+             mm.mean_abs, mm.max_abs);
+  nlohmann::json j{{"bench", "rollout"},
+                   {"card", rf.card},
+                   {"prompts", a.prompts},
+                   {"samples", a.samples},
+                   {"prompt_len", a.prompt_len},
+                   {"new_tokens", a.new_tokens},
+                   {"tokens_per_s", runs.tokens_per_s},
+                   {"ms_per_decode_step", runs.ms_per_step},
+                   {"mean_decode_batch", st.mean_decode_batch()},
+                   {"decode_steps", st.decode_steps},
+                   {"prefill_s", st.prefill_seconds},
+                   {"preemptions", st.preemptions},
+                   {"kv_pool_gib", static_cast<double>(eng.kv_bytes()) / (1 << 30)},
+                   {"hbm_bytes_per_s", rf.achieved_bw},
+                   {"hbm_roofline_fraction", rf.peak_bw > 0 ? rf.achieved_bw / rf.peak_bw : 0.0},
+                   {"mean_abs_dlogprob", mm.mean_abs},
+                   {"max_abs_dlogprob", mm.max_abs},
+                   {"cuda_graphs", !a.no_graphs},
+                   {"fp32_residual", !a.bf16_residual}};
+  fmt::print("{}\n", j.dump());
+}
+
+// One more run with every decode step launched eagerly and an event pair around every op (CUDA).
+void profile_run(engine::Engine& eng, RandomPrompts& prompts, const engine::SamplingOptions& so,
+                 const BenchRolloutArgs& a, Context& ctx) {
+  eng.set_cuda_graphs(false);
+  profiler_enable(true);
+  eng.generate(prompts.next(), so);
+  const std::vector<ProfileRow> rows = profiler_collect(ctx);
+  profiler_enable(false);
+  eng.set_cuda_graphs(!a.no_graphs);
+  const engine::EngineStats& ps = eng.stats();
+  double total = 0;
+  for (const ProfileRow& r : rows) total += r.ms;
+  fmt::print("\nprofiled run (no graphs): {:.1f} ms in {} decode steps and {} prefill passes; ops total {:.1f} ms\n",
+             1e3 * ps.total_seconds, ps.decode_steps, ps.prefill_passes, total);
+  fmt::print("| op | calls | ms | share |\n|---|---|---|---|\n");
+  for (size_t i = 0; i < rows.size() && i < 30; ++i)
+    fmt::print("| {} | {} | {:.2f} | {:.1f}% |\n", rows[i].name, rows[i].calls, rows[i].ms, 100 * rows[i].ms / total);
+}
+
 int run_bench_rollout(const BenchRolloutArgs& a) {
   if (a.prompts < 1 || a.samples < 1 || a.prompt_len < 1 || a.new_tokens < 1 || a.repeats < 1)
     throw UsageError("--prompts, --samples, --prompt-len, --new-tokens and --repeats must be >= 1");
@@ -74,17 +267,7 @@ int run_bench_rollout(const BenchRolloutArgs& a) {
   eo.fp32_residual = !a.bf16_residual;
   engine::Engine eng(*model, eo, ctx);
 
-  std::mt19937_64 rng(a.seed);
-  std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(mc.vocab_size - 1));
-  auto make_requests = [&] {
-    std::vector<engine::Request> reqs(static_cast<size_t>(a.prompts));
-    for (auto& r : reqs) {
-      r.prompt.resize(static_cast<size_t>(a.prompt_len));
-      for (auto& x : r.prompt) x = tok(rng);
-      r.n = a.samples;
-    }
-    return reqs;
-  };
+  RandomPrompts prompts(a, mc.vocab_size);
   engine::SamplingOptions so;
   so.sample.temperature = 1.0f;
   so.max_new_tokens = a.new_tokens;
@@ -94,142 +277,11 @@ int run_bench_rollout(const BenchRolloutArgs& a) {
                "KV pool {} blocks x {} tokens ({:.2f} GiB)",
                a.model, mc.num_layers, mc.hidden_size, a.prompts, a.samples, a.prompt_len, a.new_tokens,
                eng.kv_blocks(), eng.block_size(), static_cast<double>(eng.kv_bytes()) / (1 << 30));
-  // Warm-up: captures the decode graphs of every bucket the run passes through.
-  so.sample.seed = a.seed + 1000;
-  eng.generate(make_requests(), so);
-  std::vector<double> times, step_ms, tps;
-  std::vector<engine::Request> last_reqs;
-  std::vector<engine::Completion> last;
-  engine::EngineStats st;
-  for (int r = 0; r < a.repeats; ++r) {
-    so.sample.seed = a.seed + static_cast<uint64_t>(r);
-    last_reqs = make_requests();
-    last = eng.generate(last_reqs, so);
-    st = eng.stats();
-    times.push_back(st.total_seconds);
-    tps.push_back(static_cast<double>(st.generated_tokens) / st.total_seconds);
-    step_ms.push_back(1e3 * st.decode_seconds / std::max<int64_t>(1, st.decode_steps));
-    spdlog::info("run {}: {:.3f} s, {:.0f} tokens/s, {} decode steps of {:.2f} ms, prefill {:.1f} ms, {} preemptions",
-                 r + 1, st.total_seconds, tps.back(), st.decode_steps, step_ms.back(), 1e3 * st.prefill_seconds,
-                 st.preemptions);
-  }
-  auto median = [](std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    return v[v.size() / 2];
-  };
-  const double tps_med = median(tps), step_med = median(step_ms);
-
-  // Roofline: bytes a decode step must read, over the last run.
-  const double weight_bytes = static_cast<double>(model->num_parameters()) * 2.0;
-  const double kv_token_bytes = 2.0 * static_cast<double>(mc.num_layers * mc.kv_dim()) * 2.0;
-  double kv_bytes_read = 0;
-  for (const auto& c : last) {
-    const double P = static_cast<double>(last_reqs[static_cast<size_t>(c.request)].prompt.size());
-    const double T = static_cast<double>(c.ids.size());
-    // decode steps feed tokens 2..T: contexts P+1 .. P+T-1
-    if (T > 1) kv_bytes_read += (T - 1) * (2 * P + T) / 2.0 * kv_token_bytes;
-  }
-  const double bytes = weight_bytes * static_cast<double>(st.decode_steps) + kv_bytes_read;
-  std::string card = "cpu";
-  double peak_bw = 0;
-  if (dev == Device::CUDA)
-    for (const GpuInfo& g : cuda_devices())
-      if (g.index == dev_index) {
-        card = g.name;
-        peak_bw = hbm_peak_bytes(g.name);
-      }
-  const double achieved_bw = st.decode_seconds > 0 ? bytes / st.decode_seconds : 0;
-
-  // Mismatch against the training path: forward of prompt + completion, compare the completion's log-probs.
-  TransformerOptions to;
-  to.max_tokens = 16384;
-  to.act_dtype = default_act_dtype(dev);
-  to.fp32_residual = !a.bf16_residual;
-  to.max_tokens = std::max<int64_t>(to.max_tokens, a.prompt_len + a.new_tokens);
-  Transformer tf(*model, to, ctx);
-  OwnedTensor lp = OwnedTensor::make(DType::F32, dev, {to.max_tokens});
-  double sum_abs = 0, max_abs = 0;
-  int64_t count = 0;
-  PackedBatch pb;
-  std::vector<const engine::Completion*> in_batch;
-  auto flush = [&] {
-    if (pb.num_tokens() == 0) return;
-    const DeviceBatch db = tf.upload(pb, ctx);
-    const Tensor l = lp.t.slice_rows(0, pb.num_tokens());
-    tf.forward(l, Tensor(), db, ctx);
-    ctx.synchronize("bench rollout: scored");
-    const std::vector<float> host = to_host_f32(l);
-    for (size_t i = 0; i < in_batch.size(); ++i) {
-      const engine::Completion& c = *in_batch[i];
-      const int64_t P = static_cast<int64_t>(last_reqs[static_cast<size_t>(c.request)].prompt.size());
-      const int64_t base = pb.cu_seqlens[i];
-      for (size_t k = 0; k < c.ids.size(); ++k) {
-        // logprob of completion token k = log p(ids[P+k] | ...), stored at row P+k-1 of the sequence.
-        const double d = std::fabs(static_cast<double>(host[static_cast<size_t>(base + P + k - 1)]) - c.logprobs[k]);
-        sum_abs += d;
-        max_abs = std::max(max_abs, d);
-        ++count;
-      }
-    }
-    pb.clear();
-    in_batch.clear();
-  };
-  for (const auto& c : last) {
-    std::vector<int32_t> seq = last_reqs[static_cast<size_t>(c.request)].prompt;
-    seq.insert(seq.end(), c.ids.begin(), c.ids.end());
-    if (pb.num_tokens() + static_cast<int64_t>(seq.size()) > to.max_tokens) flush();
-    pb.add_sequence(seq);
-    in_batch.push_back(&c);
-  }
-  flush();
-  const double mean_abs = count ? sum_abs / static_cast<double>(count) : 0;
-
-  fmt::print("| card | sequences | prompt -> new | tokens/s | ms / decode step | mean decode batch | KV pool GiB | "
-             "peak KV use | HBM GB/s | roofline | mean abs dlogprob | max abs dlogprob |\n"
-             "|---|---|---|---|---|---|---|---|---|---|---|---|\n");
-  fmt::print("| {} | {} x {} | {} -> {} | {:.0f} | {:.3f} | {:.1f} | {:.2f} | {:.1f}% | {:.0f} | {} | {:.2e} | {:.2e} |\n",
-             card, a.prompts, a.samples, a.prompt_len, a.new_tokens, tps_med, step_med, st.mean_decode_batch(),
-             static_cast<double>(eng.kv_bytes()) / (1 << 30),
-             100.0 * static_cast<double>(st.peak_blocks_used) / static_cast<double>(eng.kv_blocks()),
-             achieved_bw / 1e9, peak_bw > 0 ? fmt::format("{:.1f}%", 100 * achieved_bw / peak_bw) : std::string("-"),
-             mean_abs, max_abs);
-  nlohmann::json j{{"bench", "rollout"},
-                   {"card", card},
-                   {"prompts", a.prompts},
-                   {"samples", a.samples},
-                   {"prompt_len", a.prompt_len},
-                   {"new_tokens", a.new_tokens},
-                   {"tokens_per_s", tps_med},
-                   {"ms_per_decode_step", step_med},
-                   {"mean_decode_batch", st.mean_decode_batch()},
-                   {"decode_steps", st.decode_steps},
-                   {"prefill_s", st.prefill_seconds},
-                   {"preemptions", st.preemptions},
-                   {"kv_pool_gib", static_cast<double>(eng.kv_bytes()) / (1 << 30)},
-                   {"hbm_bytes_per_s", achieved_bw},
-                   {"hbm_roofline_fraction", peak_bw > 0 ? achieved_bw / peak_bw : 0.0},
-                   {"mean_abs_dlogprob", mean_abs},
-                   {"max_abs_dlogprob", max_abs},
-                   {"cuda_graphs", !a.no_graphs},
-                   {"fp32_residual", !a.bf16_residual}};
-  fmt::print("{}\n", j.dump());
-  if (a.profile && dev == Device::CUDA) {
-    // One more run with every decode step launched eagerly and an event pair around every op.
-    eng.set_cuda_graphs(false);
-    profiler_enable(true);
-    eng.generate(make_requests(), so);
-    const std::vector<ProfileRow> rows = profiler_collect(ctx);
-    profiler_enable(false);
-    eng.set_cuda_graphs(!a.no_graphs);
-    const engine::EngineStats& ps = eng.stats();
-    double total = 0;
-    for (const ProfileRow& r : rows) total += r.ms;
-    fmt::print("\nprofiled run (no graphs): {:.1f} ms in {} decode steps and {} prefill passes; ops total {:.1f} ms\n",
-               1e3 * ps.total_seconds, ps.decode_steps, ps.prefill_passes, total);
-    fmt::print("| op | calls | ms | share |\n|---|---|---|---|\n");
-    for (size_t i = 0; i < rows.size() && i < 30; ++i)
-      fmt::print("| {} | {} | {:.2f} | {:.1f}% |\n", rows[i].name, rows[i].calls, rows[i].ms, 100 * rows[i].ms / total);
-  }
+  const TimedRuns runs = time_runs(eng, prompts, so, a);
+  const Roofline rf = roofline(*model, runs, dev, dev_index);
+  const Mismatch mm = mismatch(*model, runs, a, dev, ctx);
+  print_results(a, eng, runs, rf, mm);
+  if (a.profile && dev == Device::CUDA) profile_run(eng, prompts, so, a, ctx);
   return 0;
 }
 

@@ -21,6 +21,7 @@
 #include <memory>
 #include <vector>
 
+#include "batch.h"
 #include "block_manager.h"
 #include "rlcu/context.h"
 #include "rlcu/model.h"
@@ -37,18 +38,6 @@ struct RunnerOptions {
   int num_splits = 1;              // split-KV chunks per sequence at most
   bool cuda_graphs = true;
   bool fp32_residual = false;  // keep the residual stream in F32
-};
-
-struct PrefillInput {
-  std::vector<int32_t> ids, positions, slots;  // [T]
-  std::vector<int32_t> cu_seqlens{0};          // [S+1]
-  int32_t max_seqlen = 0;
-  std::vector<int32_t> logit_rows;             // [R] token rows whose logits are wanted
-};
-
-struct DecodeInput {
-  std::vector<int32_t> ids, positions, slots, context_lens;  // [B]
-  std::vector<int32_t> block_tables;                         // [B * max_blocks_per_seq]
 };
 
 class Runner {
