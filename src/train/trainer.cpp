@@ -118,7 +118,8 @@ class Trainer {
   std::optional<PromptFormat> format_;
   std::optional<PromptDataset> data_;
   std::optional<PromptLoader> loader_;
-  int64_t longest_prompt_ = 0;
+  int64_t longest_prompt_ = 0;  // tokens
+  int64_t longest_answer_ = 0;  // bytes
   std::unique_ptr<Model> policy_;
   std::unique_ptr<Transformer> tf_;
   std::unique_ptr<AdamW> opt_;
@@ -166,8 +167,11 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
   load_models();
   rewards_ = std::make_unique<RewardSet>(cfg_.reward, &*tok_, *ctx_);
   make_engine();
-  // After the engine, so that the KV pool is sized from the same free memory as without these buffers.
-  advantages_ = std::make_unique<rl::AdvantageDriver>(rl::advantage_options(cfg_, spec_), dev_);
+  // The step's remaining device buffers, sized from the config; after the engine, which sizes its KV pool from the
+  // memory left, as they are small.
+  const rl::AdvantageOptions ao = rl::advantage_options(cfg_, spec_);
+  advantages_ = std::make_unique<rl::AdvantageDriver>(ao, dev_);
+  rewards_->reserve(ao.max_seqs, ao.max_tokens, longest_answer_);
   if (!args.resume.empty()) restore();
 }
 
@@ -177,8 +181,10 @@ void Trainer::load_data(const std::string& config_path) {
   format_ = make_prompt_format(*tok_, cfg_.model.chat_template, cfg_.model.custom_template, cfg_.model.enable_thinking);
   data_ = PromptDataset::load(cfg_.data, *format_);
   loader_.emplace(*data_, cfg_.run.seed, cfg_.data.shuffle);
-  for (int64_t i = 0; i < data_->size(); ++i)
+  for (int64_t i = 0; i < data_->size(); ++i) {
     longest_prompt_ = std::max<int64_t>(longest_prompt_, static_cast<int64_t>((*data_)[i].ids.size()));
+    longest_answer_ = std::max<int64_t>(longest_answer_, static_cast<int64_t>((*data_)[i].answer.size()));
+  }
   const int64_t longest_seq = longest_prompt_ + cfg_.rollout.max_new_tokens;
   if (longest_seq > cfg_.train.micro_batch_tokens)
     throw Error(fmt::format("train.micro_batch_tokens = {} cannot hold the longest prompt ({} tokens) plus "
