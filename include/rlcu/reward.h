@@ -77,6 +77,7 @@ class RewardModel {
   std::unique_ptr<Transformer> tf_;
   std::vector<float> score_weight_;
   int64_t max_tokens_;
+  OwnedTensor logprob_;  // the forward's log-prob rows [max_tokens] (not read)
 };
 
 // ---- the combination -------------------------------------------------------------------------------------------
@@ -114,6 +115,10 @@ class RewardSet {
   ~RewardSet();
   RewardResult score(const RewardBatch& batch);
   const std::vector<std::string>& enabled() const { return enabled_; }
+  // Sizes the device staging buffers (CUDA) once for batches of at most max_items completions, max_tokens
+  // completion tokens in all and answers of at most max_answer_bytes bytes each, so that score() on such batches
+  // allocates no device memory (a larger batch still works: its buffers grow).
+  void reserve(int64_t max_items, int64_t max_tokens, int64_t max_answer_bytes);
 
  private:
   struct Impl;

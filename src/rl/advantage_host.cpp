@@ -5,21 +5,11 @@
 
 #include "rlcu/error.h"
 #include "rlcu/rl_ops.h"
+#include "enum_names.h"
 
 namespace rlcu::rl {
 
 namespace {
-
-template <class E, size_t K>
-E parse_enum(const std::string& s, const std::string& field, const std::pair<const char*, E> (&table)[K]) {
-  std::string accepted;
-  for (const auto& [name, value] : table) {
-    if (s == name) return value;
-    accepted += accepted.empty() ? "" : ", ";
-    accepted += std::string("\"") + name + "\"";
-  }
-  throw Error(fmt::format("{}: unknown value \"{}\", expected one of {}", field, s, accepted));
-}
 
 constexpr std::pair<const char*, AdvantageNorm> kNorms[] = {
     {"group", AdvantageNorm::Group}, {"batch", AdvantageNorm::Batch}, {"none", AdvantageNorm::None}};
@@ -29,13 +19,6 @@ constexpr std::pair<const char*, LossAgg> kAggs[] = {{"token-mean", LossAgg::Tok
                                                      {"seq-mean-token-mean", LossAgg::SeqMeanTokenMean},
                                                      {"seq-mean-token-sum", LossAgg::SeqMeanTokenSum},
                                                      {"seq-mean-token-sum-norm", LossAgg::SeqMeanTokenSumNorm}};
-
-template <class E, size_t K>
-const char* enum_name(E v, const std::pair<const char*, E> (&table)[K]) {
-  for (const auto& [name, value] : table)
-    if (value == v) return name;
-  return "?";
-}
 
 }  // namespace
 

@@ -82,6 +82,11 @@ struct GrowBuffer {
     if (buf.size() < bytes) buf = Buffer::alloc(bytes + bytes / 2, d);
     return Tensor(buf.data(), dt, d, {n});
   }
+  // At least n elements of dt from now on.
+  void reserve(DType dt, int64_t n, Device d) {
+    const size_t bytes = static_cast<size_t>(std::max<int64_t>(n, 1)) * dtype_size(dt);
+    if (buf.size() < bytes) buf = Buffer::alloc(bytes, d);
+  }
 };
 
 // Byte strings on the host in TextBatch layout.
@@ -155,6 +160,24 @@ RewardSet::RewardSet(const RewardSection& cfg, const Tokenizer* tokenizer, Conte
 }
 
 RewardSet::~RewardSet() = default;
+
+void RewardSet::reserve(int64_t max_items, int64_t max_tokens, int64_t max_answer_bytes) {
+  Impl& m = *impl_;
+  const Device d = m.ctx->device();
+  if (d == Device::CPU) return;  // the CPU reads the host vectors directly
+  const int64_t needle_bytes = std::max<int64_t>(static_cast<int64_t>(m.cfg.contains_text.size()), max_answer_bytes);
+  m.ids.reserve(DType::I32, max_tokens, d);
+  m.id_offsets.reserve(DType::I64, max_items + 1, d);
+  m.byte_offsets.reserve(DType::I64, max_items + 1, d);
+  m.bytes.reserve(DType::U8, max_tokens * m.table.max_token_bytes(), d);
+  m.answers.reserve(DType::U8, max_items * max_answer_bytes, d);
+  m.answer_offsets.reserve(DType::I64, max_items + 1, d);
+  m.needles.reserve(DType::U8, max_items * needle_bytes, d);
+  m.needle_offsets.reserve(DType::I64, max_items + 1, d);
+  m.tag_bytes.reserve(DType::U8, static_cast<int64_t>(m.tags.bytes.size()), d);
+  m.tag_offsets.reserve(DType::I64, static_cast<int64_t>(m.tags.offsets.size()), d);
+  m.values.reserve(DType::F32, max_items, d);
+}
 
 RewardResult RewardSet::score(const RewardBatch& batch) {
   Impl& m = *impl_;

@@ -47,6 +47,7 @@ RewardModel::RewardModel(const std::string& dir, int64_t max_tokens, Context& ct
   topt.max_tokens = max_tokens_;
   topt.act_dtype = default_act_dtype(ctx.device());
   tf_ = std::make_unique<Transformer>(*model_, topt, ctx);
+  logprob_ = OwnedTensor::make(DType::F32, ctx.device(), {max_tokens_});
 }
 
 RewardModel::~RewardModel() = default;
@@ -54,13 +55,12 @@ RewardModel::~RewardModel() = default;
 std::vector<float> RewardModel::score(const std::vector<std::vector<int32_t>>& sequences) {
   std::vector<float> out(sequences.size(), 0.0f);
   const int64_t H = model_->config().hidden_size;
-  const OwnedTensor logprob = OwnedTensor::make(DType::F32, ctx_.device(), {max_tokens_});
   PackedBatch batch;
   size_t first = 0;
   const auto flush = [&](size_t end) {
     if (batch.num_tokens() == 0) return;
     const DeviceBatch db = tf_->upload(batch, ctx_);
-    tf_->forward(logprob.t.slice_rows(0, batch.num_tokens()), Tensor(), db, ctx_);
+    tf_->forward(logprob_.t.slice_rows(0, batch.num_tokens()), Tensor(), db, ctx_);
     const Tensor hidden = tf_->final_hidden();
     ctx_.synchronize("reward model: final hidden states ready");
     for (size_t i = first; i < end; ++i) {

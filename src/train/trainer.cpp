@@ -1,23 +1,24 @@
-// The RL trainer behind `rlcu train`. One step:
-//   1. prompts   train.prompts_per_step prompts from the data loader (resumable cursor);
-//   2. rollout   the engine samples rollout.group_size completions per prompt from the policy's own bf16 weights,
-//                with the sampler seed derived from (run.seed, step), and returns each token's log-prob: these are
-//                the "old" log-probs of the clipped-ratio loss;
-//   3. reward    the reward set scores every completion (weighted components, each logged);
-//   4. reference when algorithm.kl_coef > 0, a frozen copy of the initial policy scores the completion tokens;
-//   5. advantage GRPO (group-normalised; scale_rewards group | batch | none = Dr.GRPO), RLOO, REINFORCE++ (token
-//                KL in the return, batch whitening) or PPO (GAE over a critic's values, whitened); DAPO dynamic
-//                sampling drops groups whose rewards are all equal; mask_truncated zeroes completions cut at
-//                max_new_tokens;
-//   6. update    algorithm.num_iterations passes over the batch; each packs prompt + completion sequences into
-//                micro-batches of train.micro_batch_tokens, runs the policy forward (log-prob head with entropy), the
-//                fused policy-loss kernel (clip-low/high, dual clip, KL k1/k2/k3, entropy bonus, loss aggregation as
-//                per-token weights over the whole batch) and the backward; gradients accumulate over the micro-batches
-//                and one AdamW step (global-norm clipping, LR schedule) ends the pass. PPO also updates the critic
-//                (clipped value loss, its own AdamW).
-//   7. outputs   metrics.jsonl (TRL's names where they exist) and the same scalars as TensorBoard events
-//                (run.tensorboard), samples.jsonl, the console line, checkpoints every run.save_every steps and at
-//                the end; SIGINT/SIGTERM save a checkpoint and stop.
+// The RL trainer behind `rlcu train`: set-up, the step loop, checkpoints. One step is a sequence of phases, each a
+// function below with the rollout batch (include/rlcu/rollout_batch.h) as what passes between them:
+//   rollout    train.prompts_per_step prompts from the data loader (resumable cursor); the engine samples
+//              rollout.group_size completions per prompt from the policy's own bf16 weights, with the sampler seed
+//              derived from (run.seed, step), and returns each token's log-prob: the "old" log-probs of the
+//              clipped-ratio loss;
+//   reward     the reward set scores every completion (weighted components, each logged);
+//   reference  the completions are packed into micro-batches of train.micro_batch_tokens; with a reference model
+//              (algorithm.kl_coef > 0) it scores the completion tokens, and PPO's critic gives their values;
+//   advantage  the advantage driver (include/rlcu/advantage.h): KL to the reference, the algorithm's estimator,
+//              dynamic sampling and truncation masks, per-token loss weights;
+//   update     algorithm.num_iterations passes over the micro-batches: the policy forward (log-prob head with
+//              entropy), the fused policy-loss kernel (clip-low/high, dual clip, KL k1/k2/k3, entropy bonus, loss
+//              aggregation as per-token weights over the whole batch) and the backward; gradients accumulate over
+//              the micro-batches and one AdamW step (global-norm clipping, LR schedule) ends the pass. PPO then
+//              updates the critic (clipped value loss, its own AdamW);
+//   report     metrics.jsonl (TRL's names where they exist) and the same scalars as TensorBoard events
+//              (run.tensorboard), samples.jsonl, the console line (step_report.h).
+// Checkpoints every run.save_every steps and at the end; SIGINT/SIGTERM save a checkpoint and stop.
+// Memory: every device buffer of a step (the policy's per-token rows, the advantage driver's vectors, the critic's)
+// is allocated at start-up from the sizes the config implies; the step loop allocates no device memory.
 // Determinism: the sampler is keyed by (seed, step, sequence, position), every reduction has a fixed order and the
 // data cursor and optimizer state are checkpointed, so a resumed run reproduces the uninterrupted one bit for bit on
 // the same device.
@@ -28,12 +29,11 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cmath>
 #include <filesystem>
-#include <fstream>
-#include <numeric>
 #include <optional>
 
+#include "rlcu/advantage.h"
+#include "rlcu/algorithm.h"
 #include "rlcu/checkpoint.h"
 #include "rlcu/config.h"
 #include "rlcu/data.h"
@@ -43,14 +43,16 @@
 #include "rlcu/model.h"
 #include "rlcu/ops.h"
 #include "rlcu/optimizer.h"
+#include "rlcu/reference.h"
 #include "rlcu/reward.h"
 #include "rlcu/rl_ops.h"
 #include "rlcu/rng.h"
+#include "rlcu/rollout_batch.h"
 #include "rlcu/signals.h"
 #include "rlcu/token_bytes.h"
 #include "rlcu/tokenizer.h"
-#include "critic.h"
-#include "micro.h"
+#include "critic_update.h"
+#include "step_report.h"
 
 namespace rlcu {
 
@@ -58,7 +60,6 @@ namespace {
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
-using nlohmann::json;
 using nlohmann::ordered_json;
 
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
@@ -66,38 +67,21 @@ double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock:
 // The sampler seed of step `step` (1-based): a completion depends only on (run.seed, step, sequence, position).
 uint64_t rollout_seed(uint64_t seed, int64_t step) { return mix_key(seed, static_cast<uint64_t>(step)); }
 
-// A device (or host) F32 vector of n values.
 void put(const Tensor& dst, const std::vector<float>& v, Context& ctx) {
   RLCU_CHECK(dst.numel() == static_cast<int64_t>(v.size()), "put: {} values into {}", v.size(), dst.shape_str());
   ctx.upload(dst, v.data());
 }
-std::vector<float> get(const Tensor& t, Context& ctx) {
-  ctx.synchronize("trainer: read back");
-  return to_host_f32(t);
-}
 
-double kl_estimate(double logp, double ref, rl::KlEstimator k) {
-  const double x = ref - logp;
-  switch (k) {
-    case rl::KlEstimator::K1: return -x;
-    case rl::KlEstimator::K2: return 0.5 * x * x;
-    case rl::KlEstimator::K3: return std::exp(x) - x - 1.0;
-  }
-  return 0.0;
-}
-
-double mean_of(const std::vector<float>& v) {
-  if (v.empty()) return 0.0;
-  double s = 0;
-  for (float x : v) s += x;
-  return s / static_cast<double>(v.size());
-}
-double std_of(const std::vector<float>& v) {
-  if (v.size() < 2) return 0.0;
-  const double m = mean_of(v);
-  double s = 0;
-  for (float x : v) s += (x - m) * (x - m);
-  return std::sqrt(s / static_cast<double>(v.size() - 1));
+// The console's rollout progress bar (on a terminal only).
+engine::ProgressFn progress_bar() {
+  if (isatty(fileno(stderr)) == 0) return {};
+  return [](int64_t done, int64_t total) {
+    const int width = 30, filled = static_cast<int>(width * done / std::max<int64_t>(total, 1));
+    std::fprintf(stderr, "\r  rollout [%s%s] %lld/%lld", std::string(static_cast<size_t>(filled), '#').c_str(),
+                 std::string(static_cast<size_t>(width - filled), '.').c_str(), static_cast<long long>(done),
+                 static_cast<long long>(total));
+    if (done == total) std::fprintf(stderr, "\r%60s\r", "");
+  };
 }
 
 class Trainer {
@@ -106,14 +90,27 @@ class Trainer {
   int run();
 
  private:
+  // set-up, in order
+  void load_data(const std::string& config_path);
+  void load_models();
+  void make_engine();
+  void restore();
   void setup_outputs();
   void save(int64_t step);
+
+  // one step and its phases
   void step(int64_t step);
-  std::vector<Micro> pack(const std::vector<std::vector<int32_t>>& prompts,
-                          const std::vector<engine::Completion>& comps) const;
+  rl::RolloutBatch rollout(int64_t step);
+  void score_rewards(rl::RolloutBatch& batch);
+  void score_reference(rl::RolloutBatch& batch, const std::vector<rl::Micro>& micros);
+  UpdateResult update(const rl::RolloutBatch& batch, const std::vector<rl::Micro>& micros,
+                      const rl::AdvantageStats& adv, int64_t step);
+  void policy_pass(const rl::RolloutBatch& batch, const std::vector<rl::Micro>& micros);
 
   TrainArgs args_;
   RunConfig cfg_;
+  rl::AlgorithmSpec spec_;
+  rl::PolicyLossParams loss_;
   std::string run_dir_;
   std::unique_ptr<Context> cuda_ctx_;
   Context* ctx_ = nullptr;
@@ -122,34 +119,39 @@ class Trainer {
   std::optional<PromptFormat> format_;
   std::optional<PromptDataset> data_;
   std::optional<PromptLoader> loader_;
-  std::unique_ptr<Model> policy_, ref_;
-  std::unique_ptr<Transformer> tf_, ref_tf_;
+  int64_t longest_prompt_ = 0;  // tokens
+  int64_t longest_answer_ = 0;  // bytes
+  std::unique_ptr<Model> policy_;
+  std::unique_ptr<Transformer> tf_;
   std::unique_ptr<AdamW> opt_;
-  std::unique_ptr<Critic> critic_;
+  std::unique_ptr<rl::ReferenceModel> ref_;
+  std::unique_ptr<TrainedCritic> critic_;
   std::unique_ptr<RewardSet> rewards_;
   std::unique_ptr<engine::Engine> engine_;
+  std::unique_ptr<rl::AdvantageDriver> advantages_;
   std::unique_ptr<MetricsWriter> metrics_;
   std::unique_ptr<SamplesWriter> samples_;
   TokenBytesTable token_bytes_;
   std::vector<int32_t> eos_ids_;
   std::vector<std::string> stop_strings_;
+  // The policy's per-token rows of one micro-batch [train.micro_batch_tokens] and the loss statistics.
   OwnedTensor logp_, entropy_, dlogp_, dentropy_, old_, ref_lp_, adv_, w_, stats_;
-  rl::KlEstimator kl_est_ = rl::KlEstimator::K3;
-  rl::AdvantageNorm adv_norm_ = rl::AdvantageNorm::Group;
-  rl::LossAgg loss_agg_ = rl::LossAgg::TokenMean;
   int64_t start_step_ = 0;
   int64_t steps_done_ = 0;
 };
 
 Trainer::Trainer(const TrainArgs& args) : args_(args) {
-  // ---- config --------------------------------------------------------------------------------------------------
   std::string config_path;
   cfg_ = load_run_config("train", args.config, args.overrides, args.resume, args.device, &config_path);
   run_dir_ = cfg_.run.output_dir;
   const AlgorithmSection& al = cfg_.algorithm;
-  kl_est_ = rl::parse_kl_estimator(al.kl_estimator, "algorithm.kl_estimator");
-  adv_norm_ = rl::parse_advantage_norm(al.scale_rewards, "algorithm.scale_rewards");
-  loss_agg_ = rl::parse_loss_agg(al.loss_agg, "algorithm.loss_agg");
+  spec_ = rl::parse_algorithm_spec(al);
+  loss_.clip_low = static_cast<float>(al.clip_low);
+  loss_.clip_high = static_cast<float>(al.clip_high);
+  loss_.dual_clip = static_cast<float>(al.dual_clip);
+  loss_.kl_coef = spec_.loss_kl_coef();
+  loss_.kl = spec_.kl_estimator;
+  loss_.ent_coef = static_cast<float>(al.entropy_coef);
   if (cfg_.model.path.empty()) throw Error(fmt::format("{}: model.path is not set", config_path));
   if (cfg_.data.path.empty()) throw Error(fmt::format("{}: data.path is not set", config_path));
   stop_strings_ = parse_stop_strings(cfg_.rollout.stop);
@@ -161,24 +163,40 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
     cuda_ctx_ = Context::cuda(dev_index);
   }
   ctx_ = cuda_ctx_ ? cuda_ctx_.get() : &Context::cpu();
-  Context& ctx = *ctx_;
 
-  // ---- tokenizer and data --------------------------------------------------------------------------------------
+  load_data(config_path);
+  load_models();
+  rewards_ = std::make_unique<RewardSet>(cfg_.reward, &*tok_, *ctx_);
+  make_engine();
+  // The step's remaining device buffers, sized from the config; after the engine, which sizes its KV pool from the
+  // memory left, as they are small.
+  const rl::AdvantageOptions ao = rl::advantage_options(cfg_, spec_);
+  advantages_ = std::make_unique<rl::AdvantageDriver>(ao, dev_);
+  rewards_->reserve(ao.max_seqs, ao.max_tokens, longest_answer_);
+  if (!args.resume.empty()) restore();
+}
+
+void Trainer::load_data(const std::string& config_path) {
   const std::string tok_dir = cfg_.model.tokenizer.empty() ? cfg_.model.path : cfg_.model.tokenizer;
   tok_ = Tokenizer::load(tok_dir);
   format_ = make_prompt_format(*tok_, cfg_.model.chat_template, cfg_.model.custom_template, cfg_.model.enable_thinking);
   data_ = PromptDataset::load(cfg_.data, *format_);
   loader_.emplace(*data_, cfg_.run.seed, cfg_.data.shuffle);
-  int64_t longest_prompt = 0;
-  for (int64_t i = 0; i < data_->size(); ++i)
-    longest_prompt = std::max<int64_t>(longest_prompt, static_cast<int64_t>((*data_)[i].ids.size()));
-  const int64_t longest_seq = longest_prompt + cfg_.rollout.max_new_tokens;
+  for (int64_t i = 0; i < data_->size(); ++i) {
+    longest_prompt_ = std::max<int64_t>(longest_prompt_, static_cast<int64_t>((*data_)[i].ids.size()));
+    longest_answer_ = std::max<int64_t>(longest_answer_, static_cast<int64_t>((*data_)[i].answer.size()));
+  }
+  const int64_t longest_seq = longest_prompt_ + cfg_.rollout.max_new_tokens;
   if (longest_seq > cfg_.train.micro_batch_tokens)
     throw Error(fmt::format("train.micro_batch_tokens = {} cannot hold the longest prompt ({} tokens) plus "
                             "rollout.max_new_tokens = {}; raise it to at least {}",
-                            cfg_.train.micro_batch_tokens, longest_prompt, cfg_.rollout.max_new_tokens, longest_seq));
+                            cfg_.train.micro_batch_tokens, longest_prompt_, cfg_.rollout.max_new_tokens, longest_seq));
+}
 
-  // ---- models: policy (+ optimizer), reference, critic -------------------------------------------------------------
+// The policy (and its optimizer), the reference model, the critic, the policy's per-token rows.
+void Trainer::load_models() {
+  Context& ctx = *ctx_;
+  const AlgorithmSection& al = cfg_.algorithm;
   ModelOptions mo;
   mo.training = true;
   policy_ = Model::load(cfg_.model.path, mo, ctx);
@@ -186,10 +204,11 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
   if (tok_->vocab_size() > mc.vocab_size)
     spdlog::warn("the tokenizer has {} tokens, more than the model's vocabulary of {}", tok_->vocab_size(),
                  mc.vocab_size);
+  const int64_t longest_seq = longest_prompt_ + cfg_.rollout.max_new_tokens;
   if (mc.max_position_embeddings > 0 && longest_seq > mc.max_position_embeddings)
     throw Error(fmt::format("the longest prompt ({} tokens) plus rollout.max_new_tokens ({}) exceeds the model's "
                             "max_position_embeddings {}",
-                            longest_prompt, cfg_.rollout.max_new_tokens, mc.max_position_embeddings));
+                            longest_prompt_, cfg_.rollout.max_new_tokens, mc.max_position_embeddings));
   TransformerOptions to;
   to.max_tokens = cfg_.train.micro_batch_tokens;
   to.act_dtype = default_act_dtype(dev_);
@@ -201,43 +220,39 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
   tf_ = std::make_unique<Transformer>(*policy_, to, ctx);
   opt_ = std::make_unique<AdamW>(cfg_.optimizer, policy_->flat_master(), policy_->flat_grads(),
                                  dev_ == Device::CUDA ? policy_->flat_weights() : Tensor(), ctx);
-  const bool need_ref = al.kl_coef > 0;
-  if (need_ref) {
-    ref_ = Model::load(cfg_.model.path, ModelOptions{}, ctx);
-    TransformerOptions ro = to;
-    ro.training = false;
-    ro.checkpointing = false;
-    ref_tf_ = std::make_unique<Transformer>(*ref_, ro, ctx);
-  }
-  if (al.name == "ppo") {
-    CriticOptions co;
+  if (spec_.use_reference) ref_ = std::make_unique<rl::ReferenceModel>(cfg_.model.path, to, ctx);
+  if (spec_.traits.needs_critic) {
+    rl::CriticOptions co;
     co.init = al.critic_init == "policy" ? cfg_.model.path : al.critic_init;
     co.max_tokens = cfg_.train.micro_batch_tokens;
     co.checkpointing = cfg_.train.checkpointing;
-    co.optimizer = cfg_.optimizer;
-    co.optimizer.lr = al.critic_lr;
     co.value_clip = al.value_clip;
-    critic_ = std::make_unique<Critic>(co, ctx);
+    OptimizerSection copt = cfg_.optimizer;
+    copt.lr = al.critic_lr;
+    critic_ = std::make_unique<TrainedCritic>(co, copt, ctx);
   }
   const int64_t Tm = cfg_.train.micro_batch_tokens;
   for (OwnedTensor* t : {&logp_, &entropy_, &dlogp_, &dentropy_, &old_, &ref_lp_, &adv_, &w_})
     *t = OwnedTensor::make(DType::F32, dev_, {Tm});
   stats_ = OwnedTensor::make(DType::F32, dev_, {rl::kPolicyStats});
+}
 
-  // ---- rewards and the rollout engine (which takes its share of the memory that is left) -----------------------
-  rewards_ = std::make_unique<RewardSet>(cfg_.reward, &*tok_, ctx);
+// The rollout engine, which takes its share of the memory that is left.
+void Trainer::make_engine() {
+  const ModelConfig& mc = policy_->config();
   token_bytes_ = TokenBytesTable::build(*tok_, mc.vocab_size);
   eos_ids_ = engine::stop_token_ids(mc, &*tok_);
+  const int64_t longest_seq = longest_prompt_ + cfg_.rollout.max_new_tokens;
   engine::EngineOptions eo;
   eo.block_size = cfg_.rollout.block_size;
   eo.kv_fraction = cfg_.rollout.kv_fraction;
   eo.max_batch = std::max(cfg_.rollout.max_batch, cfg_.rollout.group_size);
-  eo.prefill_tokens = std::max(cfg_.rollout.prefill_tokens, longest_prompt);
+  eo.prefill_tokens = std::max(cfg_.rollout.prefill_tokens, longest_prompt_);
   eo.max_model_len = longest_seq;
   eo.cuda_graphs = cfg_.rollout.cuda_graphs;
   eo.fp32_residual = cfg_.train.fp32_residual;
   try {
-    engine_ = std::make_unique<engine::Engine>(*policy_, eo, ctx);
+    engine_ = std::make_unique<engine::Engine>(*policy_, eo, *ctx_);
   } catch (const Error& e) {
     throw Error(fmt::format("the rollout engine does not fit in the memory left after the models and training "
                             "buffers ({}); lower train.micro_batch_tokens or rollout.max_batch, or raise "
@@ -252,18 +267,18 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
                  "preempt and recompute",
                  engine_->kv_blocks(), std::min(batch_seqs, eo.max_batch), longest_seq, blocks_needed);
   spdlog::info("policy {} ({} parameters) on {}, {}: {} prompts x {} samples per step, KV pool {:.2f} GiB",
-               cfg_.model.path, policy_->num_parameters(), device_name(dev_), al.name, cfg_.train.prompts_per_step,
-               cfg_.rollout.group_size, static_cast<double>(engine_->kv_bytes()) / (1 << 30));
+               cfg_.model.path, policy_->num_parameters(), device_name(dev_), rl::name_of(spec_.algorithm),
+               cfg_.train.prompts_per_step, cfg_.rollout.group_size,
+               static_cast<double>(engine_->kv_bytes()) / (1 << 30));
+}
 
-  // ---- resume --------------------------------------------------------------------------------------------------
-  if (!args.resume.empty()) {
-    const CheckpointRead ck = load_checkpoint(run_dir_);
-    restore_training_state(ck, *policy_, opt_.get(), ctx);
-    if (critic_) critic_->restore(ck, ctx);
-    if (!ck.data_cursor.is_null()) loader_->restore(DataCursor::from_json(ck.data_cursor));
-    start_step_ = ck.step;
-    spdlog::info("resumed {} at step {}", ck.dir, ck.step);
-  }
+void Trainer::restore() {
+  const CheckpointRead ck = load_checkpoint(run_dir_);
+  restore_training_state(ck, *policy_, opt_.get(), *ctx_);
+  if (critic_) critic_->restore(ck, *ctx_);
+  if (!ck.data_cursor.is_null()) loader_->restore(DataCursor::from_json(ck.data_cursor));
+  start_step_ = ck.step;
+  spdlog::info("resumed {} at step {}", ck.dir, ck.step);
 }
 
 void Trainer::setup_outputs() {
@@ -292,48 +307,64 @@ void Trainer::save(int64_t step) {
   spdlog::info("saved checkpoint {}", dir);
 }
 
-std::vector<Micro> Trainer::pack(const std::vector<std::vector<int32_t>>& prompts,
-                                 const std::vector<engine::Completion>& comps) const {
-  std::vector<Micro> out;
-  const int64_t budget = cfg_.train.micro_batch_tokens;
-  for (size_t i = 0; i < comps.size(); ++i) {
-    const engine::Completion& c = comps[i];
-    const std::vector<int32_t>& p = prompts[static_cast<size_t>(c.request)];
-    std::vector<int32_t> seq(p);
-    seq.insert(seq.end(), c.ids.begin(), c.ids.end());
-    const int64_t n = static_cast<int64_t>(seq.size());
-    if (out.empty() || out.back().batch.num_tokens() + n > budget) out.emplace_back();
-    Micro& m = out.back();
-    std::vector<int32_t> targets(seq.size(), -1);
-    const size_t P = p.size();
-    for (size_t k = 0; k < c.ids.size(); ++k) targets[P + k - 1] = c.ids[k];
-    m.batch.add_sequence(seq, targets);
-    for (size_t r = 0; r < seq.size(); ++r) {
-      const bool is_target = r + 1 >= P && r + 1 < seq.size();
-      m.seq_of_row.push_back(is_target ? static_cast<int32_t>(i) : -1);
-      m.tok_of_row.push_back(is_target ? static_cast<int32_t>(r + 1 - P) : -1);
-    }
-    m.seqs.push_back(static_cast<int32_t>(i));
-  }
-  return out;
-}
+// ---- one step ----------------------------------------------------------------------------------------------------
 
 void Trainer::step(int64_t step) {
-  Context& ctx = *ctx_;
-  const AlgorithmSection& al = cfg_.algorithm;
-  const int64_t G = cfg_.rollout.group_size;
+  StepRecord rec;
+  rec.step = step;
   const auto t_step = Clock::now();
-  ordered_json m;
-  m["step"] = step;
 
-  // ---- 1-2. prompts and rollout ----------------------------------------------------------------------------------
   auto t0 = Clock::now();
-  const std::vector<const PromptSample*> batch = loader_->next_batch(cfg_.train.prompts_per_step);
+  rl::RolloutBatch batch = rollout(step);
+  rec.times.rollout = since(t0);
+
+  t0 = Clock::now();
+  score_rewards(batch);
+  rec.times.reward = since(t0);
+
+  const std::vector<rl::Micro> micros = rl::pack_micro_batches(batch, cfg_.train.micro_batch_tokens);
+  t0 = Clock::now();
+  score_reference(batch, micros);
+  rec.times.reference = since(t0);
+
+  t0 = Clock::now();
+  rec.advantage = advantages_->compute(batch, *ctx_);
+  rec.times.advantage = since(t0);
+
+  t0 = Clock::now();
+  rec.update = update(batch, micros, rec.advantage, step);
+  rec.times.train = since(t0);
+  rec.times.step = since(t_step);
+
+  rec.total_steps = cfg_.train.steps;
+  rec.batch = &batch;
+  rec.engine = engine_->stats();
+  rec.use_reference = spec_.use_reference;
+  rec.loss = loss_;
+  rec.num_iterations = cfg_.algorithm.num_iterations;
+  rec.cuda = dev_ == Device::CUDA;
+  rec.epoch = loader_->epoch();
+  const ordered_json m = step_metrics(rec);
+  metrics_->write(m);
+  write_samples(*samples_, rec, cfg_.train.log_samples);
+  spdlog::info("{}", step_line(rec, m));
+}
+
+rl::RolloutBatch Trainer::rollout(int64_t step) {
+  const int G = static_cast<int>(cfg_.rollout.group_size);
+  const std::vector<const PromptSample*> samples = loader_->next_batch(cfg_.train.prompts_per_step);
   std::vector<engine::Request> reqs;
-  std::vector<std::vector<int32_t>> prompt_ids;
-  for (const PromptSample* s : batch) {
-    reqs.push_back({s->ids, static_cast<int>(G)});
-    prompt_ids.push_back(s->ids);
+  std::vector<rl::RolloutPrompt> prompts;
+  for (const PromptSample* s : samples) {
+    engine::Request r;
+    r.prompt = s->ids;
+    r.n = G;
+    reqs.push_back(std::move(r));
+    rl::RolloutPrompt p;
+    p.text = s->text;
+    p.ids = s->ids;
+    p.answer = s->answer;
+    prompts.push_back(std::move(p));
   }
   engine::SamplingOptions so;
   so.sample.seed = rollout_seed(cfg_.run.seed, step);
@@ -345,293 +376,72 @@ void Trainer::step(int64_t step) {
   so.eos_ids = eos_ids_;
   so.stop_strings = stop_strings_;
   so.token_bytes = &token_bytes_;
-  const bool tty = isatty(fileno(stderr)) != 0;
-  engine::ProgressFn progress;
-  if (tty)
-    progress = [](int64_t done, int64_t total) {
-      const int width = 30, filled = static_cast<int>(width * done / std::max<int64_t>(total, 1));
-      std::fprintf(stderr, "\r  rollout [%s%s] %lld/%lld", std::string(static_cast<size_t>(filled), '#').c_str(),
-                   std::string(static_cast<size_t>(width - filled), '.').c_str(), static_cast<long long>(done),
-                   static_cast<long long>(total));
-      if (done == total) std::fprintf(stderr, "\r%60s\r", "");
-    };
-  const std::vector<engine::Completion> comps = engine_->generate(reqs, so, progress);
-  const double t_rollout = since(t0);
-  const int64_t N = static_cast<int64_t>(comps.size());
+  std::vector<engine::Completion> comps = engine_->generate(reqs, so, progress_bar());
+  return rl::make_rollout_batch(std::move(prompts), std::move(comps), G);
+}
 
-  // ---- 3. rewards ------------------------------------------------------------------------------------------------
-  t0 = Clock::now();
+void Trainer::score_rewards(rl::RolloutBatch& batch) {
+  const int64_t N = batch.num_seqs();
   RewardBatch rb;
-  std::vector<std::string> texts(static_cast<size_t>(N));
+  batch.completion_texts.assign(static_cast<size_t>(N), std::string());
   for (int64_t i = 0; i < N; ++i) {
-    const engine::Completion& c = comps[static_cast<size_t>(i)];
-    const PromptSample& ps = *batch[static_cast<size_t>(c.request)];
-    texts[static_cast<size_t>(i)] = tok_->decode(c.ids);
-    rb.items.push_back({ps.text, ps.ids, c.ids, ps.answer, texts[static_cast<size_t>(i)]});
+    const size_t k = static_cast<size_t>(i);
+    const rl::RolloutPrompt& p = batch.prompts[static_cast<size_t>(batch.prompt_of[k])];
+    batch.completion_texts[k] = tok_->decode(batch.completions[k]);
+    rb.items.push_back({p.text, p.ids, batch.completions[k], p.answer, batch.completion_texts[k]});
   }
   RewardResult rr = rewards_->score(rb);
-  std::vector<float> rewards = rr.total;
-  const double t_reward = since(t0);
+  batch.rewards = std::move(rr.total);
+  batch.reward_components = std::move(rr.components);
+}
 
-  // ---- completion layout: cu over completion tokens, rollout (old) log-probs ------------------------------------------
-  std::vector<int32_t> comp_cu{0};
-  std::vector<float> old_c;
-  std::vector<int32_t> lengths;
-  std::vector<uint8_t> stopped;
-  for (const auto& c : comps) {
-    old_c.insert(old_c.end(), c.logprobs.begin(), c.logprobs.end());
-    comp_cu.push_back(comp_cu.back() + static_cast<int32_t>(c.ids.size()));
-    lengths.push_back(static_cast<int32_t>(c.ids.size()));
-    stopped.push_back(c.finish != engine::FinishReason::Length ? 1 : 0);
-  }
-  const int64_t Tc = comp_cu.back();
-  std::vector<Micro> micros = pack(prompt_ids, comps);
+void Trainer::score_reference(rl::RolloutBatch& batch, const std::vector<rl::Micro>& micros) {
+  if (ref_) ref_->score(batch, micros, logp_.t, *ctx_);
+  if (critic_) critic_->critic().score(batch, micros, *ctx_);
+}
 
-  // ---- 4. reference log-probs (and the critic's values) ----------------------------------------------------------------
-  t0 = Clock::now();
-  std::vector<float> ref_c;
-  if (ref_tf_) {
-    ref_c.assign(static_cast<size_t>(Tc), 0.0f);
-    for (const Micro& mb : micros) {
-      const int64_t T = mb.batch.num_tokens();
-      const DeviceBatch db = ref_tf_->upload(mb.batch, ctx);
-      ref_tf_->forward(logp_.t.slice_rows(0, T), Tensor(), db, ctx);
-      const std::vector<float> lp = get(logp_.t.slice_rows(0, T), ctx);
-      for (int64_t r = 0; r < T; ++r)
-        if (mb.seq_of_row[static_cast<size_t>(r)] >= 0)
-          ref_c[static_cast<size_t>(comp_cu[static_cast<size_t>(mb.seq_of_row[static_cast<size_t>(r)])] +
-                                    mb.tok_of_row[static_cast<size_t>(r)])] = lp[static_cast<size_t>(r)];
-    }
-  }
-  std::vector<float> values_c;
-  if (critic_) values_c = critic_->values(micros, comp_cu, ctx);
-  const double t_ref = since(t0);
-
-  // KL of the rollout policy to the reference (for the metric, and for the reward when kl_in_reward).
-  double kl_rollout = 0;
-  std::vector<double> seq_kl(static_cast<size_t>(N), 0.0);
-  if (ref_tf_) {
-    for (int64_t i = 0; i < N; ++i)
-      for (int32_t t = comp_cu[static_cast<size_t>(i)]; t < comp_cu[static_cast<size_t>(i) + 1]; ++t)
-        seq_kl[static_cast<size_t>(i)] += kl_estimate(old_c[static_cast<size_t>(t)], ref_c[static_cast<size_t>(t)], kl_est_);
-    for (double v : seq_kl) kl_rollout += v;
-    kl_rollout /= std::max<int64_t>(Tc, 1);
-  }
-
-  // ---- 5. advantages -----------------------------------------------------------------------------------------------
-  t0 = Clock::now();
-  const bool token_level = al.name == "reinforce_pp" || al.name == "ppo";
-  const bool kl_in_reward = al.kl_in_reward || al.name == "reinforce_pp" || al.name == "ppo";
-  std::vector<float> seq_reward = rewards;
-  if (ref_tf_ && kl_in_reward && !token_level)
-    for (int64_t i = 0; i < N; ++i)
-      seq_reward[static_cast<size_t>(i)] -= static_cast<float>(al.kl_coef * seq_kl[static_cast<size_t>(i)]);
-  std::vector<float> adv_c(static_cast<size_t>(Tc), 0.0f);
-  {
-    const OwnedTensor r_d = OwnedTensor::make(DType::F32, dev_, {N});
-    put(r_d.t, seq_reward, ctx);
-    if (!token_level) {
-      const OwnedTensor a_d = OwnedTensor::make(DType::F32, dev_, {N});
-      if (al.name == "rloo")
-        rl::rloo_advantages(a_d.t, r_d.t, static_cast<int>(G), ctx);
-      else
-        rl::group_advantages(a_d.t, r_d.t, rl::GroupAdvantageParams{static_cast<int>(G), adv_norm_, 1e-6f}, ctx);
-      const std::vector<float> a = get(a_d.t, ctx);
-      for (int64_t i = 0; i < N; ++i)
-        for (int32_t t = comp_cu[static_cast<size_t>(i)]; t < comp_cu[static_cast<size_t>(i) + 1]; ++t)
-          adv_c[static_cast<size_t>(t)] = a[static_cast<size_t>(i)];
-    } else if (Tc > 0) {
-      const OwnedTensor cu_d = OwnedTensor::make(DType::I32, dev_, {N + 1});
-      ctx.upload(cu_d.t, comp_cu.data());
-      const OwnedTensor a_d = OwnedTensor::make(DType::F32, dev_, {Tc});
-      OwnedTensor old_d, ref_d;
-      const float kc = ref_tf_ ? static_cast<float>(al.kl_coef) : 0.0f;
-      if (kc > 0) {
-        old_d = OwnedTensor::make(DType::F32, dev_, {Tc});
-        ref_d = OwnedTensor::make(DType::F32, dev_, {Tc});
-        put(old_d.t, old_c, ctx);
-        put(ref_d.t, ref_c, ctx);
-      }
-      if (al.name == "reinforce_pp") {
-        rl::ReturnsParams rp;
-        rp.reward = {kc, kl_est_};
-        rp.gamma = static_cast<float>(al.gamma);
-        rp.whiten = true;
-        rl::reinforce_pp_advantages(a_d.t, Tensor(), r_d.t, old_d.t, ref_d.t, cu_d.t, rp, ctx);
-      } else {
-        const OwnedTensor v_d = OwnedTensor::make(DType::F32, dev_, {Tc});
-        const OwnedTensor ret_d = OwnedTensor::make(DType::F32, dev_, {Tc});
-        put(v_d.t, values_c, ctx);
-        rl::GaeParams gp;
-        gp.reward = {kc, kl_est_};
-        gp.gamma = static_cast<float>(al.gamma);
-        gp.lambda = static_cast<float>(al.lam);
-        gp.whiten = al.whiten_advantages;
-        rl::gae_advantages(a_d.t, ret_d.t, v_d.t, r_d.t, old_d.t, ref_d.t, cu_d.t, gp, ctx);
-        critic_->set_returns(get(ret_d.t, ctx));
-      }
-      adv_c = get(a_d.t, ctx);
-    }
-  }
-  // Masks: DAPO dynamic sampling (groups with equal rewards) and truncated completions.
-  std::vector<float> keep(static_cast<size_t>(N), 1.0f);
-  int64_t zero_std_groups = 0;
-  {
-    const std::vector<uint8_t> degenerate = rl::degenerate_groups(rewards, static_cast<int>(G));
-    for (int64_t g = 0; g < N / G; ++g)
-      if (degenerate[static_cast<size_t>(g)]) {
-        ++zero_std_groups;
-        if (al.dynamic_sampling)
-          for (int64_t j = 0; j < G; ++j) keep[static_cast<size_t>(g * G + j)] = 0.0f;
-      }
-    const rl::TruncationMask tm = rl::truncation_mask(lengths, stopped, cfg_.rollout.max_new_tokens, al.mask_truncated);
-    for (int64_t i = 0; i < N; ++i) keep[static_cast<size_t>(i)] *= tm.keep[static_cast<size_t>(i)];
-  }
-  int64_t kept_seqs = 0, kept_tokens = 0;
-  for (int64_t i = 0; i < N; ++i)
-    if (keep[static_cast<size_t>(i)] != 0.0f) {
-      ++kept_seqs;
-      kept_tokens += lengths[static_cast<size_t>(i)];
-    }
-  std::vector<float> w_c(static_cast<size_t>(Tc), 0.0f);
-  if (kept_tokens > 0) {
-    rl::LossWeightParams lw;
-    lw.mode = loss_agg_;
-    lw.total_tokens = kept_tokens;
-    lw.num_seqs = kept_seqs;
-    lw.norm_len = cfg_.rollout.max_new_tokens;
-    Context& cpu = Context::cpu();
-    OwnedTensor w_h = OwnedTensor::make(DType::F32, Device::CPU, {std::max<int64_t>(Tc, 1)});
-    const Tensor cu_h(comp_cu.data(), DType::I32, Device::CPU, {N + 1});
-    const Tensor keep_h(keep.data(), DType::F32, Device::CPU, {N});
-    rl::loss_weights(w_h.t.slice_rows(0, Tc), cu_h, keep_h, lw, cpu);
-    w_c.assign(w_h.t.ptr<float>(), w_h.t.ptr<float>() + Tc);
-  }
-  const double t_adv = since(t0);
-
-  // ---- 6. policy (and critic) updates --------------------------------------------------------------------------------
-  t0 = Clock::now();
-  rl::PolicyLossParams pl;
-  pl.clip_low = static_cast<float>(al.clip_low);
-  pl.clip_high = static_cast<float>(al.clip_high);
-  pl.dual_clip = static_cast<float>(al.dual_clip);
-  pl.kl_coef = ref_tf_ && !kl_in_reward ? static_cast<float>(al.kl_coef) : 0.0f;
-  pl.kl = kl_est_;
-  pl.ent_coef = static_cast<float>(al.entropy_coef);
-  std::vector<double> st(rl::kPolicyStats, 0.0), first_st;
-  OptimizerStepStats os;
-  const double lr = lr_at(cfg_.optimizer, step - 1, cfg_.train.steps);
-  const bool update = kept_tokens > 0;
-  for (int64_t it = 0; update && it < al.num_iterations; ++it) {
+UpdateResult Trainer::update(const rl::RolloutBatch& batch, const std::vector<rl::Micro>& micros,
+                             const rl::AdvantageStats& adv, int64_t step) {
+  Context& ctx = *ctx_;
+  UpdateResult r;
+  r.stats.assign(rl::kPolicyStats, 0.0);
+  r.lr = lr_at(cfg_.optimizer, step - 1, cfg_.train.steps);
+  r.updated = adv.kept_tokens > 0;
+  for (int64_t it = 0; r.updated && it < cfg_.algorithm.num_iterations; ++it) {
     policy_->zero_grads(ctx);
     ops::fill(stats_.t, 0.0f, ctx);
-    for (const Micro& mb : micros) {
-      const int64_t T = mb.batch.num_tokens();
-      std::vector<float> o(static_cast<size_t>(T), 0.0f), rf(static_cast<size_t>(T), 0.0f),
-          a(static_cast<size_t>(T), 0.0f), w(static_cast<size_t>(T), 0.0f);
-      for (int64_t r = 0; r < T; ++r) {
-        const int32_t s = mb.seq_of_row[static_cast<size_t>(r)];
-        if (s < 0) continue;
-        const size_t t = static_cast<size_t>(comp_cu[static_cast<size_t>(s)] + mb.tok_of_row[static_cast<size_t>(r)]);
-        o[static_cast<size_t>(r)] = old_c[t];
-        if (!ref_c.empty()) rf[static_cast<size_t>(r)] = ref_c[t];
-        a[static_cast<size_t>(r)] = adv_c[t];
-        w[static_cast<size_t>(r)] = w_c[t];
-      }
-      const Tensor lp = logp_.t.slice_rows(0, T), en = entropy_.t.slice_rows(0, T);
-      const Tensor dl = dlogp_.t.slice_rows(0, T), de = dentropy_.t.slice_rows(0, T);
-      const Tensor ot = old_.t.slice_rows(0, T), rt = ref_lp_.t.slice_rows(0, T);
-      const Tensor at = adv_.t.slice_rows(0, T), wt = w_.t.slice_rows(0, T);
-      put(ot, o, ctx);
-      put(at, a, ctx);
-      put(wt, w, ctx);
-      if (pl.kl_coef > 0) put(rt, rf, ctx);
-      const DeviceBatch db = tf_->upload(mb.batch, ctx);
-      tf_->forward(lp, en, db, ctx);
-      rl::policy_loss(dl, pl.ent_coef != 0 ? de : Tensor(), stats_.t, lp, ot, pl.kl_coef > 0 ? rt : Tensor(), at, wt,
-                      en, pl, ctx);
-      tf_->backward(dl, pl.ent_coef != 0 ? de : Tensor(), ctx);
-    }
-    os = opt_->step(lr, ctx);
-    const std::vector<float> s = get(stats_.t, ctx);
-    for (int k = 0; k < rl::kPolicyStats; ++k) st[static_cast<size_t>(k)] = s[static_cast<size_t>(k)];
-    if (it == 0) first_st = st;
+    policy_pass(batch, micros);
+    r.optimizer = opt_->step(r.lr, ctx);
+    ctx.synchronize("trainer: read back");
+    const std::vector<float> s = to_host_f32(stats_.t);
+    for (int k = 0; k < rl::kPolicyStats; ++k) r.stats[static_cast<size_t>(k)] = s[static_cast<size_t>(k)];
+    if (it == 0) r.first_stats = r.stats;
   }
-  ordered_json critic_metrics;
-  if (critic_ && update) critic_metrics = critic_->update(micros, comp_cu, w_c, al.num_iterations, step, cfg_.train.steps, ctx);
-  const double t_train = since(t0);
+  if (critic_ && r.updated)
+    r.critic = critic_->update(batch, micros, cfg_.algorithm.num_iterations, step, cfg_.train.steps, ctx);
+  for (const rl::Micro& mb : micros) r.train_tokens += mb.batch.num_tokens();
+  return r;
+}
 
-  // ---- 7. metrics, samples, console --------------------------------------------------------------------------------
-  const double step_s = since(t_step);
-  m["reward"] = mean_of(rewards);
-  m["reward_std"] = std_of(rewards);
-  for (const auto& [name, vals] : rr.components) m["rewards/" + name + "/mean"] = mean_of(vals);
-  m["frac_reward_zero_std"] = N / G > 0 ? static_cast<double>(zero_std_groups) / static_cast<double>(N / G) : 0.0;
-  const double tokens = st[rl::kPsTokens];
-  if (ref_tf_) m["kl"] = pl.kl_coef > 0 && tokens > 0 ? st[rl::kPsKlSum] / tokens : kl_rollout;
-  if (tokens > 0) {
-    m["entropy"] = st[rl::kPsEntropySum] / tokens;
-    m["clip_ratio/low_mean"] = st[rl::kPsClipLow] / tokens;
-    m["clip_ratio/high_mean"] = st[rl::kPsClipHigh] / tokens;
-    m["clip_ratio/region_mean"] = (st[rl::kPsClipLow] + st[rl::kPsClipHigh]) / tokens;
-    if (pl.dual_clip > 0) m["clip_ratio/dual_mean"] = st[rl::kPsDualClip] / tokens;
-    m["loss"] = st[rl::kPsLoss];
+// One pass of policy-loss gradients over the micro-batches (accumulating into the policy's gradients and stats_).
+void Trainer::policy_pass(const rl::RolloutBatch& batch, const std::vector<rl::Micro>& micros) {
+  Context& ctx = *ctx_;
+  const bool kl = loss_.kl_coef > 0, ent = loss_.ent_coef != 0;
+  for (const rl::Micro& mb : micros) {
+    const int64_t T = mb.batch.num_tokens();
+    const Tensor lp = logp_.t.slice_rows(0, T), en = entropy_.t.slice_rows(0, T);
+    const Tensor dl = dlogp_.t.slice_rows(0, T), de = dentropy_.t.slice_rows(0, T);
+    const Tensor ot = old_.t.slice_rows(0, T), rt = ref_lp_.t.slice_rows(0, T);
+    const Tensor at = adv_.t.slice_rows(0, T), wt = w_.t.slice_rows(0, T);
+    put(ot, rl::gather_rows(mb, batch.offsets, batch.old_logprobs()), ctx);
+    put(at, rl::gather_rows(mb, batch.offsets, batch.advantages), ctx);
+    put(wt, rl::gather_rows(mb, batch.offsets, batch.loss_weights), ctx);
+    if (kl) put(rt, rl::gather_rows(mb, batch.offsets, batch.ref_logprobs), ctx);
+    const DeviceBatch db = tf_->upload(mb.batch, ctx);
+    tf_->forward(lp, en, db, ctx);
+    rl::policy_loss(dl, ent ? de : Tensor(), stats_.t, lp, ot, kl ? rt : Tensor(), at, wt, en, loss_, ctx);
+    tf_->backward(dl, ent ? de : Tensor(), ctx);
   }
-  if (!first_st.empty() && first_st[rl::kPsTokens] > 0)
-    m["ratio/first_update_mean_abs_dev"] = first_st[rl::kPsAbsRatioDev] / first_st[rl::kPsTokens];
-  double mean_len = 0, clipped = 0;
-  for (size_t i = 0; i < comps.size(); ++i) {
-    mean_len += static_cast<double>(lengths[i]);
-    clipped += stopped[i] ? 0.0 : 1.0;
-  }
-  m["completions/mean_length"] = N ? mean_len / static_cast<double>(N) : 0.0;
-  m["completions/clipped_ratio"] = N ? clipped / static_cast<double>(N) : 0.0;
-  if (update) m["grad_norm"] = os.grad_norm;
-  m["lr"] = lr;
-  if (!update) m["skipped_update"] = true;
-  for (auto it = critic_metrics.begin(); it != critic_metrics.end(); ++it) m[it.key()] = it.value();
-  const engine::EngineStats& es = engine_->stats();
-  m["time/rollout_s"] = t_rollout;
-  m["time/reward_s"] = t_reward;
-  m["time/reference_s"] = t_ref;
-  m["time/advantage_s"] = t_adv;
-  m["time/train_s"] = t_train;
-  m["time/step_s"] = step_s;
-  m["tokens_per_s/rollout"] = t_rollout > 0 ? static_cast<double>(es.generated_tokens) / t_rollout : 0.0;
-  int64_t train_tokens = 0;
-  for (const Micro& mb : micros) train_tokens += mb.batch.num_tokens();
-  m["tokens_per_s/train"] =
-      t_train > 0 ? static_cast<double>(train_tokens * std::max<int64_t>(al.num_iterations, 1)) / t_train : 0.0;
-  m["tokens_per_s/step"] = step_s > 0 ? static_cast<double>(es.generated_tokens) / step_s : 0.0;
-  m["rollout/preemptions"] = es.preemptions;
-  if (dev_ == Device::CUDA) m["memory/peak_gib"] = static_cast<double>(device_bytes_peak()) / (1 << 30);
-  m["epoch"] = loader_->epoch();
-  metrics_->write(m);
-
-  for (int64_t i = 0; i < std::min<int64_t>(cfg_.train.log_samples, N); ++i) {
-    const engine::Completion& c = comps[static_cast<size_t>(i)];
-    SampleRecord sr;
-    sr.step = step;
-    sr.prompt = batch[static_cast<size_t>(c.request)]->text;
-    sr.completion = texts[static_cast<size_t>(i)];
-    sr.reward = rewards[static_cast<size_t>(i)];
-    sr.extra["answer"] = batch[static_cast<size_t>(c.request)]->answer;
-    sr.extra["finish_reason"] = engine::finish_reason_name(c.finish);
-    for (const auto& [name, vals] : rr.components) sr.extra["rewards/" + name] = vals[static_cast<size_t>(i)];
-    samples_->write(sr);
-  }
-  StepSummary ss;
-  ss.step = step;
-  ss.total_steps = cfg_.train.steps;
-  ss.reward = mean_of(rewards);
-  if (m.contains("kl")) ss.kl = m["kl"].get<double>();
-  if (m.contains("entropy")) ss.entropy = m["entropy"].get<double>();
-  if (update) ss.grad_norm = os.grad_norm;
-  ss.lr = lr;
-  ss.tokens_per_s = m["tokens_per_s/step"].get<double>();
-  ss.step_seconds = step_s;
-  ss.phases = {{"rollout", t_rollout}, {"reward", t_reward}, {"reference", t_ref}, {"train", t_train}};
-  spdlog::info("{}", format_step_line(ss));
 }
 
 int Trainer::run() {
@@ -645,16 +455,12 @@ int Trainer::run() {
     spdlog::info("the run is already at step {} of {}", start_step_, total);
     return 0;
   }
-  int64_t last_saved = start_step_;
   for (int64_t s = start_step_ + 1; s <= total; ++s) {
     step(s);
     ++steps_done_;
     const bool periodic = cfg_.run.save_every > 0 && s % cfg_.run.save_every == 0;
     const bool stop = stop_requested() || (args_.stop_after > 0 && steps_done_ >= args_.stop_after);
-    if (periodic || s == total || stop) {
-      save(s);
-      last_saved = s;
-    }
+    if (periodic || s == total || stop) save(s);
     if (stop) {
       const int sig = stop_signal();
       spdlog::info("stopping after step {} ({}); continue with: rlcu train --resume {}", s,
@@ -662,7 +468,6 @@ int Trainer::run() {
       return sig ? 128 + sig : 0;
     }
   }
-  (void)last_saved;
   return 0;
 }
 

@@ -1,16 +1,18 @@
 // `rlcu train` end to end on the CPU, driven through the CLI with configs derived from configs/smoke_cpu.json (the
 // committed byte-level 2-layer model tests/fixtures/models/byte-tiny and tests/fixtures/data/linear_d1_train.jsonl):
-//   - a short GRPO run (with a KL penalty) and a short PPO run write metrics.jsonl with every documented key, and
-//     the values agree with what the run's samples.jsonl shows (mean/std of the step's rewards over all logged
-//     completions, the fraction of groups with equal rewards, the fraction of completions cut at max_new_tokens);
-//     the KL to the reference is 0 at step 1 (policy = reference) and positive later; with one update per batch
-//     the ratio to the rollout policy is 1 (mean |ratio - 1| ~ 0, no clipping); the checkpoint holds an HF model
-//     directory plus trainer state and reloads;
+//   - short GRPO (KL penalty in the loss), RLOO (KL penalty in the reward), REINFORCE++ (token KL in the returns)
+//     and PPO runs write metrics.jsonl with every documented key, and the values agree with what the run's
+//     samples.jsonl shows (mean/std of the step's rewards over all logged completions, the fraction of groups with
+//     equal rewards, the fraction of completions cut at max_new_tokens); the KL to the reference is 0 at step 1
+//     (policy = reference) and positive later; with one update per batch the ratio to the rollout policy is 1
+//     (mean |ratio - 1| ~ 0, no clipping); the checkpoint holds an HF model directory plus trainer state and
+//     reloads;
 //   - a run stopped with --stop-after 2 and resumed to step 4 ends with a model.safetensors (and trainer state)
-//     byte-identical to an uninterrupted 4-step run, for GRPO and for PPO. The reward there is an external /bin/sh
-//     command whose value depends on the completion's length, so every step has reward variance and non-zero
-//     gradients;
-//   - a shortened smoke run shows the reward rising (mean of the last 10% of steps over the first 10%);
+//     byte-identical to an uninterrupted 4-step run, for GRPO, PPO, RLOO and REINFORCE++. The reward there is an
+//     external /bin/sh command whose value depends on the completion's length, so every step has reward variance
+//     and non-zero gradients;
+//   - a shortened smoke run shows the reward rising (mean of the last 10% of steps over the first 10%); shorter
+//     RLOO and REINFORCE++ smoke runs too (mean of the last third of the steps over the first third);
 //   - config mistakes (no data.path, unknown algorithm.name) exit 1 with a message naming the key.
 #include <gtest/gtest.h>
 
@@ -217,6 +219,25 @@ TEST(CliTrain, GrpoShortRunWritesMetricsSamplesAndCheckpoint) {
   check_run(dir, cfg, /*ppo=*/false, /*with_kl=*/true);
 }
 
+TEST(CliTrain, RlooShortRunWritesMetricsSamplesAndCheckpoint) {
+  const std::string dir = fresh_dir("rloo_short");
+  json cfg = short_config("rloo", dir, 4);
+  cfg["algorithm"]["kl_coef"] = 0.05;
+  cfg["algorithm"]["kl_in_reward"] = true;
+  const CliResult r = train(write_config(cfg, "rloo_short"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  check_run(dir, cfg, /*ppo=*/false, /*with_kl=*/true);
+}
+
+TEST(CliTrain, ReinforcePpShortRunWritesMetricsSamplesAndCheckpoint) {
+  const std::string dir = fresh_dir("reinforce_pp_short");
+  json cfg = short_config("reinforce_pp", dir, 4);
+  cfg["algorithm"]["kl_coef"] = 0.05;
+  const CliResult r = train(write_config(cfg, "reinforce_pp_short"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  check_run(dir, cfg, /*ppo=*/false, /*with_kl=*/true);
+}
+
 TEST(CliTrain, PpoShortRunWritesMetricsSamplesAndCheckpoint) {
   const std::string dir = fresh_dir("ppo_short");
   json cfg = short_config("ppo", dir, 4);
@@ -264,6 +285,8 @@ void check_resume(const std::string& algo) {
 
 TEST(CliTrain, GrpoResumeIsBitExact) { check_resume("grpo"); }
 TEST(CliTrain, PpoResumeIsBitExact) { check_resume("ppo"); }
+TEST(CliTrain, RlooResumeIsBitExact) { check_resume("rloo"); }
+TEST(CliTrain, ReinforcePpResumeIsBitExact) { check_resume("reinforce_pp"); }
 
 // A shortened smoke_cpu run: the reward of the last 10% of steps exceeds that of the first 10%.
 constexpr int kSmokeSteps = 60;
@@ -287,6 +310,35 @@ TEST(CliTrain, SmokeRewardRises) {
   }
   EXPECT_GE(mean(last) - mean(first), 0.15) << "first " << mean(first) << ", last " << mean(last);
 }
+
+namespace {
+
+// A shorter smoke_cpu run of `algo`: the mean reward of the last third of the steps exceeds the first third's.
+void check_reward_rises(const std::string& algo, int steps, double min_gain) {
+  const std::string dir = fresh_dir(algo + "_smoke");
+  json cfg = smoke_config();
+  cfg["run"]["output_dir"] = dir;
+  cfg["algorithm"]["name"] = algo;
+  cfg["train"]["steps"] = steps;
+  cfg["train"]["log_samples"] = 0;
+  cfg["optimizer"]["lr"] = kSmokeLr;
+  const CliResult r = train(write_config(cfg, algo + "_smoke"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  const std::vector<json> m = read_jsonl(dir + "/metrics.jsonl");
+  ASSERT_EQ(m.size(), static_cast<size_t>(steps));
+  const size_t n = m.size() / 3;
+  std::vector<double> first, last;
+  for (size_t i = 0; i < n; ++i) {
+    first.push_back(m[i]["reward"].get<double>());
+    last.push_back(m[m.size() - n + i]["reward"].get<double>());
+  }
+  EXPECT_GE(mean(last) - mean(first), min_gain) << algo << ": first " << mean(first) << ", last " << mean(last);
+}
+
+}  // namespace
+
+TEST(CliTrain, RlooSmokeRewardRises) { check_reward_rises("rloo", 30, 0.1); }
+TEST(CliTrain, ReinforcePpSmokeRewardRises) { check_reward_rises("reinforce_pp", 30, 0.1); }
 
 TEST(CliTrain, ConfigMistakesExitOneNamingTheKey) {
   const std::string dir = fresh_dir("bad");

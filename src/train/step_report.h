@@ -1,0 +1,59 @@
+// Trainer-internal: what one RL step reports — the metrics.jsonl record, the samples.jsonl lines and the console
+// line — assembled from the step's rollout batch, its advantage statistics, the update's results and the phase
+// times. Metric names follow TRL where TRL has one (README lists them all).
+#pragma once
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "rlcu/advantage.h"
+#include "rlcu/engine.h"
+#include "rlcu/metrics.h"
+#include "rlcu/optimizer.h"
+#include "rlcu/rl_ops.h"
+#include "rlcu/rollout_batch.h"
+
+namespace rlcu {
+
+// Seconds per phase (time/*_s).
+struct StepTimes {
+  double rollout = 0, reward = 0, reference = 0, advantage = 0, train = 0, step = 0;
+};
+
+// The update phase's results.
+struct UpdateResult {
+  bool updated = false;        // false when no token carried a loss weight (the step skipped its update)
+  double lr = 0;               // the policy's learning rate of this step
+  std::vector<double> stats;   // rl::PolicyStat sums of the last pass [rl::kPolicyStats] (zeros without an update)
+  std::vector<double> first_stats;  // of the first pass, or empty
+  OptimizerStepStats optimizer;     // of the last pass
+  nlohmann::ordered_json critic;    // the critic's metrics (PPO), or null
+  int64_t train_tokens = 0;         // tokens of the micro-batches of one pass
+};
+
+// Everything one step's report reads.
+struct StepRecord {
+  int64_t step = 0;
+  int64_t total_steps = 0;
+  const rl::RolloutBatch* batch = nullptr;
+  rl::AdvantageStats advantage;
+  UpdateResult update;
+  StepTimes times;
+  engine::EngineStats engine;
+  bool use_reference = false;
+  rl::PolicyLossParams loss;   // the policy loss's parameters (KL coefficient, dual clip)
+  int64_t num_iterations = 1;  // passes over the batch
+  bool cuda = false;           // report memory/peak_gib
+  int64_t epoch = 0;           // the data loader's epoch after this step's prompts
+};
+
+// The metrics.jsonl record (keys in a fixed order).
+nlohmann::ordered_json step_metrics(const StepRecord& r);
+// The first `log_samples` completions of the batch as samples.jsonl lines.
+void write_samples(SamplesWriter& out, const StepRecord& r, int64_t log_samples);
+// The console line, from the record and its metrics.
+std::string step_line(const StepRecord& r, const nlohmann::ordered_json& metrics);
+
+}  // namespace rlcu
