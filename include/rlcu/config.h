@@ -28,9 +28,9 @@ struct RunSection {
 struct ModelSection {
   std::string path;                   // Hugging Face model directory (config.json + *.safetensors)
   std::string tokenizer;              // tokenizer directory; empty = the model directory
-  std::string chat_template = "auto"; // auto | chatml | qwen2 | qwen2.5 | qwen3 | llama3 | llama3.1 | none | custom
-  std::string custom_template;        // used when chat_template = custom
-  bool enable_thinking = true;        // Qwen3 chat template's thinking switch
+  std::string chat_template = "auto"; // auto | none | chatml | qwen2 | qwen2.5 | qwen3 | llama3 | llama3.1
+  std::string chat_template_file;     // a Jinja chat template file instead of the model's ("" = none)
+  bool enable_thinking = true;        // the chat template's enable_thinking variable
 };
 
 struct OptimizerSection {
