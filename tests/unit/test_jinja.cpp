@@ -253,7 +253,7 @@ TEST(Jinja, RaiseExceptionIsTheMessage) {
 
 TEST(Jinja, HostileTemplatesAreBounded) {
   const auto t0 = std::chrono::steady_clock::now();
-  EXPECT_NE(render_error("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}")
+  EXPECT_NE(render_error("{% for i in range(100000) %}{% for j in range(1000) %}{% endfor %}{% endfor %}")
                 .find("evaluation steps"),
             std::string::npos);
   EXPECT_NE(render_error("{% macro r(n) %}{{ r(n) }}{% endmacro %}{{ r(1) }}").find("nested more than"),
