@@ -28,9 +28,9 @@ struct RunSection {
 struct ModelSection {
   std::string path;                   // Hugging Face model directory (config.json + *.safetensors)
   std::string tokenizer;              // tokenizer directory; empty = the model directory
-  std::string chat_template = "auto"; // auto | chatml | qwen2 | qwen2.5 | qwen3 | llama3 | llama3.1 | none | custom
-  std::string custom_template;        // used when chat_template = custom
-  bool enable_thinking = true;        // Qwen3 chat template's thinking switch
+  std::string chat_template = "auto"; // auto | none | chatml | qwen2 | qwen2.5 | qwen3 | llama3 | llama3.1
+  std::string chat_template_file;     // a Jinja chat template file instead of the model's ("" = none)
+  bool enable_thinking = true;        // the chat template's enable_thinking variable
 };
 
 // The `data` section of a run config; JSON keys are these field names.
@@ -41,6 +41,7 @@ struct DataConfig {
   std::string prompt_field = "prompt";      // prompt text (string) or a list of chat messages
   std::string messages_field = "messages";  // list of {role, content}; used when the record has it
   std::string answer_field = "answer";      // reference answer handed to rewards; "" = the records have none
+  std::string tools_field = "tools";        // list of tool schemas handed to the chat template; "" = none
   std::string system_prompt;                // system message put before every conversation without one
   std::string prompt_template;              // user prompt built from record fields, e.g. "{question}\nAnswer:"
   int64_t max_prompt_tokens = 1024;         // longer prompts are dropped; 0 = no limit

@@ -6,7 +6,9 @@
 //                                        field ({{ and }} are literal braces)
 //               record[messages_field] is a list ─► those messages ({role, content[, reasoning_content]})
 //               record[prompt_field] is a string ─► one user message; a list ─► messages
-//   system_prompt (when set and the messages have no system message) is put first;
+//   system_prompt (when set and the messages have no system message) is put first; record[tools_field], when a
+//   list, is the template's `tools`; a message's fields other than role/content/reasoning_content (tool_calls,
+//   name, ...) reach the template as they are, in the record's key order;
 //   text = chat template rendering (+ generation prompt); ids = encode(text) (the tokenizer's BOS added only for
 //   the `none` template, where no template put it in the text).
 //   answer = record[answer_field] (strings as is, other JSON values as their JSON text).
@@ -49,10 +51,12 @@ struct PromptFormat {
   ChatRenderOptions render;
 };
 
-// The format for a tokenizer with the model section's chat settings (model.chat_template, model.custom_template,
-// model.enable_thinking). Throws rlcu::Error for an unknown or unrecognised template.
+// The format for a tokenizer with the model section's chat settings: model.chat_template (auto, none, a built-in
+// name, or on the command line a file), model.chat_template_file (a Jinja file; then chat_template must be auto),
+// model.enable_thinking (passed to the template). Throws rlcu::Error for an unknown choice, a model without a
+// template under auto, or a template that does not parse.
 PromptFormat make_prompt_format(const Tokenizer& tok, const std::string& chat_template = "auto",
-                                const std::string& custom_template = "", bool enable_thinking = true);
+                                const std::string& chat_template_file = "", bool enable_thinking = true);
 
 struct DatasetStats {
   int64_t records = 0;    // records read (blank lines excluded)
@@ -82,10 +86,12 @@ class PromptDataset {
 };
 
 // Builds the messages of one record (see the file header); throws rlcu::Error("<what is wrong>") without position.
-std::vector<ChatMessage> record_messages(const nlohmann::json& record, const DataConfig& cfg);
-// Renders and encodes one conversation with `format`.
+std::vector<ChatMessage> record_messages(const nlohmann::ordered_json& record, const DataConfig& cfg);
+// The record's tool schemas (record[cfg.tools_field] when it is a list), else null.
+nlohmann::ordered_json record_tools(const nlohmann::ordered_json& record, const DataConfig& cfg);
+// Renders and encodes one conversation with `format` (and `tools` for the template's tools variable).
 void build_prompt(std::string& text, std::vector<int32_t>& ids, const std::vector<ChatMessage>& messages,
-                  const PromptFormat& format);
+                  const PromptFormat& format, const nlohmann::ordered_json& tools = nullptr);
 
 struct DataCursor {
   int64_t epoch = 0;      // epochs completed

@@ -5,12 +5,17 @@
 // the chat template and its generation prompt, as `rlcu train` builds prompts; template `none`: the raw prompt
 // text with the tokenizer's BOS) + encode(completion) + [EOS] (the tokenizer's primary EOS, e.g. <|im_end|> for
 // ChatML instruct tokenizers, else the model's first EOS id). The loss mask covers the completion tokens and the
-// EOS. A {"messages": [...]} record (no completion field) is rendered turn by turn: the text up to each assistant
-// turn (with the generation prompt) is context, the rest of that turn as the template renders it (content, end of
-// turn token and whatever the template puts after it, e.g. ChatML's "<|im_end|>\n") is covered by the loss. Each
-// piece is encoded separately, so the ids at a turn boundary equal what generation after that prompt sees. A
-// template that does not render the conversation as a growing prefix (Qwen3 drops earlier turns' thinking) is an
-// error for multi-turn records.
+// EOS. A {"messages": [...]} record (no completion field) works with any chat template; its assistant spans are
+// found as transformers' return_assistant_tokens_mask finds them:
+//   - a template with {% generation %} blocks renders the whole conversation once; the text of those blocks is
+//     covered by the loss, the rest is context;
+//   - otherwise the conversation is rendered turn by turn: the text up to each assistant turn (with the generation
+//     prompt) is context, the rest of that turn as the template renders it (content, end of turn token and whatever
+//     the template puts after it, e.g. ChatML's "<|im_end|>\n") is covered by the loss. A template that does not
+//     render the conversation as a growing prefix (Qwen3 drops earlier turns' thinking) is an error for such
+//     multi-turn records.
+// Each piece is encoded separately, so the ids at a turn boundary equal what generation after that prompt sees.
+// The record's tools (data.tools_field) are passed to the template.
 //
 // Loss of one optimizer step over its completion tokens c (token mean): L = -(1/|c|) sum_c log p(ids[c] | ids[<c]),
 // so d L / d logprob = -1/|c| on every completion row and 0 elsewhere; gradients accumulate over the step's
@@ -59,7 +64,7 @@ std::vector<SftExample> load_sft_examples(const std::string& path, const DataCon
                                           const std::string& completion_field, const PromptFormat& format,
                                           int32_t eos_id, int64_t max_tokens, SftDataStats* stats = nullptr);
 // The same for one record already parsed (errors without position).
-SftExample sft_example_from_record(const nlohmann::json& record, const DataConfig& data,
+SftExample sft_example_from_record(const nlohmann::ordered_json& record, const DataConfig& data,
                                    const std::string& completion_field, const PromptFormat& format, int32_t eos_id);
 
 // Indices [0, n) held out for evaluation: a seeded choice of round(fraction * n) records (at least 1 when

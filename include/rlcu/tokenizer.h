@@ -22,6 +22,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace rlcu {
@@ -61,6 +62,12 @@ class Tokenizer {
   const std::string& bos_token() const;                // BOS string ("" when none), as chat templates insert it
   const std::string& eos_token() const;
   const std::string& chat_template_text() const;       // the Jinja chat template of the model ("" when none)
+  // Where that template came from: DIR/chat_template.jinja, or DIR/tokenizer_config.json:chat_template (with
+  // "[default]" for the default entry of a list of named templates); "" when none.
+  const std::string& chat_template_source() const;
+  // tokenizer_config.json's special tokens by name (bos_token, eos_token, unk_token, sep_token, pad_token,
+  // cls_token, mask_token; only those it sets), which transformers hands to chat templates as variables.
+  const std::vector<std::pair<std::string, std::string>>& named_special_tokens() const;
   const std::string& source() const;                   // file or directory it was loaded from
 
   struct Impl;

@@ -1,6 +1,6 @@
 // `rlcu eval --model DIR --data FILE.jsonl [--reward NAME[=WEIGHT]]... [--set reward.KEY=VALUE]... [--n K]
 //   [--greedy] [--temperature T] [--max-new-tokens N] [--seed S] [--device cpu|cuda[:N]] [--output FILE.json]
-//   [--chat-template NAME] [--samples-out FILE.jsonl] [--stop STR]... [--max-batch N] [--kv-fraction F]`
+//   [--chat-template NAME|FILE] [--samples-out FILE.jsonl] [--stop STR]... [--max-batch N] [--kv-fraction F]`
 //
 // Generates n completions per prompt with the paged-KV engine, scores them with the reward set and reports the
 // metrics of include/rlcu/eval.h (mean reward, accuracy, pass@1, pass@k with k = n, mean length, per-component
@@ -236,7 +236,7 @@ void add_eval_command(CLI::App& app, Action& action) {
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
   cmd->add_option("--output", a->output, "Write the metrics as JSON to this file");
   cmd->add_option("--chat-template", a->chat_template,
-                  "auto, chatml, qwen2, qwen2.5, qwen3, llama3, llama3.1 or none")
+                  "auto (the model's template), none, chatml, qwen2, qwen2.5, qwen3, llama3, llama3.1, or a Jinja file")
       ->capture_default_str();
   cmd->add_option("--samples-out", a->samples_out, "Write every completion with its rewards (JSONL)");
   cmd->add_option("--stop", a->stop, "Stop string (repeatable)");

@@ -1,10 +1,11 @@
 // `rlcu generate --model DIR --input FILE.jsonl [--output FILE] [--n N] [--max-new-tokens N] [--greedy]
 //   [--temperature T] [--top-p P] [--top-k K] [--min-p M] [--seed S] [--ignore-eos] [--stop STR]...
-//   [--device cpu|cuda[:N]] [--max-batch N] [--kv-fraction F]`
+//   [--device cpu|cuda[:N]] [--max-batch N] [--kv-fraction F] [--chat-template NAME|FILE]`
 //
 // Input lines (non-blank): {"ids": [token ids]} (used as is), {"prompt": "text"} (encoded as raw text, with the
 // tokenizer's own special tokens such as Llama's BOS) or {"messages": [{"role", "content"}, ...]} (rendered with the
-// model's chat template and the generation prompt). Text needs a tokenizer.json in the model directory.
+// chat template — the model's own unless --chat-template picks another — and the generation prompt; a "tools" list
+// goes to the template). Text needs a tokenizer.json in the model directory.
 // Output: one line per completion, in input order and sample order:
 //   {"index": input line's prompt index, "sample": j, "ids": [...], "logprobs": [...], "finish_reason":
 //    "eos" | "stop" | "length", "text": "..." (when a tokenizer is present)}
@@ -15,6 +16,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -36,7 +38,7 @@ namespace {
 using nlohmann::json;
 
 struct GenerateArgs {
-  std::string model, input, output, device = "cpu";
+  std::string model, input, output, device = "cpu", chat_template = "auto";
   int n = 1;
   int64_t max_new_tokens = 256;
   bool greedy = false, ignore_eos = false;
@@ -53,8 +55,9 @@ struct InputLine {
   std::vector<int32_t> ids;
 };
 
+// `format` gives the chat format on first use (a model without a template is only an error for "messages" lines).
 std::vector<InputLine> read_inputs(const std::string& path, const ModelConfig& cfg, const Tokenizer* tok,
-                                   const PromptFormat* format) {
+                                   const std::function<const PromptFormat&()>& format) {
   std::ifstream in(path);
   if (!in) throw Error(fmt::format("{}: cannot open: {}", path, std::strerror(errno)));
   std::vector<InputLine> out;
@@ -64,10 +67,10 @@ std::vector<InputLine> read_inputs(const std::string& path, const ModelConfig& c
     ++lineno;
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     const std::string where = fmt::format("{}:{}", path, lineno);
-    json j;
+    nlohmann::ordered_json j;
     try {
-      j = json::parse(line);
-    } catch (const json::parse_error& e) {
+      j = nlohmann::ordered_json::parse(line);
+    } catch (const nlohmann::ordered_json::parse_error& e) {
       throw Error(fmt::format("{}: not valid JSON: {}", where, e.what()));
     }
     if (!j.is_object())
@@ -76,7 +79,7 @@ std::vector<InputLine> read_inputs(const std::string& path, const ModelConfig& c
     il.lineno = lineno;
     try {
       if (j.contains("ids")) {
-        const json& ids = j["ids"];
+        const nlohmann::ordered_json& ids = j["ids"];
         if (!ids.is_array() || ids.empty()) throw Error("`ids` must be a non-empty list of token ids");
         for (size_t i = 0; i < ids.size(); ++i) {
           if (!ids[i].is_number_integer() || ids[i].get<int64_t>() < 0 || ids[i].get<int64_t>() >= cfg.vocab_size)
@@ -90,7 +93,7 @@ std::vector<InputLine> read_inputs(const std::string& path, const ModelConfig& c
           dc.prompt_field.clear();
           dc.messages_field = "messages";
           std::string text;
-          build_prompt(text, il.ids, record_messages(j, dc), *format);
+          build_prompt(text, il.ids, record_messages(j, dc), format(), record_tools(j, dc));
         } else {
           if (!j["prompt"].is_string()) throw Error("\"prompt\" must be a string");
           EncodeOptions eo;
@@ -140,12 +143,14 @@ int run_generate(const GenerateArgs& a) {
   const ModelConfig cfg = ModelConfig::load(a.model);
   std::optional<Tokenizer> tok;
   std::optional<PromptFormat> format;
-  if (std::filesystem::exists(std::filesystem::path(a.model) / "tokenizer.json")) {
-    tok = Tokenizer::load(a.model);
-    format = make_prompt_format(*tok);
-  }
+  if (std::filesystem::exists(std::filesystem::path(a.model) / "tokenizer.json")) tok = Tokenizer::load(a.model);
   if (!a.stop.empty() && !tok) throw UsageError("--stop needs a tokenizer.json in the model directory");
-  const std::vector<InputLine> inputs = read_inputs(a.input, cfg, tok ? &*tok : nullptr, format ? &*format : nullptr);
+  auto get_format = [&]() -> const PromptFormat& {
+    if (!format) format = make_prompt_format(*tok, a.chat_template);
+    return *format;
+  };
+  if (tok && a.chat_template != "auto") get_format();  // an explicit choice is checked before the inputs
+  const std::vector<InputLine> inputs = read_inputs(a.input, cfg, tok ? &*tok : nullptr, get_format);
   Output out(a.output);
 
   std::unique_ptr<Context> cuda_ctx;
@@ -221,6 +226,10 @@ void add_generate_command(CLI::App& app, Action& action) {
   cmd->add_option("--kv-fraction", a->kv_fraction, "CUDA: share of free memory for the KV cache")
       ->capture_default_str()
       ->check(CLI::Range(0.01, 1.0));
+  cmd->add_option("--chat-template", a->chat_template,
+                  "Chat template for \"messages\" inputs: auto (the model's), none, chatml, qwen2, qwen2.5, qwen3, "
+                  "llama3, llama3.1, or a Jinja file")
+      ->capture_default_str();
   cmd->callback([&action, a] { action = [a] { return run_generate(*a); }; });
 }
 

@@ -1,7 +1,8 @@
 // `rlcu tokenize --tokenizer DIR --input FILE.jsonl [--chat] [--decode]`: one JSON line out per JSON line in, in
 // order, on stdout.
 //   default   {"text": ...}                  -> {"ids": [...]}             (no special tokens added)
-//   --chat    {"messages": [...]} or {"prompt": ...} -> {"text": rendered, "ids": [...]}
+//   --chat    {"messages": [...]} or {"prompt": ...} -> {"text": rendered, "ids": [...]}  (the record's "tools" list
+//             goes to the template; --template picks the template: auto, none, a built-in name or a Jinja file)
 //   --decode  {"ids": [...]}                 -> {"text": ...}
 // A bad line is an error naming the file and line (exit 1).
 #include <cstdio>
@@ -25,7 +26,6 @@ struct TokenizeOptions {
   std::string dir;
   std::string input;
   std::string chat_template = "auto";
-  std::string custom_template;
   bool chat = false;
   bool decode = false;
   bool no_special = false;
@@ -35,7 +35,7 @@ struct TokenizeOptions {
 
 std::string process_line(const std::string& line, const TokenizeOptions& o, const Tokenizer& tok,
                          const PromptFormat* format) {
-  const nlohmann::json in = nlohmann::json::parse(line);
+  const nlohmann::ordered_json in = nlohmann::ordered_json::parse(line);
   if (!in.is_object()) throw Error("expected a JSON object");
   nlohmann::ordered_json out;
   if (o.decode) {
@@ -53,7 +53,7 @@ std::string process_line(const std::string& line, const TokenizeOptions& o, cons
     cfg.answer_field.clear();
     std::string text;
     std::vector<int32_t> ids;
-    build_prompt(text, ids, record_messages(in, cfg), *format);
+    build_prompt(text, ids, record_messages(in, cfg), *format, record_tools(in, cfg));
     out["text"] = text;
     out["ids"] = ids;
   } else {
@@ -69,8 +69,8 @@ int run_tokenize(const TokenizeOptions& o) {
   const Tokenizer tok = Tokenizer::load(o.dir);
   std::unique_ptr<PromptFormat> format;
   if (o.chat) {
-    format = std::make_unique<PromptFormat>(make_prompt_format(tok, o.chat_template, o.custom_template,
-                                                               !o.no_thinking));
+    format = std::make_unique<PromptFormat>(make_prompt_format(tok, o.chat_template));
+    if (o.no_thinking) format->render.enable_thinking = false;
   }
   std::ifstream file;
   std::istream* in = &std::cin;
@@ -115,11 +115,10 @@ void add_tokenize_command(CLI::App& app, Action& action) {
   CLI::Option* decode = cmd->add_flag("--decode", o->decode, "Input {\"ids\": [...]}: output {\"text\": ...}");
   decode->excludes(chat);
   cmd->add_option("--template", o->chat_template,
-                  "Chat template with --chat: auto, chatml, qwen2, qwen2.5, qwen3, llama3, llama3.1, none, custom")
+                  "Chat template with --chat: auto (the model's), none, chatml, qwen2, qwen2.5, qwen3, llama3, "
+                  "llama3.1, or a Jinja file")
       ->capture_default_str();
-  cmd->add_option("--custom-template", o->custom_template,
-                  "Template for --template custom: {system} and {prompt} placeholders");
-  cmd->add_flag("--no-thinking", o->no_thinking, "Qwen3: render the generation prompt with thinking switched off");
+  cmd->add_flag("--no-thinking", o->no_thinking, "Pass enable_thinking=false to the chat template (Qwen3, SmolLM3)");
   cmd->add_flag("--no-special", o->no_special, "Encode special-token text (e.g. <|im_end|>) as plain text");
   cmd->add_flag("--skip-special", o->skip_special, "With --decode: leave special tokens out of the text");
   cmd->callback([&action, o] { action = [o] { return run_tokenize(*o); }; });

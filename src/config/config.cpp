@@ -82,12 +82,15 @@ std::vector<FieldSpec> build_schema() {
   s.push_back(bind_field("model.tokenizer", &RunConfig::model, &ModelSection::tokenizer, K::String,
                    "Tokenizer directory (tokenizer.json, tokenizer_config.json); empty means `model.path`."));
   s.push_back(choices(bind_field("model.chat_template", &RunConfig::model, &ModelSection::chat_template, K::Enum,
-                           "Chat template: `auto` detects it from tokenizer_config.json."),
-                      {"auto", "chatml", "qwen2", "qwen2.5", "qwen3", "llama3", "llama3.1", "none", "custom"}));
-  s.push_back(bind_field("model.custom_template", &RunConfig::model, &ModelSection::custom_template, K::String,
-                   "Used when `model.chat_template` is `custom`: one string with `{system}` and `{prompt}` placeholders."));
+                           "Chat template: `auto` is the model's own (tokenizer_config.json `chat_template` or "
+                           "`chat_template.jinja`), `none` the raw prompt plus the tokenizer's BOS, the others built-in "
+                           "copies of those models' templates for models without one."),
+                      {"auto", "none", "chatml", "qwen2", "qwen2.5", "qwen3", "llama3", "llama3.1"}));
+  s.push_back(bind_field("model.chat_template_file", &RunConfig::model, &ModelSection::chat_template_file, K::String,
+                   "A Jinja chat template file used instead of the model's (`model.chat_template` stays `auto`); "
+                   "empty = none."));
   s.push_back(bind_field("model.enable_thinking", &RunConfig::model, &ModelSection::enable_thinking, K::Bool,
-                   "Qwen3 template's thinking switch (false adds the empty think block)."));
+                   "Passed to the chat template as `enable_thinking` (Qwen3, SmolLM3: false switches thinking off)."));
   // data
   s.push_back(bind_field("data.path", &RunConfig::data, &DataConfig::path, K::String,
                          "Prompt file: JSONL, or a JSON array of objects."));
@@ -100,6 +103,9 @@ std::vector<FieldSpec> build_schema() {
                          "Record field holding a list of {role, content} messages; used when present."));
   s.push_back(bind_field("data.answer_field", &RunConfig::data, &DataConfig::answer_field, K::String,
                          "Record field holding the reference answer; empty when the records have none."));
+  s.push_back(bind_field("data.tools_field", &RunConfig::data, &DataConfig::tools_field, K::String,
+                         "Record field holding a list of tool schemas, passed to the chat template as `tools`; "
+                         "empty = never."));
   s.push_back(bind_field("data.system_prompt", &RunConfig::data, &DataConfig::system_prompt, K::String,
                          "System message put before every conversation that has none."));
   s.push_back(bind_field("data.prompt_template", &RunConfig::data, &DataConfig::prompt_template, K::String,

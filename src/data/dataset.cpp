@@ -13,17 +13,19 @@
 namespace rlcu {
 
 using json = nlohmann::json;
+using ojson = nlohmann::ordered_json;
 
 namespace {
 
 constexpr int kMalformedWarnings = 5;  // malformed records reported one by one before only counting
 
 // A field by name, or by dotted path into nested objects when no key has the full name.
-const json* field_at(const json& rec, const std::string& path) {
+template <typename Json>
+const Json* field_at(const Json& rec, const std::string& path) {
   if (!rec.is_object()) return nullptr;
   auto it = rec.find(path);
   if (it != rec.end()) return &*it;
-  const json* cur = &rec;
+  const Json* cur = &rec;
   size_t start = 0;
   while (true) {
     const size_t dot = path.find('.', start);
@@ -37,9 +39,12 @@ const json* field_at(const json& rec, const std::string& path) {
   }
 }
 
-std::string field_text(const json& v) { return v.is_string() ? v.get<std::string>() : v.dump(); }
+template <typename Json>
+std::string field_text(const Json& v) {
+  return v.is_string() ? v.template get<std::string>() : v.dump();
+}
 
-std::string fill_template(const std::string& tmpl, const json& rec) {
+std::string fill_template(const std::string& tmpl, const ojson& rec) {
   std::string out;
   for (size_t i = 0; i < tmpl.size(); ++i) {
     const char c = tmpl[i];
@@ -53,7 +58,7 @@ std::string fill_template(const std::string& tmpl, const json& rec) {
                                 "brace)",
                                 i));
       const std::string name = tmpl.substr(i + 1, close - i - 1);
-      const json* v = field_at(rec, name);
+      const ojson* v = field_at(rec, name);
       if (!v || v->is_null())
         throw Error(fmt::format("no \"{}\" field, which data.prompt_template uses", name));
       out += field_text(*v);
@@ -67,23 +72,26 @@ std::string fill_template(const std::string& tmpl, const json& rec) {
   return out;
 }
 
-std::vector<ChatMessage> parse_messages(const json& arr, const std::string& field) {
+std::vector<ChatMessage> parse_messages(const ojson& arr, const std::string& field) {
   if (!arr.is_array()) throw Error(fmt::format("\"{}\" must be a list of {{role, content}} messages", field));
   std::vector<ChatMessage> out;
   for (size_t i = 0; i < arr.size(); ++i) {
-    const json& m = arr[i];
+    const ojson& m = arr[i];
     if (!m.is_object() || !m.contains("role") || !m["role"].is_string())
       throw Error(fmt::format("\"{}\"[{}] must be an object with a \"role\" string", field, i));
     ChatMessage msg;
-    msg.role = m["role"].get<std::string>();
-    if (m.contains("content") && !m["content"].is_null()) {
-      if (!m["content"].is_string())
-        throw Error(fmt::format("\"{}\"[{}].content must be a string (multimodal content lists are not supported)",
-                                field, i));
-      msg.content = m["content"].get<std::string>();
+    for (auto it = m.begin(); it != m.end(); ++it) {
+      const std::string& key = it.key();
+      if (key == "role") {
+        msg.role = it->get<std::string>();
+      } else if (key == "content" && it->is_string()) {
+        msg.content = it->get<std::string>();
+      } else if (key == "reasoning_content" && it->is_string()) {
+        msg.reasoning_content = it->get<std::string>();
+      } else {
+        msg.fields[key] = *it;  // tool_calls, name, a null or list content, ...: the template sees them as given
+      }
     }
-    if (m.contains("reasoning_content") && m["reasoning_content"].is_string())
-      msg.reasoning_content = m["reasoning_content"].get<std::string>();
     out.push_back(std::move(msg));
   }
   if (out.empty()) throw Error(fmt::format("\"{}\" is an empty list", field));
@@ -110,14 +118,14 @@ void validate(const DataConfig& cfg, const PromptFormat& format) {
 
 }  // namespace
 
-std::vector<ChatMessage> record_messages(const json& record, const DataConfig& cfg) {
+std::vector<ChatMessage> record_messages(const ojson& record, const DataConfig& cfg) {
   if (!record.is_object()) throw Error("the record is not a JSON object");
   std::vector<ChatMessage> msgs;
   if (!cfg.prompt_template.empty()) {
     msgs.push_back(ChatMessage{"user", fill_template(cfg.prompt_template, record), ""});
   } else {
-    const json* m = cfg.messages_field.empty() ? nullptr : field_at(record, cfg.messages_field);
-    const json* p = cfg.prompt_field.empty() ? nullptr : field_at(record, cfg.prompt_field);
+    const ojson* m = cfg.messages_field.empty() ? nullptr : field_at(record, cfg.messages_field);
+    const ojson* p = cfg.prompt_field.empty() ? nullptr : field_at(record, cfg.prompt_field);
     if (m && !m->is_null()) {
       msgs = parse_messages(*m, cfg.messages_field);
     } else if (p && p->is_string()) {
@@ -136,22 +144,39 @@ std::vector<ChatMessage> record_messages(const json& record, const DataConfig& c
   return msgs;
 }
 
+ojson record_tools(const ojson& record, const DataConfig& cfg) {
+  if (cfg.tools_field.empty() || !record.is_object()) return nullptr;
+  const ojson* t = field_at(record, cfg.tools_field);
+  if (!t || t->is_null()) return nullptr;
+  if (!t->is_array()) throw Error(fmt::format("\"{}\" must be a list of tool schemas (data.tools_field)", cfg.tools_field));
+  return *t;
+}
+
 void build_prompt(std::string& text, std::vector<int32_t>& ids, const std::vector<ChatMessage>& messages,
-                  const PromptFormat& format) {
+                  const PromptFormat& format, const ojson& tools) {
   RLCU_CHECK(format.tokenizer != nullptr, "PromptFormat without a tokenizer");
-  text = format.chat.render(messages, format.render);
+  ChatRenderOptions opts = format.render;
+  opts.tools = tools;
+  text = format.chat.render(messages, opts);
   EncodeOptions eo;
   eo.allow_special = true;
   // Templates put the BOS they want into the text; raw prompts get the tokenizer's own (e.g. Llama's BOS).
-  eo.add_special = format.chat.family() == ChatFamily::None;
+  eo.add_special = format.chat.is_none();
   ids = format.tokenizer->encode(text, eo);
 }
 
 PromptFormat make_prompt_format(const Tokenizer& tok, const std::string& chat_template,
-                                const std::string& custom_template, bool enable_thinking) {
+                                const std::string& chat_template_file, bool enable_thinking) {
   PromptFormat f;
   f.tokenizer = &tok;
-  f.chat = ChatTemplate::for_tokenizer(tok, chat_template, custom_template);
+  if (chat_template_file.empty()) {
+    f.chat = ChatTemplate::for_tokenizer(tok, chat_template);
+  } else {
+    if (chat_template != "auto")
+      throw Error(fmt::format("model.chat_template_file is set ({}), so model.chat_template must stay auto, not '{}'",
+                              chat_template_file, chat_template));
+    f.chat = ChatTemplate::from_file(tok, chat_template_file);
+  }
   f.render.enable_thinking = enable_thinking;
   return f;
 }
@@ -182,7 +207,7 @@ PromptDataset PromptDataset::parse(const std::string& text, const std::string& s
     if (ds.stats_.malformed < kMalformedWarnings) spdlog::warn("{}: skipped: {}", where(line), what);
     ++ds.stats_.malformed;
   };
-  auto add = [&](const json& rec, int64_t line) {
+  auto add = [&](const ojson& rec, int64_t line) {
     const int64_t index = ds.stats_.records++;
     PromptSample s;
     s.record = index;
@@ -190,13 +215,13 @@ PromptDataset PromptDataset::parse(const std::string& text, const std::string& s
     try {
       const std::vector<ChatMessage> msgs = record_messages(rec, cfg);
       if (!cfg.answer_field.empty()) {
-        const json* a = field_at(rec, cfg.answer_field);
+        const ojson* a = field_at(rec, cfg.answer_field);
         if (!a || a->is_null())
           throw Error(fmt::format("no \"{}\" field (data.answer_field; set it to \"\" when records have no answer)",
                                   cfg.answer_field));
         s.answer = field_text(*a);
       }
-      build_prompt(s.text, s.ids, msgs, format);
+      build_prompt(s.text, s.ids, msgs, format, record_tools(rec, cfg));
     } catch (const InternalError&) {
       throw;
     } catch (const Error& e) {
@@ -207,7 +232,7 @@ PromptDataset PromptDataset::parse(const std::string& text, const std::string& s
       ++ds.stats_.too_long;
       return;
     }
-    s.fields = rec;
+    s.fields = json(rec);
     ds.samples_.push_back(std::move(s));
   };
   auto full = [&] { return cfg.max_samples > 0 && ds.size() >= cfg.max_samples; };
@@ -222,10 +247,10 @@ PromptDataset PromptDataset::parse(const std::string& text, const std::string& s
       const std::string_view l(text.data() + pos, end - pos);
       pos = end + 1;
       if (l.find_first_not_of(" \t\r") == std::string_view::npos) continue;
-      json rec;
+      ojson rec;
       try {
-        rec = json::parse(l);
-      } catch (const json::parse_error& e) {
+        rec = ojson::parse(l);
+      } catch (const ojson::parse_error& e) {
         ++ds.stats_.records;
         malformed(line, fmt::format("invalid JSON: {}", e.what()));
         continue;
@@ -233,10 +258,10 @@ PromptDataset PromptDataset::parse(const std::string& text, const std::string& s
       add(rec, line);
     }
   } else {
-    json arr;
+    ojson arr;
     try {
-      arr = json::parse(text);
-    } catch (const json::parse_error& e) {
+      arr = ojson::parse(text);
+    } catch (const ojson::parse_error& e) {
       throw Error(fmt::format("{}: invalid JSON: {}", source, e.what()));
     }
     if (!arr.is_array()) throw Error(fmt::format("{}: expected a JSON array of records (data.format = json)", source));

@@ -186,6 +186,8 @@ struct Tokenizer::Impl {
   int32_t bos = -1, eos = -1, pad = -1;
   std::vector<int32_t> eos_ids;
   std::string bos_token, eos_token, chat_template;
+  std::string chat_template_source;  // where chat_template came from (file, or file:chat_template[name])
+  std::vector<std::pair<std::string, std::string>> named_tokens;  // tokenizer_config.json's special token strings
 
   void encode_into(std::string_view text, bool allow_special, std::vector<int32_t>& ids) const {
     std::vector<Span> spans, inner;
@@ -389,6 +391,8 @@ void apply_tokenizer_config(Tokenizer::Impl& t, const std::string& text, const s
   t.bos_token = config_token(cfg, "bos_token");
   t.eos_token = config_token(cfg, "eos_token");
   const std::string pad = config_token(cfg, "pad_token");
+  for (const char* key : {"bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"})
+    if (const std::string v = config_token(cfg, key); !v.empty()) t.named_tokens.emplace_back(key, v);
   if (!t.bos_token.empty()) t.bos = t.id_of(t.bos_token, source + ": bos_token");
   if (!t.eos_token.empty()) t.eos = t.id_of(t.eos_token, source + ": eos_token");
   if (!pad.empty()) t.pad = t.id_of(pad, source + ": pad_token");
@@ -396,11 +400,15 @@ void apply_tokenizer_config(Tokenizer::Impl& t, const std::string& text, const s
     const json& ct = cfg["chat_template"];
     if (ct.is_string()) {
       t.chat_template = ct.get<std::string>();
+      t.chat_template_source = source + ":chat_template";
     } else if (ct.is_array()) {
       // Several named templates: the "default" one is what apply_chat_template uses.
       for (const json& e : ct)
-        if (e.is_object() && e.value("name", std::string()) == "default" && e.contains("template"))
+        if (e.is_object() && e.value("name", std::string()) == "default" && e.contains("template") &&
+            e["template"].is_string()) {
           t.chat_template = e["template"].get<std::string>();
+          t.chat_template_source = source + ":chat_template[default]";
+        }
     } else if (!ct.is_null()) {
       throw Error(fmt::format("{}: chat_template must be a string or a list of {{name, template}}", source));
     }
@@ -456,7 +464,10 @@ Tokenizer Tokenizer::load(const std::string& dir) {
   const std::string cfg = base + "tokenizer_config.json";
   if (file_exists(cfg)) apply_tokenizer_config(*t, read_text_file(cfg), cfg);
   const std::string jinja = base + "chat_template.jinja";
-  if (file_exists(jinja)) t->chat_template = read_text_file(jinja);
+  if (file_exists(jinja)) {
+    t->chat_template = read_text_file(jinja);
+    t->chat_template_source = jinja;
+  }
   for (const char* name : {"generation_config.json", "config.json"})
     if (file_exists(base + name)) apply_model_config(*t, base + name);
   finish_special_ids(*t);
@@ -508,6 +519,10 @@ int32_t Tokenizer::pad_id() const { return impl_->pad; }
 const std::string& Tokenizer::bos_token() const { return impl_->bos_token; }
 const std::string& Tokenizer::eos_token() const { return impl_->eos_token; }
 const std::string& Tokenizer::chat_template_text() const { return impl_->chat_template; }
+const std::string& Tokenizer::chat_template_source() const { return impl_->chat_template_source; }
+const std::vector<std::pair<std::string, std::string>>& Tokenizer::named_special_tokens() const {
+  return impl_->named_tokens;
+}
 const std::string& Tokenizer::source() const { return impl_->source; }
 
 // ---- StreamDecoder ---------------------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 using nlohmann::json;
 using nlohmann::ordered_json;
+using ojson = nlohmann::ordered_json;
 
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
@@ -81,7 +82,69 @@ int64_t SftExample::completion_tokens() const {
   return n;
 }
 
-SftExample sft_example_from_record(const json& record, const DataConfig& data, const std::string& completion_field,
+namespace {
+
+// Loss over the text of {% generation %} blocks, context elsewhere (one render of the whole conversation).
+void append_generation_spans(SftExample& ex, const std::vector<ChatMessage>& msgs, const ChatRenderOptions& opts,
+                             const PromptFormat& format) {
+  const Tokenizer& tok = *format.tokenizer;
+  EncodeOptions plain;
+  plain.allow_special = true;
+  ChatRenderOptions o = opts;
+  o.add_generation_prompt = false;
+  const ChatRender r = format.chat.render_spans(msgs, o);
+  std::vector<std::pair<size_t, size_t>> spans = r.generation;
+  std::sort(spans.begin(), spans.end());
+  size_t pos = 0;
+  for (const auto& [b, e] : spans) {
+    if (e <= pos) continue;
+    const size_t begin = std::max(b, pos);
+    if (begin > pos) append(ex, tok.encode(r.text.substr(pos, begin - pos), plain), 0);
+    append(ex, tok.encode(r.text.substr(begin, e - begin), plain), 1);
+    pos = e;
+  }
+  if (pos < r.text.size()) append(ex, tok.encode(r.text.substr(pos), plain), 0);
+  if (ex.completion_tokens() == 0)
+    throw Error(fmt::format("chat template {} rendered no {{% generation %}} text for this conversation (no "
+                            "assistant turn?)",
+                            format.chat.source()));
+}
+
+// Loss over each assistant turn as the difference between the conversation rendered through that turn and
+// rendered up to it with the generation prompt.
+void append_turn_diffs(SftExample& ex, const std::vector<ChatMessage>& msgs, const ChatRenderOptions& opts,
+                       const PromptFormat& format, const std::string& completion_field) {
+  const Tokenizer& tok = *format.tokenizer;
+  EncodeOptions plain;
+  plain.allow_special = true;
+  ChatRenderOptions with_prompt = opts, without = opts;
+  with_prompt.add_generation_prompt = true;
+  without.add_generation_prompt = false;
+  std::string consumed;
+  for (size_t a = 0; a < msgs.size(); ++a) {
+    if (msgs[a].role != "assistant") continue;
+    const std::vector<ChatMessage> before(msgs.begin(), msgs.begin() + static_cast<std::ptrdiff_t>(a));
+    const std::vector<ChatMessage> through(msgs.begin(), msgs.begin() + static_cast<std::ptrdiff_t>(a + 1));
+    const std::string context = format.chat.render(before, with_prompt);
+    const std::string full = format.chat.render(through, without);
+    if (!starts_with(context, consumed) || !starts_with(full, context))
+      throw Error(fmt::format("chat template {} does not render this conversation as a growing prefix (turn {}); "
+                              "use {{\"prompt\", \"{}\"}} records, a template with {{% generation %}} blocks, or "
+                              "another template",
+                              format.chat.source(), a, completion_field));
+    EncodeOptions first = plain;
+    first.add_special = consumed.empty() && format.chat.is_none();
+    append(ex, tok.encode(context.substr(consumed.size()), first), 0);
+    const std::vector<int32_t> turn = tok.encode(full.substr(context.size()), plain);
+    if (turn.empty()) throw Error(fmt::format("assistant turn {} renders to no tokens", a));
+    append(ex, turn, 1);
+    consumed = full;
+  }
+}
+
+}  // namespace
+
+SftExample sft_example_from_record(const ojson& record, const DataConfig& data, const std::string& completion_field,
                                    const PromptFormat& format, int32_t eos_id) {
   if (!record.is_object()) throw Error("the record is not a JSON object");
   RLCU_CHECK(format.tokenizer != nullptr, "PromptFormat without a tokenizer");
@@ -89,53 +152,36 @@ SftExample sft_example_from_record(const json& record, const DataConfig& data, c
   SftExample ex;
   EncodeOptions plain;
   plain.allow_special = true;
-  const json* completion = nullptr;
+  const ojson tools = record_tools(record, data);
+  const ojson* completion = nullptr;
   if (!completion_field.empty() && record.contains(completion_field)) completion = &record[completion_field];
   if (completion) {
     if (!completion->is_string())
       throw Error(fmt::format("\"{}\" must be a string (sft.completion_field)", completion_field));
     std::string text;
     std::vector<int32_t> prompt_ids;
-    build_prompt(text, prompt_ids, record_messages(record, data), format);
+    build_prompt(text, prompt_ids, record_messages(record, data), format, tools);
     append(ex, prompt_ids, 0);
     append(ex, tok.encode(completion->get<std::string>(), plain), 1);
     if (eos_id >= 0) append(ex, {eos_id}, 1);
   } else {
-    const json* m = data.messages_field.empty() || !record.contains(data.messages_field)
-                        ? nullptr
-                        : &record[data.messages_field];
+    const ojson* m = data.messages_field.empty() || !record.contains(data.messages_field)
+                         ? nullptr
+                         : &record[data.messages_field];
     if (!m || !m->is_array())
       throw Error(fmt::format("no \"{}\" field (sft.completion_field) and no \"{}\" list of messages with an "
                               "assistant turn",
                               completion_field, data.messages_field));
     const std::vector<ChatMessage> msgs = record_messages(record, data);
-    ChatRenderOptions with_prompt = format.render, without = format.render;
-    with_prompt.add_generation_prompt = true;
-    without.add_generation_prompt = false;
-    std::string consumed;
-    bool any = false;
-    for (size_t a = 0; a < msgs.size(); ++a) {
-      if (msgs[a].role != "assistant") continue;
-      const std::vector<ChatMessage> before(msgs.begin(), msgs.begin() + static_cast<std::ptrdiff_t>(a));
-      const std::vector<ChatMessage> through(msgs.begin(), msgs.begin() + static_cast<std::ptrdiff_t>(a + 1));
-      const std::string context = format.chat.render(before, with_prompt);
-      const std::string full = format.chat.render(through, without);
-      if (!starts_with(context, consumed) || !starts_with(full, context))
-        throw Error(fmt::format("chat template `{}` does not render this conversation as a growing prefix (turn {}); "
-                                "use {{\"prompt\", \"{}\"}} records or another template",
-                                format.chat.name(), a, completion_field));
-      EncodeOptions first = plain;
-      first.add_special = consumed.empty() && format.chat.family() == ChatFamily::None;
-      append(ex, tok.encode(context.substr(consumed.size()), first), 0);
-      const std::vector<int32_t> turn = tok.encode(full.substr(context.size()), plain);
-      if (turn.empty()) throw Error(fmt::format("assistant turn {} renders to no tokens", a));
-      append(ex, turn, 1);
-      consumed = full;
-      any = true;
-    }
-    if (!any)
+    if (std::none_of(msgs.begin(), msgs.end(), [](const ChatMessage& x) { return x.role == "assistant"; }))
       throw Error(fmt::format("no \"{}\" field (sft.completion_field) and no assistant turn in \"{}\"",
                               completion_field, data.messages_field));
+    ChatRenderOptions opts = format.render;
+    opts.tools = tools;
+    if (format.chat.has_generation())
+      append_generation_spans(ex, msgs, opts, format);
+    else
+      append_turn_diffs(ex, msgs, opts, format, completion_field);
   }
   if (ex.completion_tokens() == 0) throw Error("the record has no completion token");
   if (!ex.loss.empty() && ex.loss[0]) throw Error("the record has no prompt token to predict the completion from");
@@ -161,10 +207,10 @@ std::vector<SftExample> load_sft_examples(const std::string& path, const DataCon
     ++st.records;
     SftExample ex;
     try {
-      json rec;
+      ojson rec;
       try {
-        rec = json::parse(l);
-      } catch (const json::parse_error& e) {
+        rec = ojson::parse(l);
+      } catch (const ojson::parse_error& e) {
         throw Error(fmt::format("not valid JSON: {}", e.what()));
       }
       ex = sft_example_from_record(rec, data, completion_field, format, eos_id);
@@ -313,7 +359,8 @@ SftTrainer::SftTrainer(const SftArgs& args) : args_(args) {
   // ---- tokenizer and data --------------------------------------------------------------------------------------
   const std::string tok_dir = cfg_.model.tokenizer.empty() ? cfg_.model.path : cfg_.model.tokenizer;
   tok_ = Tokenizer::load(tok_dir);
-  format_ = make_prompt_format(*tok_, cfg_.model.chat_template, cfg_.model.custom_template, cfg_.model.enable_thinking);
+  format_ = make_prompt_format(*tok_, cfg_.model.chat_template, cfg_.model.chat_template_file,
+                               cfg_.model.enable_thinking);
   const ModelConfig mc = ModelConfig::load(cfg_.model.path);
   int32_t eos = tok_->eos_id();
   if (eos < 0 && !mc.eos_token_ids.empty()) eos = mc.eos_token_ids.front();

@@ -179,7 +179,8 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
 void Trainer::load_data(const std::string& config_path) {
   const std::string tok_dir = cfg_.model.tokenizer.empty() ? cfg_.model.path : cfg_.model.tokenizer;
   tok_ = Tokenizer::load(tok_dir);
-  format_ = make_prompt_format(*tok_, cfg_.model.chat_template, cfg_.model.custom_template, cfg_.model.enable_thinking);
+  format_ = make_prompt_format(*tok_, cfg_.model.chat_template, cfg_.model.chat_template_file,
+                               cfg_.model.enable_thinking);
   data_ = PromptDataset::load(cfg_.data, *format_);
   loader_.emplace(*data_, cfg_.run.seed, cfg_.data.shuffle);
   for (int64_t i = 0; i < data_->size(); ++i) {

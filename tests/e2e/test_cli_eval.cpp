@@ -163,6 +163,41 @@ TEST_F(CliEval, KnownRewardsGiveKnownMetrics) {
   for (size_t i = 0; i < s.size(); ++i) EXPECT_EQ(s[i]["correct"].get<bool>(), i % 4 == 0) << i;
 }
 
+// --chat-template of eval and generate: the model's template by default, `none`, a Jinja file; a file that raises
+// stops with its message and the input line.
+TEST_F(CliEval, ChatTemplateChoices) {
+  write_text(file("q.jsonl"), "{\"prompt\": \"1+1=\", \"answer\": \"2\"}\n");
+  write_text(file("t.jinja"), "Q: {{ messages[-1].content }}{% if add_generation_prompt %} A:{% endif %}");
+  const std::string base = "eval --model " + quote(model()) + " --data " + quote(file("q.jsonl")) +
+                           " --greedy --max-new-tokens 2 --samples-out " + quote(file("s.jsonl")) + " --output " +
+                           quote(file("s.json"));
+  CmdResult r = run_rlcu(base);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(read_jsonl(file("s.jsonl"))[0]["prompt"], "<|im_start|>user\n1+1=<|im_end|>\n<|im_start|>assistant\n");
+  EXPECT_EQ(read_json(file("s.json"))["sampling"]["chat_template"], "auto");
+  r = run_rlcu(base + " --chat-template none");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(read_jsonl(file("s.jsonl"))[0]["prompt"], "1+1=");
+  r = run_rlcu(base + " --chat-template " + quote(file("t.jinja")));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(read_jsonl(file("s.jsonl"))[0]["prompt"], "Q: 1+1= A:");
+  EXPECT_EQ(read_json(file("s.json"))["sampling"]["chat_template"], file("t.jinja"));
+  r = run_rlcu(base + " --chat-template vicuna");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("'vicuna'"), std::string::npos) << r.err;
+
+  write_text(file("g.jsonl"), "{\"prompt\": \"raw\"}\n{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n");
+  const std::string gen = "generate --model " + quote(model()) + " --input " + quote(file("g.jsonl")) +
+                          " --greedy --max-new-tokens 2 --output " + quote(file("g.out"));
+  r = run_rlcu(gen + " --chat-template " + quote(file("t.jinja")));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(read_jsonl(file("g.out")).size(), 2u);
+  write_text(file("raise.jinja"), "{{ raise_exception('this template takes no ' ~ messages[0].role) }}");
+  r = run_rlcu(gen + " --chat-template " + quote(file("raise.jinja")));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find(file("g.jsonl") + ":2: this template takes no user"), std::string::npos) << r.err;
+}
+
 TEST_F(CliEval, BadInput) {
   CmdResult r = run_rlcu("eval --data " + quote(data()));
   EXPECT_EQ(r.code, 2) << r.err;

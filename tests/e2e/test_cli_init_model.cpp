@@ -217,9 +217,9 @@ TEST(CliInitModel, ByteTokenizer) {
     for (int i = 0; i < 40; ++i) s += static_cast<char>(rng() % 128);  // ASCII, control characters included
     EXPECT_EQ(tok.decode(tok.encode(s, EncodeOptions{false, false})), s);
   }
-  // The chat template is recognised as plain ChatML and renders the usual prompt.
+  // The model's chat template is plain ChatML and renders the usual prompt.
   const ChatTemplate chat = ChatTemplate::for_tokenizer(tok);
-  EXPECT_EQ(chat.family(), ChatFamily::ChatML);
+  EXPECT_EQ(tok.chat_template_text(), ChatTemplate::builtin_source("chatml"));
   const std::string prompt = chat.render({{"user", "12+7=", ""}});
   EXPECT_EQ(prompt, "<|im_start|>user\n12+7=<|im_end|>\n<|im_start|>assistant\n");
   const auto pids = tok.encode(prompt);

@@ -115,6 +115,49 @@ TEST(SftData, MessagesLossOnAssistantTurnsOnly) {
   EXPECT_EQ(ex.loss, e.loss);
 }
 
+// Multi-turn masks for templates the code knows nothing about, from files: Gemma 2's (no generation tags: turn by
+// turn prefix differences) and a ChatML template with {% generation %} blocks (their text is the loss).
+TEST(SftData, MessagesWithAnyTemplate) {
+  const std::string dir = std::string(RLCU_TEST_FIXTURES) + "/chat_templates/";
+  const json rec = {{"messages", json::array({{{"role", "user"}, {"content", "q"}},
+                                              {{"role", "assistant"}, {"content", "a"}},
+                                              {{"role", "user"}, {"content", "c"}},
+                                              {{"role", "assistant"}, {"content", "d"}}})}};
+  const PromptFormat gemma = make_prompt_format(byte_tok(), "auto", dir + "gemma2.jinja");
+  EXPECT_FALSE(gemma.chat.has_generation());
+  SftExample ex = sft_example_from_record(rec, DataConfig{}, "completion", gemma, special("<|im_end|>"));
+  Expect e;
+  e.add(bytes_of("<start_of_turn>user\nq<end_of_turn>\n<start_of_turn>model\n"), 0);
+  e.add(bytes_of("a<end_of_turn>\n"), 1);
+  e.add(bytes_of("<start_of_turn>user\nc<end_of_turn>\n<start_of_turn>model\n"), 0);
+  e.add(bytes_of("d<end_of_turn>\n"), 1);
+  EXPECT_EQ(ex.ids, e.ids);
+  EXPECT_EQ(ex.loss, e.loss);
+
+  const PromptFormat gen = make_prompt_format(byte_tok(), "auto", dir + "edge_generation.jinja");
+  EXPECT_TRUE(gen.chat.has_generation());
+  json with_system = rec;
+  with_system["messages"].insert(with_system["messages"].begin(), json{{"role", "system"}, {"content", "S"}});
+  ex = sft_example_from_record(with_system, DataConfig{}, "completion", gen, special("<|im_end|>"));
+  const int32_t st = special("<|im_start|>"), en = special("<|im_end|>");
+  Expect g;
+  g.add(cat({{st}, bytes_of("system\nS"), {en}, bytes_of("\n"), {st}, bytes_of("user\nq"), {en}, bytes_of("\n"), {st},
+             bytes_of("assistant\n")}),
+        0);
+  g.add(cat({bytes_of("a"), {en}}), 1);
+  g.add(cat({bytes_of("\n"), {st}, bytes_of("user\nc"), {en}, bytes_of("\n"), {st}, bytes_of("assistant\n")}), 0);
+  g.add(cat({bytes_of("d"), {en}}), 1);
+  g.add(bytes_of("\n"), 0);
+  EXPECT_EQ(ex.ids, g.ids);
+  EXPECT_EQ(ex.loss, g.loss);
+
+  // Gemma 2 refuses a system message with raise_exception: its message is the error.
+  json sys = rec;
+  sys["messages"].insert(sys["messages"].begin(), json{{"role", "system"}, {"content", "S"}});
+  EXPECT_EQ(error_of([&] { sft_example_from_record(sys, DataConfig{}, "completion", gemma, 0); }),
+            "System role not supported");
+}
+
 TEST(SftData, CompletionFieldWinsOverMessagesAsPrompt) {
   // With a completion, the messages are the prompt (all of them context).
   const json rec = {{"messages", json::array({{{"role", "user"}, {"content", "q"}}})}, {"completion", "r"}};

@@ -97,6 +97,19 @@ TEST(TokenizeCli, ChatRendersAndDecodeInverts) {
   const Result chatml = run("tokenize --tokenizer " + kQwen3 + " --input " + in + " --chat --template qwen2.5");
   ASSERT_EQ(chatml.code, 0) << chatml.err;
   EXPECT_NE(lines_of(chatml.out)[0]["text"].get<std::string>().find("You are Qwen"), std::string::npos);
+  EXPECT_EQ(chatml.err.find("warn"), std::string::npos) << chatml.err;
+  // A family whose special tokens the tokenizer lacks renders, with a warning.
+  const Result llama = run("tokenize --tokenizer " + kQwen3 + " --input " + in + " --chat --template llama3");
+  ASSERT_EQ(llama.code, 0) << llama.err;
+  EXPECT_EQ(lines_of(llama.out)[0]["text"], "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nWhat is "
+                                            "2+3?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n");
+  EXPECT_NE(llama.err.find("<|start_header_id|>, <|end_header_id|>, <|eot_id|>"), std::string::npos) << llama.err;
+  // A Jinja file.
+  const std::string tmpl = write_input("{{ messages[-1].content | upper }}{% if add_generation_prompt %} =>{% endif %}");
+  const Result file = run("tokenize --tokenizer " + kQwen3 + " --input " + in + " --chat --template " + tmpl);
+  ASSERT_EQ(file.code, 0) << file.err;
+  EXPECT_EQ(lines_of(file.out)[1]["text"], "HI =>");
+  fs::remove(tmpl);
 
   std::string ids_input;
   for (const json& o : out) ids_input += json{{"ids", o["ids"]}}.dump() + "\n";
