@@ -43,6 +43,7 @@ const std::map<std::string, std::string>& owners() {
       {"profile.h", "core"},     {"rng.h", "core"},         {"signals.h", "core"},     {"ops.h", "ops"},
       {"rl_ops.h", "ops"},       {"reward_ops.h", "ops"},   {"config.h", "config"},    {"tokenizer.h", "tokenizer"},
       {"chat.h", "tokenizer"},   {"token_bytes.h", "tokenizer"}, {"model.h", "model"},  {"safetensors.h", "model"},
+      {"layer.h", "model"},
       {"init_model.h", "model"}, {"data.h", "data"},        {"synth.h", "data"},       {"engine.h", "engine"},
       {"reward.h", "rl"},        {"eval.h", "rl"},          {"trainer.h", "train"},    {"sft.h", "train"},
       {"checkpoint.h", "train"}, {"metrics.h", "train"},    {"optimizer.h", "train"},
