@@ -1,6 +1,7 @@
 // Models: the Hugging Face config.json of Qwen2/2.5, Qwen3 and Llama 3.x, the weight layout (one flat buffer per
 // role), loading from safetensors, and the decoder transformer's forward and backward over packed micro-batches,
-// written once against include/rlcu/ops.h so that the same code runs on the CPU and on CUDA.
+// written once against include/rlcu/ops.h so that the same code runs on the CPU and on CUDA. Each layer's forward
+// is rlcu/layer.h's, shared with the generation engine.
 //
 // The decoder (HF LlamaForCausalLM / Qwen2ForCausalLM / Qwen3ForCausalLM), per packed micro-batch of T tokens:
 //   x = embed[ids]                                                            [T,H]

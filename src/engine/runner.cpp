@@ -1,12 +1,13 @@
-// The engine's model runner (see runner.h for the math, the cache layout and the CUDA-graph scheme).
+// The engine's model runner (see runner.h for what it owns, the cache layout and the CUDA-graph scheme; the layer
+// math is rlcu/layer.h's).
 #include "runner.h"
 
 #include <algorithm>
-#include <cmath>
 #include <cstring>
 #include <map>
 
 #include "rlcu/error.h"
+#include "rlcu/layer.h"
 
 namespace rlcu::engine {
 
@@ -56,13 +57,14 @@ struct Runner::Impl {
   Device dev;
   DType ad;
   int64_t L, H, I, V, nq, nkv, hd, qd, kvd, Tm, MB, num_slots;
-  float eps, scale;
+  float eps;
   int64_t sms = 1;  // multiprocessors of the device (1 on the CPU)
 
   Buffer kv_buf;
   Tensor kv;  // [2L, num_slots, nkv, hd]
   Arena arena;
   Tensor x, h, q_raw, k_raw, qkv, q, k, v, attn, lse, rstd, gu, act, hsel, hf, logits_, ws;
+  LayerBuffers lb;  // the layer's views of the buffers above (see layer_buffers)
   // device-side inputs (I32) and outputs
   Tensor ids, pos, slots, cu, ctx_lens, tables, logit_rows, seq_ids, spos, tokens, logprobs, copies;
   Buffer host;  // page-locked staging (see StageLayout)
@@ -95,72 +97,53 @@ struct Runner::Impl {
     ctx.upload(dst.view({-1}).slice_rows(0, n), h);
   }
 
-  void layer(int64_t l, int64_t T, bool decode, int num_seqs, int max_seqlen) {
+  // One residual buffer updated in place (x_mid = x_out = x), h for both norms' outputs, and one rstd buffer for
+  // every statistic the forward writes but inference never reads.
+  LayerBuffers layer_buffers() const {
+    LayerBuffers b;
+    b.rstd1 = rstd;
+    b.h1 = h;
+    b.qkv = qkv;
+    b.q_raw = q_raw;
+    b.k_raw = k_raw;
+    b.rstd_q = rstd.slice_rows(0, Tm * nq).view({Tm, nq});
+    b.rstd_k = rstd.slice_rows(0, Tm * nkv).view({Tm, nkv});
+    b.q = q;
+    b.k = k;
+    b.v = v;
+    b.attn = attn;
+    b.lse = lse;
+    b.x_mid = x;
+    b.rstd2 = rstd;
+    b.h2 = h;
+    b.gate_up = gu;
+    b.act = act;
+    return b;
+  }
+
+  // Layer l on the first T rows of x, in place, with this layer's cache planes added to `attn`.
+  void layer(int64_t l, int64_t T, const AttentionSpec& attn) {
     const LayerWeights& W = m.weights().layers[static_cast<size_t>(l)];
-    const ModelConfig& c = m.config();
-    const ops::GemmParams linear{false, true, 1.0f, 0.0f};
-    const Tensor xt = rows(x, T), ht = rows(h, T), rs = rows(rstd, T * std::max<int64_t>(nq, 1));
-    ops::rmsnorm_fwd(ht, rs.slice_rows(0, T), xt, W.input_norm, eps, ctx);
-    const Tensor qt = rows(q, T), kt = rows(k, T), vt = rows(v, T);
-    const Tensor q3 = qt.view({T, nq, hd}), k3 = kt.view({T, nkv, hd}), v3 = vt.view({T, nkv, hd});
-    const Tensor p = rows(pos, T);
-    if (!W.qkv.empty() && (!c.qkv_bias || !W.qkv_bias.empty())) {
-      // One projection for q, k and v, then bias / QK-norm / rope / cache write in one kernel (bit-identical to
-      // the separate ops the trainer runs). Decode needs no dense k, v.
-      const Tensor qkvt = rows(qkv, T);
-      ops::gemm(qkvt, ht, W.qkv, linear, ctx);
-      ops::qkv_prepare(q3, decode ? Tensor() : k3, decode ? Tensor() : v3, kcache(l), vcache(l), qkvt, W.qkv_bias,
-                       W.q_norm, W.k_norm, eps, p, m.inv_freq(), rows(slots, T), ctx);
-    } else {
-      const Tensor q_lin = c.qk_norm ? rows(q_raw, T) : qt;
-      const Tensor k_lin = c.qk_norm ? rows(k_raw, T) : kt;
-      ops::gemm(q_lin, ht, W.q, linear, ctx);
-      ops::gemm(k_lin, ht, W.k, linear, ctx);
-      ops::gemm(vt, ht, W.v, linear, ctx);
-      if (c.qkv_bias) {
-        ops::bias_add(q_lin, W.q_bias, ctx);
-        ops::bias_add(k_lin, W.k_bias, ctx);
-        ops::bias_add(vt, W.v_bias, ctx);
-      }
-      if (c.qk_norm) {
-        ops::rmsnorm_fwd(qt.view({T * nq, hd}), rs.slice_rows(0, T * nq), q_lin.view({T * nq, hd}), W.q_norm, eps,
-                         ctx);
-        ops::rmsnorm_fwd(kt.view({T * nkv, hd}), rs.slice_rows(0, T * nkv), k_lin.view({T * nkv, hd}), W.k_norm,
-                         eps, ctx);
-      }
-      ops::rope_fwd(q3, q3, p, m.inv_freq(), ctx);
-      ops::rope_fwd(k3, k3, p, m.inv_freq(), ctx);
-      ops::kv_cache_write(kcache(l), vcache(l), k3, v3, rows(slots, T), ctx);
-    }
-    const Tensor a3 = rows(attn, T).view({T, nq, hd});
-    if (decode) {
-      const ops::PagedAttentionParams pp{static_cast<int>(o.block_size), splits_for(T), scale};
-      ops::paged_attention_decode(a3, q3, kcache(l), vcache(l), rows(tables, T * o.max_blocks_per_seq)
-                                      .view({T, o.max_blocks_per_seq}),
-                                  rows(ctx_lens, T), ws, pp, ctx);
-    } else {
-      const ops::AttentionParams ap{num_seqs, max_seqlen, scale};
-      ops::attention_fwd(a3, rows(lse, T), q3, k3, v3, rows(cu, num_seqs + 1), ap, ctx);
-    }
-    ops::GemmParams residual{false, true, 1.0f, 1.0f};
-    residual.addend = &xt;  // x += attn Wo^T
-    ops::gemm(xt, rows(attn, T), W.o, residual, ctx);
-    if (c.o_bias) ops::bias_add(xt, W.o_bias, ctx);
-    ops::rmsnorm_fwd(ht, rs.slice_rows(0, T), xt, W.post_norm, eps, ctx);
-    const Tensor gut = rows(gu, T), actt = rows(act, T);
-    ops::gemm(gut, ht, W.gate_up, linear, ctx);
-    ops::swiglu_fwd(actt, gut, ctx);
-    ops::gemm(xt, actt, W.down, residual, ctx);  // x += act Wd^T
+    LayerOptions lo;
+    lo.fused_qkv = fused_qkv_available(W, m.config());
+    const Tensor xt = rows(x, T);
+    layer_forward(xt, lb, xt, W, rows(pos, T), m.inv_freq(), m.config(),
+                  attn.with_cache(kcache(l), vcache(l), rows(slots, T)), lo, ctx);
   }
 
   void head(const Tensor& hidden, int64_t R) {
     ops::rmsnorm_fwd(rows(hf, R), rows(rstd, R), hidden, m.weights().final_norm, eps, ctx);
-    ops::gemm(rows(logits_, R), rows(hf, R), m.weights().lm_head, ops::GemmParams{false, true, 1.0f, 0.0f}, ctx);
+    ops::GemmParams linear;  // logits = hf W_head^T
+    linear.trans_b = true;
+    ops::gemm(rows(logits_, R), rows(hf, R), m.weights().lm_head, linear, ctx);
   }
 
   void decode_forward(int64_t B) {
     ops::embedding_fwd(rows(x, B), m.weights().embed, rows(ids, B), ctx);
-    for (int64_t l = 0; l < L; ++l) layer(l, B, true, 0, 0);
+    const int64_t mbs = o.max_blocks_per_seq;
+    const AttentionSpec attn = AttentionSpec::paged(rows(tables, B * mbs).view({B, mbs}), rows(ctx_lens, B), ws,
+                                                    static_cast<int>(o.block_size), splits_for(B));
+    for (int64_t l = 0; l < L; ++l) layer(l, B, attn);
     head(rows(x, B), B);
   }
 };
@@ -198,7 +181,6 @@ Runner::Runner(const Model& model, const RunnerOptions& opt, Context& ctx)
   s.MB = opt.max_batch;
   s.num_slots = opt.num_blocks * opt.block_size;
   s.eps = static_cast<float>(c.rms_norm_eps);
-  s.scale = 1.0f / std::sqrt(static_cast<float>(s.hd));
   s.sms = ctx.multiprocessors();
 
   const size_t kv_bytes = static_cast<size_t>(2 * s.L * s.num_slots * s.kvd) * dtype_size(s.ad);
@@ -240,6 +222,7 @@ Runner::Runner(const Model& model, const RunnerOptions& opt, Context& ctx)
   s.tokens = s.arena.alloc(i32, {MB});
   s.logprobs = s.arena.alloc(f32, {MB});
   s.copies = s.arena.alloc(i32, {MB, 3});
+  s.lb = s.layer_buffers();
   // Page-locked mirror: one region per array (so a staged array is never overwritten before its copy ran).
   s.host_bytes = StageLayout(Tm, MB, opt.max_blocks_per_seq).end;
   s.host = Buffer::alloc_pinned(s.host_bytes);
@@ -287,7 +270,8 @@ void Runner::prefill(const PrefillInput& in) {
   s.stage(s.cu, in.cu_seqlens.data(), S + 1, lay.cu);
   s.stage(s.logit_rows, in.logit_rows.data(), R, lay.logit_rows);
   ops::embedding_fwd(rows(s.x, T), s.m.weights().embed, rows(s.ids, T), s.ctx);
-  for (int64_t l = 0; l < s.L; ++l) s.layer(l, T, false, S, in.max_seqlen);
+  const AttentionSpec attn = AttentionSpec::dense(rows(s.cu, S + 1), S, in.max_seqlen);
+  for (int64_t l = 0; l < s.L; ++l) s.layer(l, T, attn);
   ops::embedding_fwd(rows(s.hsel, R), rows(s.x, T), rows(s.logit_rows, R), s.ctx);
   s.head(rows(s.hsel, R), R);
 }

@@ -1,15 +1,18 @@
-// The engine's model runner: the decoder forward for generation, written against include/rlcu/ops.h, over a
-// paged KV cache. Inference only; one residual buffer updated in place (the residual adds are fused into the
-// o_proj and down_proj products, as in training), activations in the model's working dtype (BF16 on CUDA, F32 on
-// the CPU), logits in F32.
+// The engine's model runner: drives the decoder for generation over a paged KV cache. It owns the KV pool, the
+// activation arena, the staging of host inputs, the CUDA graphs of decode steps, the sampler call and the block
+// copies; each layer is rlcu/layer.h's layer_forward, the same code the training forward runs, with the layer's
+// cache planes in its AttentionSpec. Inference only; one residual buffer updated in place (x_mid = x_out = x; the
+// residual adds are fused into the o_proj and down_proj products), activations in the model's working dtype (BF16
+// on CUDA, F32 on the CPU), logits in F32.
 //
 //   prefill(batch): packed prompts (positions from 0): every layer writes its K/V for all tokens into the cache at
-//     their slots and attends densely within each sequence (ops::attention_fwd — a prefill always starts at
+//     their slots and attends densely within each sequence (AttentionSpec::dense — a prefill always starts at
 //     position 0, also when a preempted sequence is recomputed, so no cached context is read); then the final
 //     hidden rows listed in `logit_rows` (a row may repeat: the n samples of a prompt) become logits [R, V].
-//   decode(batch): one token per sequence: K/V written at its slot, ops::paged_attention_decode over the context
-//     through the block tables, logits [B, V]. On CUDA the step from the embedding to the logits is captured once
-//     per batch bucket in a CUDA graph and replayed; rows past the live batch are padding (slot -1, context 0).
+//   decode(batch): one token per sequence: K/V written at its slot, paged attention over the context through the
+//     block tables (AttentionSpec::paged), logits [B, V]. On CUDA the step from the embedding to the logits is
+//     captured once per batch bucket in a CUDA graph and replayed; rows past the live batch are padding (slot -1,
+//     context 0).
 //   sample(): ops::sample on the first R rows of the last logits.
 //
 // Cache layout: one buffer [L, 2, num_slots, nkv, hd]; layer l's K is plane 2l, its V plane 2l+1, slot s = block *

@@ -1,5 +1,7 @@
-// The decoder forward and backward over one packed micro-batch, written against include/rlcu/ops.h only (see
-// include/rlcu/model.h for the math). Parameter gradients ACCUMULATE (+=) into Model::grads(); activation
+// The decoder's driver over one packed micro-batch, written against include/rlcu/ops.h only (see
+// include/rlcu/model.h for the math): the activation arena, the batch upload, the forward (embedding, each layer by
+// rlcu/layer.h's layer_forward with dense attention and no KV cache, final norm, log-prob head) and the backward,
+// which this file owns alone. Parameter gradients ACCUMULATE (+=) into Model::grads(); activation
 // gradients OVERWRITE (=) and the residual-stream gradient is summed by rmsnorm_bwd_add (dres += the norm's input
 // gradient, one rounding).
 //
@@ -14,7 +16,7 @@
 // With fp32_residual the residual stream (x and x_mid) is F32 while the other activations stay in act_dtype: the
 // norms read it in F32 and the o/down products add into it in F32, so it is never rounded to bf16. The residual
 // gradient dres stays in act_dtype (it feeds the bf16 weight-gradient products).
-// Saved per layer (LayerActs): rstd1, h1 = norm1(x), [QK-norm inputs: qkv, or q_raw, k_raw, rstd_q, rstd_k],
+// Saved per layer (LayerBuffers): rstd1, h1 = norm1(x), [QK-norm inputs: qkv, or q_raw, k_raw, rstd_q, rstd_k],
 // q, k (after rope), v, attn (attention output), lse, x_mid = x + o_proj, rstd2, h2 = norm2(x_mid), gate_up.
 // act = swiglu(gate_up) is kept per layer when training without checkpointing, and recomputed in backward otherwise.
 //
@@ -36,6 +38,7 @@
 #include <cmath>
 #include <tuple>
 
+#include "rlcu/layer.h"
 #include "rlcu/model.h"
 #include "rlcu/ops.h"
 
@@ -95,16 +98,13 @@ void PackedBatch::clear() {
   max_seqlen = 0;
 }
 
-struct LayerActs {
-  Tensor rstd1, h1, q_raw, k_raw, rstd_q, rstd_k, q, k, v, attn, lse, x_mid, rstd2, h2, gate_up;
-  Tensor qkv;  // fused path with QK-norm: the raw projection [T, qd + 2 kvd], read again by the backward
-  Tensor act;  // swiglu(gate_up): kept per layer when training without checkpointing, else empty
-};
-
 struct Transformer::State {
   Arena arena;
   std::vector<Tensor> resid;
-  std::vector<LayerActs> acts;
+  // Per layer (training without checkpointing) or one shared set. LayerBuffers::qkv is set only with QK-norm (the
+  // raw projection the backward reads again), ::act only when training without checkpointing; run_layer fills them
+  // in from the shared qkv / act otherwise.
+  std::vector<LayerBuffers> acts;
   Tensor act, rstd_f, h_f, lse_head;
   Tensor head_probs, head_stats;  // the head's saved softmax (training with save_head_probs), else empty
   Tensor dres, dh, dgu, dact, dattn, dq, dk, dv, dq_raw, dk_raw;
@@ -129,10 +129,11 @@ struct Transformer::State {
     }
     return p;
   }
-  LayerActs& layer(int64_t l, bool shared) { return acts[shared ? 0 : l]; }
+  LayerBuffers& layer(int64_t l, bool shared) { return acts[shared ? 0 : l]; }
 
-  void layer_forward(const Model& m, int64_t l, const Tensor& x, const Tensor& x_out, LayerActs& a,
-                     const DeviceBatch& b, bool full, Context& ctx);
+  // Layer l on x (dense attention over the batch's sequences); full = false stops after gate_up.
+  void run_layer(const Model& m, int64_t l, const Tensor& x, const Tensor& x_out, const LayerBuffers& a,
+                 const DeviceBatch& b, bool full, Context& ctx);
 };
 
 Transformer::Transformer(Model& model, const TransformerOptions& opt, Context& ctx)
@@ -150,11 +151,10 @@ Transformer::Transformer(Model& model, const TransformerOptions& opt, Context& c
   const DType ad = opt.act_dtype, f32 = DType::F32, i32 = DType::I32;
   const bool shared_acts = !opt.training || opt.checkpointing;
   // Fused q/k/v only when every layer has the fused views (in the weights and, for training, the gradients).
-  auto has_fused = [&](const LayerWeights& lw) { return !lw.qkv.empty() && (!c.qkv_bias || !lw.qkv_bias.empty()); };
   bool fused = true;
   for (int64_t l = 0; l < L; ++l) {
-    fused = fused && has_fused(model.weights().layers[static_cast<size_t>(l)]);
-    if (opt.training) fused = fused && has_fused(model.grads().layers[static_cast<size_t>(l)]);
+    fused = fused && fused_qkv_available(model.weights().layers[static_cast<size_t>(l)], c);
+    if (opt.training) fused = fused && fused_qkv_available(model.grads().layers[static_cast<size_t>(l)], c);
   }
   s_->fused_qkv = fused;
   const int64_t Wqkv = qd + 2 * kvd;
@@ -163,7 +163,7 @@ Transformer::Transformer(Model& model, const TransformerOptions& opt, Context& c
   const DType rd = opt.fp32_residual ? f32 : ad;
   for (Tensor& r : s_->resid) plan.add(r, rd, {Tm, H});
   s_->acts.resize(shared_acts ? 1 : L);
-  for (LayerActs& a : s_->acts) {
+  for (LayerBuffers& a : s_->acts) {
     plan.add(a.rstd1, f32, {Tm});
     plan.add(a.h1, ad, {Tm, H});
     if (fused) {
@@ -273,61 +273,17 @@ DeviceBatch Transformer::upload(const PackedBatch& b, Context& ctx) {
   return d;
 }
 
-void Transformer::State::layer_forward(const Model& m, int64_t l, const Tensor& x, const Tensor& x_out, LayerActs& a,
-                                       const DeviceBatch& b, bool full, Context& ctx) {
-  const ModelConfig& c = m.config();
-  const LayerWeights& W = m.weights().layers[static_cast<size_t>(l)];
-  const int64_t T = b.num_tokens, nq = c.num_heads, nkv = c.num_kv_heads, hd = c.head_dim;
-  const float eps = static_cast<float>(c.rms_norm_eps);
-  const ops::GemmParams linear{false, true, 1.0f, 0.0f};
-
-  const Tensor h1 = rows(a.h1, T);
-  ops::rmsnorm_fwd(h1, rows(a.rstd1, T), x, W.input_norm, eps, ctx);
-  const Tensor q = rows(a.q, T), k = rows(a.k, T), v = rows(a.v, T);
-  const Tensor q3 = q.view({T, nq, hd}), k3 = k.view({T, nkv, hd});
-  if (fused_qkv) {
-    // One product, then bias / QK-norm / rope in one kernel (no KV cache): the same values as the ops below.
-    const Tensor qkv_raw = rows(a.qkv.empty() ? qkv : a.qkv, T);
-    ops::gemm(qkv_raw, h1, W.qkv, linear, ctx);
-    ops::qkv_prepare(q3, k3, v.view({T, nkv, hd}), Tensor(), Tensor(), qkv_raw, W.qkv_bias, W.q_norm, W.k_norm, eps,
-                     b.positions, m.inv_freq(), Tensor(), ctx);
-  } else {
-    const Tensor q_lin = c.qk_norm ? rows(a.q_raw, T) : q;
-    const Tensor k_lin = c.qk_norm ? rows(a.k_raw, T) : k;
-    ops::gemm(q_lin, h1, W.q, linear, ctx);
-    ops::gemm(k_lin, h1, W.k, linear, ctx);
-    ops::gemm(v, h1, W.v, linear, ctx);
-    if (c.qkv_bias) {
-      ops::bias_add(q_lin, W.q_bias, ctx);
-      ops::bias_add(k_lin, W.k_bias, ctx);
-      ops::bias_add(v, W.v_bias, ctx);
-    }
-    if (c.qk_norm) {
-      ops::rmsnorm_fwd(q.view({T * nq, hd}), rows(a.rstd_q, T).view({T * nq}), q_lin.view({T * nq, hd}), W.q_norm,
-                       eps, ctx);
-      ops::rmsnorm_fwd(k.view({T * nkv, hd}), rows(a.rstd_k, T).view({T * nkv}), k_lin.view({T * nkv, hd}), W.k_norm,
-                       eps, ctx);
-    }
-    ops::rope_fwd(q3, q3, b.positions, m.inv_freq(), ctx);
-    ops::rope_fwd(k3, k3, b.positions, m.inv_freq(), ctx);
-  }
-  const ops::AttentionParams ap{b.num_seqs, b.max_seqlen, 1.0f / std::sqrt(static_cast<float>(hd))};
-  const Tensor attn = rows(a.attn, T);
-  ops::attention_fwd(attn.view({T, nq, hd}), rows(a.lse, T), q3, k3, v.view({T, nkv, hd}), b.cu_seqlens, ap, ctx);
-  // Residual adds fused into the products: x_mid = x + attn Wo^T (+ bo), x_out = x_mid + act Wd^T.
-  ops::GemmParams residual{false, true, 1.0f, 1.0f};
-  const Tensor x_mid = rows(a.x_mid, T);
-  residual.addend = &x;
-  ops::gemm(x_mid, attn, W.o, residual, ctx);
-  if (c.o_bias) ops::bias_add(x_mid, W.o_bias, ctx);
-  const Tensor h2 = rows(a.h2, T), gu = rows(a.gate_up, T);
-  ops::rmsnorm_fwd(h2, rows(a.rstd2, T), x_mid, W.post_norm, eps, ctx);
-  ops::gemm(gu, h2, W.gate_up, linear, ctx);
-  if (!full) return;
-  const Tensor ac = rows(a.act.empty() ? act : a.act, T);
-  ops::swiglu_fwd(ac, gu, ctx);
-  residual.addend = &x_mid;
-  ops::gemm(x_out, ac, W.down, residual, ctx);
+void Transformer::State::run_layer(const Model& m, int64_t l, const Tensor& x, const Tensor& x_out,
+                                   const LayerBuffers& a, const DeviceBatch& b, bool full, Context& ctx) {
+  // The buffers shared by all layers (act without a per-layer copy, the fused raw qkv without QK-norm).
+  LayerBuffers buf = a;
+  if (buf.act.empty()) buf.act = act;
+  if (buf.qkv.empty()) buf.qkv = qkv;
+  LayerOptions opt;
+  opt.fused_qkv = fused_qkv;
+  opt.full = full;
+  layer_forward(x_out, buf, x, m.weights().layers[static_cast<size_t>(l)], b.positions, m.inv_freq(), m.config(),
+                AttentionSpec::dense(b.cu_seqlens, b.num_seqs, b.max_seqlen), opt, ctx);
 }
 
 void Transformer::forward(const Tensor& logprob, const Tensor& entropy, const DeviceBatch& b, Context& ctx) {
@@ -343,8 +299,8 @@ void Transformer::forward(const Tensor& logprob, const Tensor& entropy, const De
   const bool shared = !opt_.training || opt_.checkpointing;
   ops::embedding_fwd(rows(s_->x_in(0, opt_.training), T), W.embed, b.ids, ctx);
   for (int64_t l = 0; l < L; ++l)
-    s_->layer_forward(model_, l, rows(s_->x_in(l, opt_.training), T), rows(s_->x_in(l + 1, opt_.training), T),
-                      s_->layer(l, shared), b, true, ctx);
+    s_->run_layer(model_, l, rows(s_->x_in(l, opt_.training), T), rows(s_->x_in(l + 1, opt_.training), T),
+                  s_->layer(l, shared), b, true, ctx);
   ops::rmsnorm_fwd(rows(s_->h_f, T), rows(s_->rstd_f, T), rows(s_->x_in(L, opt_.training), T), W.final_norm,
                    static_cast<float>(c.rms_norm_eps), ctx);
   ops::logprob_fwd(logprob, entropy, rows(s_->lse_head, T), rows(s_->h_f, T), W.lm_head, b.targets,
@@ -391,10 +347,16 @@ void Transformer::backward_from_final(const Tensor& dh, Context& ctx) {
   const ModelWeights& G = model_.grads();
   const int64_t T = b.num_tokens, L = c.num_layers, nq = c.num_heads, nkv = c.num_kv_heads, hd = c.head_dim;
   const float eps = static_cast<float>(c.rms_norm_eps);
-  const ops::GemmParams dx{false, false, 1.0f, 0.0f};      // dx = dy W
-  const ops::GemmParams dx_acc{false, false, 1.0f, 1.0f};  // dx += dy W
-  const ops::GemmParams dw{true, false, 1.0f, 1.0f};       // dW += dy^T x
-  const ops::AttentionParams ap{b.num_seqs, b.max_seqlen, 1.0f / std::sqrt(static_cast<float>(hd))};
+  const ops::GemmParams dx;  // dx = dy W
+  ops::GemmParams dx_acc;    // dx += dy W
+  dx_acc.beta = 1.0f;
+  ops::GemmParams dw;  // dW += dy^T x
+  dw.trans_a = true;
+  dw.beta = 1.0f;
+  ops::AttentionParams ap;
+  ap.num_seqs = b.num_seqs;
+  ap.max_seqlen = b.max_seqlen;
+  ap.scale = 1.0f / std::sqrt(static_cast<float>(hd));
   const Tensor dres = rows(s_->dres, T);
   ops::rmsnorm_bwd(dres, G.final_norm, dh, rows(s_->x_in(L, true), T), W.final_norm, rows(s_->rstd_f, T), ctx);
 
@@ -402,8 +364,8 @@ void Transformer::backward_from_final(const Tensor& dh, Context& ctx) {
     const LayerWeights& Wl = W.layers[static_cast<size_t>(l)];
     const LayerWeights& Gl = G.layers[static_cast<size_t>(l)];
     const Tensor x = rows(s_->x_in(l, true), T);
-    LayerActs& a = s_->layer(l, opt_.checkpointing);
-    if (opt_.checkpointing) s_->layer_forward(model_, l, x, Tensor(), a, b, false, ctx);
+    LayerBuffers& a = s_->layer(l, opt_.checkpointing);
+    if (opt_.checkpointing) s_->run_layer(model_, l, x, Tensor(), a, b, false, ctx);
 
     // MLP branch: dres = d(layer output).
     const Tensor gu = rows(a.gate_up, T), dact = rows(s_->dact, T), dgu = rows(s_->dgu, T);
