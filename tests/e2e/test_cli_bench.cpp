@@ -37,7 +37,7 @@ TEST(CliBench, RolloutOnCpuReportsTheBound) {
   // (A tiny model sits in the CPU's caches, so its steps may beat a bound measured on 64 MiB: only > 0 is checked.)
   EXPECT_GT(j["decode_bound_fraction"].get<double>(), 0.0);
   EXPECT_GT(j["prefill_bound_fraction"].get<double>(), 0.0);
-  EXPECT_EQ(j["mean_abs_dlogprob"].get<double>(), 0.0);  // the CPU engine and the training forward agree exactly
+  EXPECT_LT(j["mean_abs_dlogprob"].get<double>(), 1e-5);  // fp32 on the CPU: the two paths agree to rounding
 }
 
 TEST(CliBench, Errors) {
