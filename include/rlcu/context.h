@@ -46,6 +46,8 @@ class Context {
   void download(void* dst, const Tensor& src) const;
   // Sets every byte of dst to zero, stream-ordered.
   void zero(const Tensor& dst) const;
+  // src's bytes into dst (same byte size; any devices), stream-ordered.
+  void copy(const Tensor& dst, const Tensor& src) const;
   // Free and total memory of this context's device (0 / 0 on the CPU).
   MemoryInfo memory_info() const;
   // Streaming multiprocessors of the device (1 on the CPU).

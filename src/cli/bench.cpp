@@ -14,6 +14,7 @@
 #include <spdlog/spdlog.h>
 
 #include "commands.h"
+#include "device_rates.h"
 #include "rlcu/config.h"
 #include "rlcu/context.h"
 #include "rlcu/model.h"
@@ -139,8 +140,8 @@ int run_bench_train(const BenchTrainArgs& a) {
   std::sort(sorted.begin(), sorted.end());
   const double med = sorted[sorted.size() / 2];
 
-  const double H = mc.hidden_size, I = mc.intermediate_size, L = mc.num_layers, V = mc.vocab_size;
-  const double mm_params = L * (H * (mc.q_dim() + 2.0 * mc.kv_dim()) + mc.q_dim() * H + 3 * H * I) + V * H;
+  const double L = static_cast<double>(mc.num_layers);
+  const double mm_params = matmul_parameters(mc);
   const double pairs = static_cast<double>(a.batch) * a.seq_len * (a.seq_len + 1) / 2.0;
   const double flops = 6 * mm_params * tokens + 12.0 * L * mc.num_heads * mc.head_dim * pairs;
   const double tflops = flops / med / 1e12;

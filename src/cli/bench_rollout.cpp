@@ -6,6 +6,11 @@
 // decode batch; KV pool size and peak use; and the fraction of the HBM roofline: the bytes a decode step must read
 // at least — every weight once (bf16, the LM head included) plus the K/V of every context token of every sequence —
 // summed over the run's decode steps, divided by the decode time and by the card's peak memory bandwidth.
+// The bound: per decode step, the memory time (those bytes over the copy bandwidth measured in the same run) and the
+// compute time (2 × matmul parameters × sequences in the step plus the attention FLOPs 4 · layers · heads · head_dim
+// · context per token, over the bf16 product rate measured in the same run); the larger one is the step's limit and
+// the benchmark reports the fraction of it achieved. The same for the prefill passes (weights read once per pass
+// plus the K/V written; the LM head runs for one token per prompt there).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -16,6 +21,7 @@
 #include <spdlog/spdlog.h>
 
 #include "commands.h"
+#include "device_rates.h"
 #include "rlcu/context.h"
 #include "rlcu/engine.h"
 #include "rlcu/model.h"
@@ -110,25 +116,61 @@ TimedRuns time_runs(engine::Engine& eng, RandomPrompts& prompts, engine::Samplin
   return out;
 }
 
+// Time a phase must take at least, from the bytes it must move and the FLOPs it must do (see the file header).
+struct PhaseBound {
+  double actual_ms = 0, memory_ms = 0, compute_ms = 0;
+  double limit_ms() const { return std::max(memory_ms, compute_ms); }
+  const char* limited_by() const { return memory_ms >= compute_ms ? "memory" : "compute"; }
+  double fraction() const { return actual_ms > 0 ? limit_ms() / actual_ms : 0; }
+};
+
 struct Roofline {
   std::string card = "cpu";
   double peak_bw = 0;      // bytes/s; 0 when the card is unknown
   double achieved_bw = 0;  // bytes a decode step must read, over the last run's decode time
+  DeviceRates rates;
+  PhaseBound decode;   // per decode step (averaged over the last run's steps)
+  PhaseBound prefill;  // all prefill passes of the last run together
 };
 
-Roofline roofline(const Model& model, const TimedRuns& runs, Device dev, int dev_index) {
+Roofline roofline(const Model& model, const TimedRuns& runs, const DeviceRates& rates, Device dev, int dev_index) {
   const ModelConfig& mc = model.config();
   const double weight_bytes = static_cast<double>(model.num_parameters()) * 2.0;
   const double kv_token_bytes = 2.0 * static_cast<double>(mc.num_layers * mc.kv_dim()) * 2.0;
-  double kv_bytes_read = 0;
+  // Attention FLOPs per (query, key) pair over all layers and heads: q·k and p·v, 2·head_dim each.
+  const double attn_pair_flops = 4.0 * static_cast<double>(mc.num_layers * mc.num_heads * mc.head_dim);
+  double kv_bytes_read = 0, decode_tokens = 0, decode_pairs = 0, prompt_pairs = 0, prompt_tokens = 0;
   for (const auto& c : runs.last) {
     const double P = static_cast<double>(runs.last_reqs[static_cast<size_t>(c.request)].prompt.size());
     const double T = static_cast<double>(c.ids.size());
-    // decode steps feed tokens 2..T: contexts P+1 .. P+T-1
-    if (T > 1) kv_bytes_read += (T - 1) * (2 * P + T) / 2.0 * kv_token_bytes;
+    // decode steps feed tokens 2..T: contexts P+1 .. P+T-1, each reading its whole context's K/V
+    if (T <= 1) continue;
+    decode_tokens += T - 1;
+    decode_pairs += (T - 1) * (2 * P + T) / 2.0;
+  }
+  kv_bytes_read = decode_pairs * kv_token_bytes;
+  for (const auto& rq : runs.last_reqs) {  // the prompt is prefilled once per request, shared by its samples
+    const double P = static_cast<double>(rq.prompt.size());
+    prompt_tokens += P;
+    prompt_pairs += P * (P + 1) / 2.0;
   }
   const double bytes = weight_bytes * static_cast<double>(runs.st.decode_steps) + kv_bytes_read;
+  const double steps = static_cast<double>(std::max<int64_t>(1, runs.st.decode_steps));
+  const double mm = matmul_parameters(mc), head = head_parameters(mc);
   Roofline r;
+  r.rates = rates;
+  r.decode.actual_ms = 1e3 * runs.st.decode_seconds / steps;
+  r.decode.memory_ms = 1e3 * bytes / steps / rates.copy_bytes_per_s;
+  r.decode.compute_ms = 1e3 * (2.0 * mm * decode_tokens + attn_pair_flops * decode_pairs) / steps /
+                        rates.gemm_flops_per_s;
+  r.prefill.actual_ms = 1e3 * runs.st.prefill_seconds;
+  r.prefill.memory_ms = 1e3 *
+                        (weight_bytes * static_cast<double>(runs.st.prefill_passes) + kv_token_bytes * prompt_tokens) /
+                        rates.copy_bytes_per_s;
+  r.prefill.compute_ms = 1e3 *
+                         (2.0 * (mm - head) * prompt_tokens +
+                          2.0 * head * static_cast<double>(runs.last_reqs.size()) + attn_pair_flops * prompt_pairs) /
+                         rates.gemm_flops_per_s;
   if (dev == Device::CUDA)
     for (const GpuInfo& g : cuda_devices())
       if (g.index == dev_index) {
@@ -206,6 +248,12 @@ void print_results(const BenchRolloutArgs& a, const engine::Engine& eng, const T
              rf.achieved_bw / 1e9,
              rf.peak_bw > 0 ? fmt::format("{:.1f}%", 100 * rf.achieved_bw / rf.peak_bw) : std::string("-"),
              mm.mean_abs, mm.max_abs);
+  fmt::print("\nbound (copy {:.0f} GB/s, {} product {:.1f} TFLOP/s, measured in this run):\n"
+             "| phase | measured ms | memory ms | compute ms | limited by | of bound |\n|---|---|---|---|---|---|\n",
+             rf.rates.copy_bytes_per_s / 1e9, rf.card == "cpu" ? "fp32" : "bf16", rf.rates.gemm_flops_per_s / 1e12);
+  for (const auto& [name, b] : {std::pair{"decode step", rf.decode}, std::pair{"prefill (all passes)", rf.prefill}})
+    fmt::print("| {} | {:.3f} | {:.3f} | {:.3f} | {} | {:.1f}% |\n", name, b.actual_ms, b.memory_ms, b.compute_ms,
+               b.limited_by(), 100 * b.fraction());
   nlohmann::json j{{"bench", "rollout"},
                    {"card", rf.card},
                    {"prompts", a.prompts},
@@ -221,6 +269,15 @@ void print_results(const BenchRolloutArgs& a, const engine::Engine& eng, const T
                    {"kv_pool_gib", static_cast<double>(eng.kv_bytes()) / (1 << 30)},
                    {"hbm_bytes_per_s", rf.achieved_bw},
                    {"hbm_roofline_fraction", rf.peak_bw > 0 ? rf.achieved_bw / rf.peak_bw : 0.0},
+                   {"copy_bytes_per_s", rf.rates.copy_bytes_per_s},
+                   {"gemm_flops_per_s", rf.rates.gemm_flops_per_s},
+                   {"decode_memory_ms", rf.decode.memory_ms},
+                   {"decode_compute_ms", rf.decode.compute_ms},
+                   {"decode_bound_fraction", rf.decode.fraction()},
+                   {"prefill_ms", rf.prefill.actual_ms},
+                   {"prefill_memory_ms", rf.prefill.memory_ms},
+                   {"prefill_compute_ms", rf.prefill.compute_ms},
+                   {"prefill_bound_fraction", rf.prefill.fraction()},
                    {"mean_abs_dlogprob", mm.mean_abs},
                    {"max_abs_dlogprob", mm.max_abs},
                    {"cuda_graphs", !a.no_graphs},
@@ -257,6 +314,7 @@ int run_bench_rollout(const BenchRolloutArgs& a) {
   Context& ctx = dev == Device::CUDA ? *cuda_ctx : Context::cpu();
   auto model = Model::load(a.model, ModelOptions{}, ctx);
   const ModelConfig& mc = model->config();
+  const DeviceRates rates = measure_device_rates(ctx);  // before the KV pool takes the free memory
 
   engine::EngineOptions eo;
   eo.max_batch = std::max<int64_t>(a.max_batch, a.samples);
@@ -278,7 +336,7 @@ int run_bench_rollout(const BenchRolloutArgs& a) {
                a.model, mc.num_layers, mc.hidden_size, a.prompts, a.samples, a.prompt_len, a.new_tokens,
                eng.kv_blocks(), eng.block_size(), static_cast<double>(eng.kv_bytes()) / (1 << 30));
   const TimedRuns runs = time_runs(eng, prompts, so, a);
-  const Roofline rf = roofline(*model, runs, dev, dev_index);
+  const Roofline rf = roofline(*model, runs, rates, dev, dev_index);
   const Mismatch mm = mismatch(*model, runs, a, dev, ctx);
   print_results(a, eng, runs, rf, mm);
   if (a.profile && dev == Device::CUDA) profile_run(eng, prompts, so, a, ctx);

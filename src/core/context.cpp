@@ -4,6 +4,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <utility>
 
 #include "cuda_rt.h"
@@ -68,6 +69,18 @@ void Context::zero(const Tensor& dst) const {
   }
   RLCU_CHECK(device_ == Device::CUDA, "zeroing a CUDA tensor needs a CUDA context");
   cuda_rt::zero_async(dst.data, dst.nbytes(), stream_);
+}
+
+void Context::copy(const Tensor& dst, const Tensor& src) const {
+  RLCU_CHECK(dst.nbytes() == src.nbytes(), "copy of " + std::to_string(src.nbytes()) + " bytes into a tensor of " +
+                                               std::to_string(dst.nbytes()));
+  if (dst.nbytes() == 0) return;
+  if (dst.device == Device::CPU && src.device == Device::CPU) {
+    std::memcpy(dst.data, src.data, dst.nbytes());
+    return;
+  }
+  RLCU_CHECK(device_ == Device::CUDA, "a copy involving a CUDA tensor needs a CUDA context");
+  cuda_rt::copy_async(dst.data, src.data, dst.nbytes(), stream_);
 }
 
 MemoryInfo Context::memory_info() const {
