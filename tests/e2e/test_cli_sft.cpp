@@ -258,3 +258,57 @@ TEST_F(CliSft, DataErrorsNameFileAndLine) {
   r = run_rlcu("sft");
   EXPECT_EQ(r.code, 2) << r.err;
 }
+
+TEST_F(CliSft, RunDirectoryRefusedOverwrittenAndInputsChecked) {
+  const std::string cfg = write_config("rundir.json", config("rundir", 2));
+  const std::string dir = file("rundir");
+  ASSERT_EQ(run_rlcu("sft " + quote(cfg)).code, 0);
+  const std::string metrics = read_text(dir + "/metrics.jsonl");
+  CmdResult r = run_rlcu("sft " + quote(cfg));
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("already holds a run"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("rlcu sft --resume " + dir), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("--overwrite"), std::string::npos) << r.err;
+  EXPECT_EQ(read_text(dir + "/metrics.jsonl"), metrics);
+  r = run_rlcu("sft " + quote(cfg) + " --overwrite --set sft.steps=1");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_FALSE(fs::exists(final_dir(dir, 2)));
+  EXPECT_TRUE(fs::exists(final_dir(dir, 1)));
+
+  // The training data changed since the run started: a resume refuses it, naming the key and the file.
+  const std::string data = file("rundir_data.jsonl");
+  fs::copy_file(train_data(), data, fs::copy_options::overwrite_existing);
+  json c = config("rundir_inputs", 3);
+  c["sft"]["path"] = data;
+  ASSERT_EQ(run_rlcu("sft " + quote(write_config("rundir_inputs.json", c)) + " --stop-after 1").code, 0);
+  const std::string text = read_text(data);
+  write_text(data, text + text.substr(0, text.find('\n') + 1));
+  r = run_rlcu("sft --resume " + quote(file("rundir_inputs")));
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("sft.path: " + data + " changed since the run started"), std::string::npos) << r.err;
+  write_text(data, text);
+  r = run_rlcu("sft --resume " + quote(file("rundir_inputs")));
+  EXPECT_EQ(r.code, 0) << r.err;
+}
+
+TEST_F(CliSft, NonFiniteGradientSavesTheLastCompletedStep) {
+  // lr 1e30 turns the weights into infinities after step 1: step 2's gradient norm is not finite.
+  json c = config("nan", 4);
+  c["optimizer"]["lr"] = 1e30;
+  c["sft"]["eval_fraction"] = 0.0;
+  const std::string dir = file("nan");
+  CmdResult r = run_rlcu("sft " + quote(write_config("nan.json", c)));
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("gradient norm is"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("step 2 failed"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("last completed step 1 is saved"), std::string::npos) << r.err;
+  EXPECT_TRUE(fs::exists(final_dir(dir, 1) + "/model.safetensors"));
+  EXPECT_FALSE(fs::exists(final_dir(dir, 2)));
+  // The saved step is step 1 as an uninterrupted run with that learning rate writes it.
+  json one = c;
+  one["run"]["output_dir"] = file("nan_ref");
+  one["sft"]["steps"] = 4;
+  ASSERT_EQ(run_rlcu("sft " + quote(write_config("nan_ref.json", one)) + " --stop-after 1").code, 0);
+  EXPECT_TRUE(read_text(final_dir(dir, 1) + "/trainer_state.safetensors") ==
+              read_text(final_dir(file("nan_ref"), 1) + "/trainer_state.safetensors"));
+}
