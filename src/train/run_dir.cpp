@@ -225,6 +225,12 @@ void write_inputs(const std::string& run_dir, const json& inputs) {
   if (ec) throw Error(fmt::format("{}: cannot rename to {}: {}", tmp.string(), p.string(), ec.message()));
 }
 
+// The file `name` of input `path`: the path itself for a file input, else the file in the directory.
+std::string member(const std::string& path, const std::string& name) {
+  std::error_code ec;
+  return fs::is_directory(path, ec) ? (fs::path(path) / name).string() : path;
+}
+
 // What differs between a recorded input and the current one, or "".
 std::string input_difference(const std::string& key, const json& was, const json& now) {
   const std::string hint = "a resumed run must read what the run started with; restore it, or start a new run";
@@ -232,7 +238,7 @@ std::string input_difference(const std::string& key, const json& was, const json
   const json& wf = was["files"];
   const json& nf = now["files"];
   for (auto it = wf.begin(); it != wf.end(); ++it) {
-    const std::string file = (fs::path(now_path) / it.key()).string();
+    const std::string file = member(now_path, it.key());
     if (!nf.contains(it.key()))
       return fmt::format("{}: {} no longer exists (the run started with {} = \"{}\"); {}", key, file, key, was_path,
                          hint);
@@ -248,7 +254,7 @@ std::string input_difference(const std::string& key, const json& was, const json
   for (auto it = nf.begin(); it != nf.end(); ++it)
     if (!wf.contains(it.key()))
       return fmt::format("{}: {} is new since the run started (it was not in {} = \"{}\" then); {}", key,
-                         (fs::path(now_path) / it.key()).string(), key, was_path, hint);
+                         member(now_path, it.key()), key, was_path, hint);
   return "";
 }
 

@@ -362,7 +362,7 @@ int Trainer::fail_step(int64_t step, const DataCursor& before, const std::except
   if (keep < 0) {
     note = fmt::format("step {} had already applied part of its update, so it is not saved; {}", step,
                        last_saved_ > 0 ? fmt::format("the latest checkpoint is step {}; {}", last_saved_, resume)
-                                       : "there is no checkpoint");
+                                       : "there is no checkpoint (start over with --overwrite)");
   } else if (keep == 0) {
     note = "no step had completed, so there is nothing to save";
   } else {

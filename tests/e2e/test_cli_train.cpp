@@ -14,6 +14,13 @@
 //   - a shortened smoke run shows the reward rising (mean of the last 10% of steps over the first 10%); shorter
 //     RLOO and REINFORCE++ smoke runs too (mean of the last third of the steps over the first third);
 //   - config mistakes (no data.path, unknown algorithm.name) exit 1 with a message naming the key.
+//   - the run directory: a new run refuses a directory that holds a run without touching a file (the message names
+//     --resume and --overwrite), --overwrite starts over, run.resume = auto resumes from a checkpoint and starts fresh
+//     without one; a second process exits 1 naming the holder's pid and host, and a SIGKILLed holder leaves no lock;
+//     a reward command that dies at step 3 (run.save_every = 0) leaves step 2 saved and the resumed run ends
+//     byte-identical to an uninterrupted one; an overflowing gradient saves the step before and a half-applied step
+//     (PPO's critic after its policy) is never saved; SIGINT while the reward command hangs saves, exits 130 at once
+//     and ends the command's children; a resume refuses changed, deleted or moved model files.
 #include <gtest/gtest.h>
 
 #include <signal.h>
@@ -565,6 +572,44 @@ TEST(CliTrainRunDir, ErrorExitSavesTheLastCompletedStepAndResumeIsBitExact) {
   r = train(write_config(cfg, "err_first"));
   EXPECT_EQ(r.code, 1) << r.err;
   EXPECT_NE(r.err.find("no step had completed"), std::string::npos) << r.err;
+}
+
+namespace {
+
+// Rewards of 3e38 from step 2 on, with unscaled (GRPO) advantages: the gradient norm overflows at step 2.
+std::string overflowing_reward() {
+  return "i=0; while IFS= read -r l; do i=$((i+1)); c=${l#*\\\"completion\\\":\\\"}; "
+         "c=${c%%\\\",\\\"answer\\\":*}; case $(( ${#c} % 3 )) in 0) echo 0;; 1) echo 0.5;; "
+         "*) if [ $i -gt 16 ]; then echo 3e38; else echo 1; fi;; esac; done";
+}
+
+}  // namespace
+
+TEST(CliTrainRunDir, NonFiniteGradientSavesThePreviousStepNeverAPartialUpdate) {
+  const std::string dir = fresh_dir("inf_grad");
+  json cfg = short_config("grpo", dir, 4);
+  cfg["algorithm"]["scale_rewards"] = "none";
+  cfg["reward"]["command_line"] = overflowing_reward();
+  CliResult r = train(write_config(cfg, "inf_grad"));
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("gradient norm is inf at optimizer step 2"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("step 2 failed; the last completed step 1 is saved"), std::string::npos) << r.err;
+  EXPECT_TRUE(fs::exists(dir + "/checkpoints/step-000001/model.safetensors"));
+  EXPECT_EQ(json::parse(read_file(dir + "/checkpoints/step-000001/trainer_state.json"))["optimizer_steps"], 1);
+
+  // PPO with whitened advantages: the policy's update of step 2 is finite and applied, then the critic's overflows.
+  // The state in memory is half of step 2: it is not saved, and the message says what there is.
+  const std::string ppo = fresh_dir("inf_grad_ppo");
+  cfg = short_config("ppo", ppo, 4);
+  cfg["algorithm"]["whiten_advantages"] = true;
+  cfg["reward"]["command_line"] = overflowing_reward();
+  r = train(write_config(cfg, "inf_grad_ppo"));
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("step 2 had already applied part of its update, so it is not saved; there is no checkpoint"),
+            std::string::npos)
+      << r.err;
+  EXPECT_FALSE(fs::exists(ppo + "/checkpoints/step-000001"));
+  EXPECT_FALSE(fs::exists(ppo + "/checkpoints/step-000002"));
 }
 
 TEST(CliTrainRunDir, SigintWhileTheRewardCommandHangsSavesAndEndsItsProcessGroup) {
