@@ -1,7 +1,7 @@
 // The run directory's pieces below the CLI: XXH64 against the specification's values and streaming against one-shot,
 // the run lock (a second holder fails naming the first, a killed holder's lock is gone, the lock file is
 // close-on-exec), and the reward command's process group (every process the command started ends with it: on
-// timeout, on a normal stop, on a stop signal while a reply is awaited).
+// timeout, on a normal stop, on a stop signal while a reply is awaited, on the immediate exit of a second signal).
 #include <gtest/gtest.h>
 
 #include <fcntl.h>
@@ -199,4 +199,32 @@ TEST(RewardCommandGroup, StopSignalInterruptsTheWaitForReplies) {
   const pid_t grandchild = wait_pid_file(pidfile);
   ASSERT_GT(grandchild, 0);
   EXPECT_TRUE(gone_within(grandchild, 5.0));
+}
+
+TEST(RewardCommandGroup, SecondStopSignalExitsAtOnceAndKillsTheGroup) {
+  const std::string pidfile = rlcu::test::temp_dir() + "/second_signal.pid";
+  std::remove(pidfile.c_str());
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    install_stop_handlers();
+    RewardCommand c("sleep 300 & echo $! > " + pidfile + "; wait", 600.0);
+    try {
+      c.score({"p"}, {"c"}, {"a"});
+    } catch (...) {
+    }
+    sleep(20);  // the second signal has ended the process before this
+    _exit(0);
+  }
+  const pid_t grandchild = wait_pid_file(pidfile);
+  ASSERT_GT(grandchild, 0);
+  kill(child, SIGINT);
+  usleep(50000);  // delivered one at a time (a second pending SIGINT would merge with the first)
+  kill(child, SIGINT);
+  int status = 0;
+  waitpid(child, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 130);
+  EXPECT_TRUE(gone_within(grandchild, 1.0)) << "the command's child " << grandchild << " outlived rlcu";
+  kill(grandchild, SIGKILL);
 }
