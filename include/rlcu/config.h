@@ -23,6 +23,7 @@ struct RunSection {
   int64_t save_every = 0;                // checkpoint every N steps; 0 = only at the end
   int64_t keep_checkpoints = 0;          // keep the newest N checkpoints; 0 = all
   bool tensorboard = true;               // also write TensorBoard event files next to metrics.jsonl
+  std::string resume = "never";          // never | auto: resume from output_dir's checkpoint when there is one
 };
 
 struct ModelSection {

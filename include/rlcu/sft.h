@@ -34,6 +34,7 @@ struct SftArgs {
   std::string config;                  // config file; empty with resume = RUN_DIR/config.json
   std::vector<std::string> overrides;  // --set key=value
   std::string resume;                  // run directory to continue from its latest checkpoint
+  bool overwrite = false;              // start over in a run directory that holds a run (deletes its outputs)
   std::string device;                  // overrides run.device when set
   int64_t stop_after = 0;              // > 0: save a checkpoint and stop after this many steps of this invocation
 };

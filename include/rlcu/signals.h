@@ -1,6 +1,7 @@
 // Graceful stop on SIGINT / SIGTERM. The first signal only sets a flag: the trainer polls stop_requested() at its
 // safe points (between steps), saves a checkpoint and exits cleanly. A second signal ends the process at once with
-// exit code 130 (no checkpoint).
+// exit code 130 (no checkpoint), after killing the registered child process groups (reward commands), so that no
+// child outlives it.
 #pragma once
 
 namespace rlcu {
@@ -13,5 +14,9 @@ bool stop_requested();
 int stop_signal();  // the signal that asked to stop (SIGINT or SIGTERM), 0 when none
 // Forgets a request (after the trainer has acted on it, or between tests).
 void clear_stop_request();
+// Process groups (of child processes rlcu started) that the immediate exit on a second signal kills with SIGKILL.
+// At most 16 at a time; further ones are not registered. Async-signal-safe state (lock-free atomics).
+void register_child_group(int pgid);
+void unregister_child_group(int pgid);
 
 }  // namespace rlcu

@@ -1,4 +1,4 @@
-// `rlcu sft [CONFIG] [--set key=value]... [--resume RUN_DIR] [--device cpu|cuda[:N]] [--stop-after N]`
+// `rlcu sft [CONFIG] [--set key=value]... [--resume RUN_DIR | --overwrite] [--device cpu|cuda[:N]] [--stop-after N]`
 // Supervised fine-tuning (see src/train/sft.cpp): the run, model, data (chat settings), optimizer and train sections
 // of the run config plus the sft section. With --resume, CONFIG may be left out: the run's resolved config.json is
 // used. --stop-after N saves a checkpoint and stops after N steps of this invocation.
@@ -15,6 +15,8 @@ void add_sft_command(CLI::App& app, Action& action) {
   cmd->add_option("config", a->config, "Run config (JSON); optional with --resume");
   cmd->add_option("--set", a->overrides, "Override a config key: --set sft.epochs=3 (repeatable)");
   cmd->add_option("--resume", a->resume, "Continue the run in this directory from its latest checkpoint");
+  cmd->add_flag("--overwrite", a->overwrite,
+                "Start over in a run directory that holds a run (deletes its metrics, samples and checkpoints)");
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N (overrides run.device)");
   cmd->add_option("--stop-after", a->stop_after, "Save a checkpoint and stop after N steps of this invocation")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));

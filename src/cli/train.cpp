@@ -1,4 +1,4 @@
-// `rlcu train [CONFIG] [--set key=value]... [--resume RUN_DIR] [--device cpu|cuda[:N]] [--stop-after N]`
+// `rlcu train [CONFIG] [--set key=value]... [--resume RUN_DIR | --overwrite] [--device cpu|cuda[:N]] [--stop-after N]`
 // Runs RL post-training (see src/train/trainer.cpp). With --resume, CONFIG may be left out: the run's resolved
 // config.json is used. --stop-after N saves a checkpoint and stops after N steps of this invocation.
 #include <memory>
@@ -14,6 +14,8 @@ void add_train_command(CLI::App& app, Action& action) {
   cmd->add_option("config", a->config, "Run config (JSON); optional with --resume");
   cmd->add_option("--set", a->overrides, "Override a config key: --set optimizer.lr=2e-6 (repeatable)");
   cmd->add_option("--resume", a->resume, "Continue the run in this directory from its latest checkpoint");
+  cmd->add_flag("--overwrite", a->overwrite,
+                "Start over in a run directory that holds a run (deletes its metrics, samples and checkpoints)");
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N (overrides run.device)");
   cmd->add_option("--stop-after", a->stop_after, "Save a checkpoint and stop after N steps of this invocation")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));

@@ -76,6 +76,11 @@ std::vector<FieldSpec> build_schema() {
                     0, 1e12));
   s.push_back(bind_field("run.tensorboard", &RunConfig::run, &RunSection::tensorboard, K::Bool,
                          "Also write the metrics as TensorBoard event files (`RUN/events.out.tfevents.*`)."));
+  s.push_back(choices(bind_field("run.resume", &RunConfig::run, &RunSection::resume, K::Enum,
+                                 "A new run in a directory that holds a run: `never` refuses it (continue with "
+                                 "`--resume`, start over with `--overwrite`); `auto` resumes from the directory's "
+                                 "latest checkpoint when it has one and starts fresh otherwise (preemptible jobs)."),
+                      {"never", "auto"}));
   // model
   s.push_back(bind_field("model.path", &RunConfig::model, &ModelSection::path, K::String,
                    "Hugging Face model directory (config.json and *.safetensors)."));

@@ -14,6 +14,8 @@ namespace rlcu {
 namespace {
 
 std::atomic<int> g_count{0};
+constexpr int kMaxGroups = 16;
+std::atomic<int> g_groups[kMaxGroups];  // 0 = free slot
 std::atomic<int> g_signal{0};
 static_assert(std::atomic<int>::is_always_lock_free, "signal flags must be lock-free");
 
@@ -21,6 +23,10 @@ void on_stop_signal(int sig) {
   if (g_count.fetch_add(1) > 0) {
     static const char kNow[] = "\nrlcu: second stop signal, exiting now without a checkpoint\n";
     (void)!write(STDERR_FILENO, kNow, sizeof(kNow) - 1);
+    for (std::atomic<int>& g : g_groups) {
+      const int pg = g.load();
+      if (pg > 0) kill(-pg, SIGKILL);
+    }
     _exit(130);
   }
   g_signal.store(sig);
@@ -54,6 +60,20 @@ void uninstall_stop_handlers() {
 bool stop_requested() { return g_count.load() > 0; }
 
 int stop_signal() { return g_signal.load(); }
+
+void register_child_group(int pgid) {
+  for (std::atomic<int>& g : g_groups) {
+    int expected = 0;
+    if (g.compare_exchange_strong(expected, pgid)) return;
+  }
+}
+
+void unregister_child_group(int pgid) {
+  for (std::atomic<int>& g : g_groups) {
+    int expected = pgid;
+    if (g.compare_exchange_strong(expected, 0)) return;
+  }
+}
 
 void clear_stop_request() {
   g_count.store(0);

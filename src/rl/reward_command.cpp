@@ -2,6 +2,12 @@
 // writes N JSON request lines and reads N reply lines; writing and reading are interleaved through poll() on
 // non-blocking pipes, so a command that answers each line before reading the next cannot deadlock against a full
 // pipe. The whole batch has one deadline (timeout_s after its start).
+// Process group: the command runs as the leader of its own process group (setpgid in the child and in the parent,
+// so neither order races), so a terminal's Ctrl-C reaches rlcu only, and stop() ends the whole group — the shell
+// and whatever it started — not just the `sh` pid: closed stdin, 2 s for the shell to exit, then SIGTERM to the
+// group, 1 s, then SIGKILL to the group. The group is registered with the stop handlers (signals.h), so a second
+// SIGINT/SIGTERM, which exits at once, kills it too. A stop signal interrupts the wait for replies (poll wakes at
+// least every 100 ms to look): the batch fails with "interrupted", and the trainer saves and exits 128 + signal.
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -19,6 +25,7 @@
 
 #include "rlcu/error.h"
 #include "rlcu/reward.h"
+#include "rlcu/signals.h"
 
 namespace rlcu {
 
@@ -27,6 +34,26 @@ using json = nlohmann::json;
 namespace {
 
 std::string clip(const std::string& s) { return s.size() > 200 ? s.substr(0, 197) + "..." : s; }
+
+// Waits up to `ms` for process `pid` to be reaped; true when it was.
+bool reap_within(pid_t pid, int ms) {
+  int status = 0;
+  for (int i = 0; i <= ms / 10; ++i) {
+    const pid_t r = waitpid(pid, &status, WNOHANG);
+    if (r == pid || (r < 0 && errno == ECHILD)) return true;
+    usleep(10000);
+  }
+  return false;
+}
+
+// Waits up to `ms` for every process of group `pgid` to be gone; true when it is.
+bool group_gone_within(pid_t pgid, int ms) {
+  for (int i = 0; i <= ms / 10; ++i) {
+    if (kill(-pgid, 0) != 0 && errno == ESRCH) return true;
+    usleep(10000);
+  }
+  return false;
+}
 
 void set_nonblocking(int fd) {
   const int flags = fcntl(fd, F_GETFL, 0);
@@ -76,7 +103,10 @@ void RewardCommand::start() {
   }
   if (pid == 0) {
     // Child: only async-signal-safe calls until exec.
+    setpgid(0, 0);
     signal(SIGPIPE, SIG_DFL);
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
     dup2(in_pipe[0], STDIN_FILENO);
     dup2(out_pipe[1], STDOUT_FILENO);
     close(in_pipe[0]);
@@ -86,6 +116,8 @@ void RewardCommand::start() {
     execl("/bin/sh", "sh", "-c", command_.c_str(), static_cast<char*>(nullptr));
     _exit(127);
   }
+  setpgid(pid, pid);  // also done by the child; whichever runs first wins, the other fails harmlessly
+  register_child_group(pid);
   close(in_pipe[0]);
   close(out_pipe[1]);
   fcntl(in_pipe[1], F_SETFD, FD_CLOEXEC);
@@ -105,24 +137,21 @@ void RewardCommand::stop() {
   to_child_ = from_child_ = -1;
   pending_.clear();
   if (pid_ <= 0) return;
-  // Closed stdin asks a well-behaved command to finish; give it 2 s, then SIGTERM, then SIGKILL.
-  int status = 0;
-  bool reaped = false;
-  for (int i = 0; i < 200 && !reaped; ++i) {
-    if (waitpid(pid_, &status, WNOHANG) == pid_) reaped = true;
-    else usleep(10000);
+  // Closed stdin asks a well-behaved command to finish; give the shell 2 s, then end its whole group: SIGTERM, 1 s
+  // for the shell and every process it started, SIGKILL. While any of them lives the group id is not reused.
+  const pid_t pgid = pid_;
+  bool reaped = reap_within(pid_, 2000);
+  if (kill(-pgid, 0) == 0) {
+    kill(-pgid, SIGTERM);
+    if (!reaped) reaped = reap_within(pid_, 1000);
+    if (!group_gone_within(pgid, reaped ? 1000 : 0)) kill(-pgid, SIGKILL);
   }
   if (!reaped) {
-    kill(pid_, SIGTERM);
-    for (int i = 0; i < 100 && !reaped; ++i) {
-      if (waitpid(pid_, &status, WNOHANG) == pid_) reaped = true;
-      else usleep(10000);
-    }
-  }
-  if (!reaped) {
+    int status = 0;
     kill(pid_, SIGKILL);
     waitpid(pid_, &status, 0);
   }
+  unregister_child_group(pgid);
   pid_ = -1;
 }
 
@@ -179,7 +208,10 @@ std::vector<float> RewardCommand::score(const std::vector<std::string>& prompts,
     int nfds = 0;
     fds[nfds++] = pollfd{from_child_, POLLIN, 0};
     if (written < request.size()) fds[nfds++] = pollfd{to_child_, POLLOUT, 0};
-    const int rc = poll(fds, static_cast<nfds_t>(nfds), static_cast<int>(std::ceil(std::min(left_ms, 1e9))));
+    if (stop_requested())
+      fail(fmt::format("interrupted by a stop signal while waiting for reply line {} of {} of the batch", replies + 1,
+                       n));
+    const int rc = poll(fds, static_cast<nfds_t>(nfds), static_cast<int>(std::ceil(std::min(left_ms, 100.0))));
     if (rc < 0) {
       if (errno == EINTR) continue;
       fail(fmt::format("poll: {}", std::strerror(errno)));

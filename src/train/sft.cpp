@@ -10,7 +10,10 @@
 // over every completion token of the eval set, from forward passes only, at step 0, every sft.eval_every steps and
 // at the end. Outputs as `rlcu train`: metrics.jsonl (step, loss, lr, grad_norm, tokens_per_s, epoch[, eval_loss]),
 // TensorBoard events (run.tensorboard), config.json, checkpoints (save_checkpoint: the checkpoint directory is a
-// loadable Hugging Face model directory); SIGINT/SIGTERM and --stop-after save a checkpoint and stop.
+// loadable Hugging Face model directory); SIGINT/SIGTERM and --stop-after save a checkpoint and stop. The run
+// directory is locked and its inputs recorded as for `rlcu train` (include/rlcu/run_dir.h). A step that fails (a
+// non-finite gradient, a failed write) saves the last completed step before the error ends the run: the previous
+// step when the failure came before the optimizer update, the failed step when only its report was lost.
 // Determinism: fixed schedule, fixed-order reductions, restored master weights and Adam moments, so a resumed run
 // ends with byte-identical weights on the same device.
 #include "rlcu/sft.h"
@@ -33,6 +36,7 @@
 #include "rlcu/model.h"
 #include "rlcu/optimizer.h"
 #include "rlcu/rng.h"
+#include "rlcu/run_dir.h"
 #include "rlcu/signals.h"
 #include "rlcu/tokenizer.h"
 
@@ -311,12 +315,15 @@ class SftTrainer {
 
  private:
   void save(int64_t step);
+  int fail_step(int64_t step, const std::exception& e);
   double eval_loss();
   void step(int64_t s);
 
   SftArgs args_;
   RunConfig cfg_;
   std::string run_dir_;
+  RunDirectory rundir_;
+  std::vector<RunInput> inputs_;
   std::unique_ptr<Context> cuda_ctx_;
   Context* ctx_ = nullptr;
   Device dev_ = Device::CPU;
@@ -330,6 +337,8 @@ class SftTrainer {
   std::unique_ptr<MetricsWriter> metrics_;
   OwnedTensor logp_, dlogp_;
   int64_t start_step_ = 0;
+  int64_t last_saved_ = 0;  // the step of the newest checkpoint this run has (0 = none)
+  bool updated_ = false;    // the current step's optimizer update is applied
 };
 
 SftTrainer::SftTrainer(const SftArgs& args) : args_(args) {
@@ -346,6 +355,17 @@ SftTrainer::SftTrainer(const SftArgs& args) : args_(args) {
     throw Error(fmt::format("{}: sft.max_seq_tokens = {} exceeds train.micro_batch_tokens = {}: a whole sequence must "
                             "fit in one micro-batch",
                             config_path, max_seq, Tm));
+  RunDirRequest rq;
+  rq.command = "sft";
+  rq.dir = run_dir_;
+  rq.resume = !args.resume.empty();
+  rq.overwrite = args.overwrite;
+  rq.resume_mode = cfg_.run.resume;
+  rundir_ = open_run_dir(rq);
+  inputs_ = {{"model.path", cfg_.model.path},   {"model.tokenizer", cfg_.model.tokenizer},
+             {"model.chat_template_file", cfg_.model.chat_template_file},
+             {"sft.path", sc.path},             {"sft.eval_path", sc.eval_path}};
+  if (rundir_.resuming) verify_run_inputs(run_dir_, inputs_);
 
   int dev_index = 0;
   dev_ = parse_device(cfg_.run.device, "run.device", &dev_index);
@@ -428,7 +448,7 @@ SftTrainer::SftTrainer(const SftArgs& args) : args_(args) {
   spdlog::info("sft: model {} ({} parameters) on {}", cfg_.model.path, model_->num_parameters(), device_name(dev_));
 
   // ---- resume ----------------------------------------------------------------------------------------------------
-  if (!args.resume.empty()) {
+  if (rundir_.resuming) {
     const CheckpointRead ck = load_checkpoint(run_dir_);
     const json& ex = ck.extra;
     if (!ex.is_object() || !ex.contains("sft_train_examples") || !ex.contains("sft_schedule_steps"))
@@ -440,7 +460,7 @@ SftTrainer::SftTrainer(const SftArgs& args) : args_(args) {
                               ck.dir, ex["sft_train_examples"].dump(), ex["sft_schedule_steps"].dump(), train_.size(),
                               schedule_.size()));
     restore_training_state(ck, *model_, opt_.get(), ctx);
-    start_step_ = ck.step;
+    start_step_ = last_saved_ = ck.step;
     spdlog::info("resumed {} at step {}", ck.dir, ck.step);
   }
 }
@@ -461,7 +481,32 @@ void SftTrainer::save(int64_t step) {
              {"epoch", last.epoch},
              {"position", last.position}};
   const std::string dir = save_checkpoint(w);
+  last_saved_ = step;
   spdlog::info("saved checkpoint {}", dir);
+}
+
+// After step `step` failed with `e`: saves the last completed step, then rethrows with what was kept (or returns
+// 128 + signal when a stop signal ended the step).
+int SftTrainer::fail_step(int64_t step, const std::exception& e) {
+  const int64_t keep = updated_ ? step : step - 1;  // the schedule is indexed by step: nothing to put back
+  std::string note = "no step had completed, so there is nothing to save";
+  if (keep > 0) {
+    try {
+      if (keep != last_saved_) save(keep);
+      note = fmt::format("{} step {} is saved in {}; continue with `rlcu sft --resume {}` (with --set to fix what "
+                         "failed)",
+                         updated_ ? "the step's update was complete:" : "the last completed", keep,
+                         (fs::path(run_dir_) / "checkpoints" / checkpoint_dir_name(keep)).string(), run_dir_);
+    } catch (const std::exception& se) {
+      note = fmt::format("saving step {} failed too: {}", keep, se.what());
+    }
+  }
+  if (stop_requested()) {
+    spdlog::warn("step {} interrupted by signal {}: {}", step, stop_signal(), e.what());
+    spdlog::info("{}", note);
+    return 128 + stop_signal();
+  }
+  throw Error(fmt::format("{} (step {} failed; {})", e.what(), step, note));
 }
 
 double SftTrainer::eval_loss() {
@@ -513,7 +558,8 @@ void SftTrainer::step(int64_t s) {
   }
   const int64_t total = static_cast<int64_t>(schedule_.size());
   const double lr = lr_at(cfg_.optimizer, s - 1, total);
-  const OptimizerStepStats os = opt_->step(lr, ctx);
+  const OptimizerStepStats os = opt_->step(lr, ctx);  // throws on a non-finite gradient norm, changing nothing
+  updated_ = true;
   const double secs = since(t0);
 
   ordered_json m;
@@ -540,9 +586,10 @@ void SftTrainer::step(int64_t s) {
 int SftTrainer::run() {
   fs::create_directories(run_dir_);
   write_run_config(run_dir_, config_to_json(cfg_));
+  if (!rundir_.resuming) record_run_inputs(run_dir_, inputs_);
   MetricsOptions mo;
   mo.tensorboard = cfg_.run.tensorboard;
-  metrics_ = std::make_unique<MetricsWriter>(run_dir_, args_.resume.empty() ? -1 : start_step_, mo);
+  metrics_ = std::make_unique<MetricsWriter>(run_dir_, rundir_.resuming ? start_step_ : -1, mo);
   install_stop_handlers();
   struct Uninstall {
     ~Uninstall() { uninstall_stop_handlers(); }
@@ -561,7 +608,12 @@ int SftTrainer::run() {
   }
   int64_t done = 0;
   for (int64_t s = start_step_ + 1; s <= total; ++s) {
-    step(s);
+    updated_ = false;
+    try {
+      step(s);
+    } catch (const std::exception& e) {
+      return fail_step(s, e);
+    }
     ++done;
     const bool periodic = cfg_.run.save_every > 0 && s % cfg_.run.save_every == 0;
     const bool stop = stop_requested() || (args_.stop_after > 0 && done >= args_.stop_after);

@@ -16,7 +16,13 @@
 //              updates the critic (clipped value loss, its own AdamW);
 //   report     metrics.jsonl (TRL's names where they exist) and the same scalars as TensorBoard events
 //              (run.tensorboard), samples.jsonl, the console line (step_report.h).
-// Checkpoints every run.save_every steps and at the end; SIGINT/SIGTERM save a checkpoint and stop.
+// Checkpoints every run.save_every steps and at the end; SIGINT/SIGTERM save a checkpoint and stop. The run directory
+// is locked for the run's lifetime and its inputs are recorded (include/rlcu/run_dir.h). A step that fails (a reward
+// command that dies, a non-finite gradient, a failed write) saves the last completed step before the error ends the
+// run: the previous step when the failure came before the step's first optimizer update (the data cursor is put
+// back), the failed step itself when its update was complete (only its report was lost), nothing when an update of
+// the step was partly applied (algorithm.num_iterations > 1, or the critic after the policy). A stop signal that
+// interrupts a step (a reward command being waited for) saves the same way and exits 128 + signal.
 // Memory: every device buffer of a step (the policy's per-token rows, the advantage driver's vectors, the critic's)
 // is allocated at start-up from the sizes the config implies; the step loop allocates no device memory.
 // Determinism: the sampler is keyed by (seed, step, sequence, position), every reduction has a fixed order and the
@@ -48,6 +54,7 @@
 #include "rlcu/rl_ops.h"
 #include "rlcu/rng.h"
 #include "rlcu/rollout_batch.h"
+#include "rlcu/run_dir.h"
 #include "rlcu/signals.h"
 #include "rlcu/token_bytes.h"
 #include "rlcu/tokenizer.h"
@@ -84,6 +91,20 @@ engine::ProgressFn progress_bar() {
   };
 }
 
+// How far the current step has changed the training state (what an error in it leaves behind).
+enum class StepProgress { Clean, Partial, Trained };
+
+// The inputs a run reads from outside its directory (recorded at the start, checked on resume).
+std::vector<RunInput> train_inputs(const RunConfig& c, bool critic) {
+  std::vector<RunInput> in = {{"model.path", c.model.path},
+                              {"model.tokenizer", c.model.tokenizer},
+                              {"model.chat_template_file", c.model.chat_template_file},
+                              {"data.path", c.data.path}};
+  if (critic && c.algorithm.critic_init != "policy") in.push_back({"algorithm.critic_init", c.algorithm.critic_init});
+  if (c.reward.model != 0) in.push_back({"reward.model_path", c.reward.model_path});
+  return in;
+}
+
 class Trainer {
  public:
   Trainer(const TrainArgs& args);
@@ -97,6 +118,7 @@ class Trainer {
   void restore();
   void setup_outputs();
   void save(int64_t step);
+  int fail_step(int64_t step, const DataCursor& before, const std::exception& e);
 
   // one step and its phases
   void step(int64_t step);
@@ -112,6 +134,8 @@ class Trainer {
   rl::AlgorithmSpec spec_;
   rl::PolicyLossParams loss_;
   std::string run_dir_;
+  RunDirectory rundir_;
+  std::vector<RunInput> inputs_;
   std::unique_ptr<Context> cuda_ctx_;
   Context* ctx_ = nullptr;
   Device dev_ = Device::CPU;
@@ -138,6 +162,8 @@ class Trainer {
   OwnedTensor logp_, entropy_, dlogp_, dentropy_, old_, ref_lp_, adv_, w_, stats_;
   int64_t start_step_ = 0;
   int64_t steps_done_ = 0;
+  int64_t last_saved_ = 0;  // the step of the newest checkpoint this run has (0 = none)
+  StepProgress progress_ = StepProgress::Clean;
 };
 
 Trainer::Trainer(const TrainArgs& args) : args_(args) {
@@ -156,6 +182,16 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
   if (cfg_.data.path.empty()) throw Error(fmt::format("{}: data.path is not set", config_path));
   stop_strings_ = parse_stop_strings(cfg_.rollout.stop);
 
+  RunDirRequest rq;
+  rq.command = "train";
+  rq.dir = run_dir_;
+  rq.resume = !args.resume.empty();
+  rq.overwrite = args.overwrite;
+  rq.resume_mode = cfg_.run.resume;
+  rundir_ = open_run_dir(rq);
+  inputs_ = train_inputs(cfg_, spec_.traits.needs_critic);
+  if (rundir_.resuming) verify_run_inputs(run_dir_, inputs_);
+
   int dev_index = 0;
   dev_ = parse_device(cfg_.run.device, "run.device", &dev_index);
   if (dev_ == Device::CUDA) {
@@ -173,7 +209,7 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
   const rl::AdvantageOptions ao = rl::advantage_options(cfg_, spec_);
   advantages_ = std::make_unique<rl::AdvantageDriver>(ao, dev_);
   rewards_->reserve(ao.max_seqs, ao.max_tokens, longest_answer_);
-  if (!args.resume.empty()) restore();
+  if (rundir_.resuming) restore();
 }
 
 void Trainer::load_data(const std::string& config_path) {
@@ -278,14 +314,15 @@ void Trainer::restore() {
   restore_training_state(ck, *policy_, opt_.get(), *ctx_);
   if (critic_) critic_->restore(ck, *ctx_);
   if (!ck.data_cursor.is_null()) loader_->restore(DataCursor::from_json(ck.data_cursor));
-  start_step_ = ck.step;
+  start_step_ = last_saved_ = ck.step;
   spdlog::info("resumed {} at step {}", ck.dir, ck.step);
 }
 
 void Trainer::setup_outputs() {
   fs::create_directories(run_dir_);
   write_run_config(run_dir_, config_to_json(cfg_));
-  const int64_t resume_step = args_.resume.empty() ? -1 : start_step_;
+  if (!rundir_.resuming) record_run_inputs(run_dir_, inputs_);
+  const int64_t resume_step = rundir_.resuming ? start_step_ : -1;
   MetricsOptions mo;
   mo.tensorboard = cfg_.run.tensorboard;
   metrics_ = std::make_unique<MetricsWriter>(run_dir_, resume_step, mo);
@@ -305,7 +342,45 @@ void Trainer::save(int64_t step) {
   w.keep = cfg_.run.keep_checkpoints;
   if (critic_) critic_->append_state(w.extra_tensors, w.extra_metadata);
   const std::string dir = save_checkpoint(w);
+  last_saved_ = step;
   spdlog::info("saved checkpoint {}", dir);
+}
+
+// After step `step` failed with `e`: saves the last completed step (see the file comment), then rethrows with what
+// was kept, or returns 128 + signal when a stop signal interrupted the step.
+int Trainer::fail_step(int64_t step, const DataCursor& before, const std::exception& e) {
+  const int sig = stop_requested() ? stop_signal() : 0;
+  const std::string resume = fmt::format("continue with `rlcu train --resume {}`{}", run_dir_,
+                                         sig ? "" : " (with --set to fix what failed)");
+  int64_t keep = -1;
+  if (progress_ == StepProgress::Trained) keep = step;
+  if (progress_ == StepProgress::Clean) {
+    loader_->restore(before);
+    keep = step - 1;
+  }
+  std::string note;
+  if (keep < 0) {
+    note = fmt::format("step {} had already applied part of its update, so it is not saved; {}", step,
+                       last_saved_ > 0 ? fmt::format("the latest checkpoint is step {}; {}", last_saved_, resume)
+                                       : "there is no checkpoint (start over with --overwrite)");
+  } else if (keep == 0) {
+    note = "no step had completed, so there is nothing to save";
+  } else {
+    try {
+      if (keep != last_saved_) save(keep);
+      note = fmt::format("{} step {} is saved in {}; {}", keep == step ? "the step's update was complete:" : "the last "
+                         "completed", keep, (fs::path(run_dir_) / "checkpoints" / checkpoint_dir_name(keep)).string(),
+                         resume);
+    } catch (const std::exception& se) {
+      note = fmt::format("saving step {} failed too: {}", keep, se.what());
+    }
+  }
+  if (sig) {
+    spdlog::warn("step {} interrupted by signal {}: {}", step, sig, e.what());
+    spdlog::info("{}", note);
+    return 128 + sig;
+  }
+  throw Error(fmt::format("{} (step {} failed; {})", e.what(), step, note));
 }
 
 // ---- one step ----------------------------------------------------------------------------------------------------
@@ -412,7 +487,8 @@ UpdateResult Trainer::update(const rl::RolloutBatch& batch, const std::vector<rl
     policy_->zero_grads(ctx);
     ops::fill(stats_.t, 0.0f, ctx);
     policy_pass(batch, micros);
-    r.optimizer = opt_->step(r.lr, ctx);
+    r.optimizer = opt_->step(r.lr, ctx);  // throws on a non-finite gradient norm, before changing anything
+    progress_ = StepProgress::Partial;
     ctx.synchronize("trainer: read back");
     const std::vector<float> s = to_host_f32(stats_.t);
     for (int k = 0; k < rl::kPolicyStats; ++k) r.stats[static_cast<size_t>(k)] = s[static_cast<size_t>(k)];
@@ -421,6 +497,7 @@ UpdateResult Trainer::update(const rl::RolloutBatch& batch, const std::vector<rl
   if (critic_ && r.updated)
     r.critic = critic_->update(batch, micros, cfg_.algorithm.num_iterations, step, cfg_.train.steps, ctx);
   for (const rl::Micro& mb : micros) r.train_tokens += mb.batch.num_tokens();
+  progress_ = StepProgress::Trained;
   return r;
 }
 
@@ -457,7 +534,13 @@ int Trainer::run() {
     return 0;
   }
   for (int64_t s = start_step_ + 1; s <= total; ++s) {
-    step(s);
+    const DataCursor before = loader_->cursor();
+    progress_ = StepProgress::Clean;
+    try {
+      step(s);
+    } catch (const std::exception& e) {
+      return fail_step(s, before, e);
+    }
     ++steps_done_;
     const bool periodic = cfg_.run.save_every > 0 && s % cfg_.run.save_every == 0;
     const bool stop = stop_requested() || (args_.stop_after > 0 && steps_done_ >= args_.stop_after);

@@ -3,7 +3,8 @@
 // field is there; the step-0 held-out loss and the step-1 training loss equal an independent computation (whole
 // sequences through Transformer::forward, next-token targets, completion rows picked from the record's mask);
 // --stop-after + --resume gives a byte-identical final model.safetensors and the same metrics; the final checkpoint
-// loads as a model for `rlcu eval` and `rlcu train`; chat-message records train; bad data names file:line.
+// loads as a model for `rlcu eval` and `rlcu train`; chat-message records train; bad data names file:line; a run
+// directory that holds a run is refused and --overwrite starts over; a resume refuses changed training data.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -257,4 +258,36 @@ TEST_F(CliSft, DataErrorsNameFileAndLine) {
 
   r = run_rlcu("sft");
   EXPECT_EQ(r.code, 2) << r.err;
+}
+
+TEST_F(CliSft, RunDirectoryRefusedOverwrittenAndInputsChecked) {
+  const std::string cfg = write_config("rundir.json", config("rundir", 2));
+  const std::string dir = file("rundir");
+  ASSERT_EQ(run_rlcu("sft " + quote(cfg)).code, 0);
+  const std::string metrics = read_text(dir + "/metrics.jsonl");
+  CmdResult r = run_rlcu("sft " + quote(cfg));
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("already holds a run"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("rlcu sft --resume " + dir), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("--overwrite"), std::string::npos) << r.err;
+  EXPECT_EQ(read_text(dir + "/metrics.jsonl"), metrics);
+  r = run_rlcu("sft " + quote(cfg) + " --overwrite --set sft.steps=1");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_FALSE(fs::exists(final_dir(dir, 2)));
+  EXPECT_TRUE(fs::exists(final_dir(dir, 1)));
+
+  // The training data changed since the run started: a resume refuses it, naming the key and the file.
+  const std::string data = file("rundir_data.jsonl");
+  fs::copy_file(train_data(), data, fs::copy_options::overwrite_existing);
+  json c = config("rundir_inputs", 3);
+  c["sft"]["path"] = data;
+  ASSERT_EQ(run_rlcu("sft " + quote(write_config("rundir_inputs.json", c)) + " --stop-after 1").code, 0);
+  const std::string text = read_text(data);
+  write_text(data, text + text.substr(0, text.find('\n') + 1));
+  r = run_rlcu("sft --resume " + quote(file("rundir_inputs")));
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("sft.path: " + data + " changed since the run started"), std::string::npos) << r.err;
+  write_text(data, text);
+  r = run_rlcu("sft --resume " + quote(file("rundir_inputs")));
+  EXPECT_EQ(r.code, 0) << r.err;
 }

@@ -14,7 +14,16 @@
 //   - a shortened smoke run shows the reward rising (mean of the last 10% of steps over the first 10%); shorter
 //     RLOO and REINFORCE++ smoke runs too (mean of the last third of the steps over the first third);
 //   - config mistakes (no data.path, unknown algorithm.name) exit 1 with a message naming the key.
+//   - the run directory: a new run refuses a directory that holds a run without touching a file (the message names
+//     --resume and --overwrite), --overwrite starts over, run.resume = auto resumes from a checkpoint and starts fresh
+//     without one; a second process exits 1 naming the holder's pid and host, and a SIGKILLed holder leaves no lock;
+//     a reward command that dies at step 3 (run.save_every = 0) leaves step 2 saved and the resumed run ends
+//     byte-identical to an uninterrupted one; an overflowing gradient saves the step before and a half-applied step
+//     (PPO's critic after its policy) is never saved; SIGINT while the reward command hangs saves, exits 130 at once
+//     and ends the command's children; a resume refuses changed, deleted or moved model files.
 #include <gtest/gtest.h>
+
+#include <signal.h>
 
 #include <cmath>
 #include <filesystem>
@@ -362,4 +371,313 @@ TEST(CliTrain, ConfigMistakesExitOneNamingTheKey) {
   EXPECT_EQ(r.code, 1) << r.err;
   EXPECT_NE(r.err.find("algorithm.name"), std::string::npos) << r.err;
   EXPECT_FALSE(fs::exists(dir));  // nothing written before the config is valid
+}
+
+// ---- the run directory: refusal, --overwrite, run.resume = auto, the lock, error-exit checkpoints, inputs --------
+
+namespace {
+
+// Every file under `dir` (relative path -> contents).
+std::map<std::string, std::string> snapshot(const std::string& dir) {
+  std::map<std::string, std::string> out;
+  for (const fs::directory_entry& e : fs::recursive_directory_iterator(dir))
+    if (e.is_regular_file()) out[fs::relative(e.path(), dir).string()] = read_file(e.path().string());
+  return out;
+}
+
+// Starts `rlcu ARGS` in the background (stdout/stderr to BASE.out/.err); returns its pid.
+pid_t spawn_cli(const std::string& args, const std::string& base) {
+  const std::string cmd = "exec " + std::string(RLCU_BIN) + " " + args + " >" + base + ".out 2>" + base + ".err";
+  const pid_t pid = fork();
+  if (pid == 0) {
+    execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  return pid;
+}
+
+// Waits up to `secs` for `pid` to exit; its exit code (128 + signal when killed), or -1 when it did not exit.
+int wait_exit(pid_t pid, double secs) {
+  for (int i = 0; i < static_cast<int>(secs * 100); ++i) {
+    int status = 0;
+    if (waitpid(pid, &status, WNOHANG) == pid)
+      return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    usleep(10000);
+  }
+  return -1;
+}
+
+bool wait_for_file(const std::string& path, double secs) {
+  for (int i = 0; i < static_cast<int>(secs * 100) && !fs::exists(path); ++i) usleep(10000);
+  return fs::exists(path);
+}
+
+// True while `pid` exists and is not a zombie.
+bool process_alive(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(in, line)) return false;
+  const size_t p = line.rfind(')');
+  return p != std::string::npos && p + 2 < line.size() && line[p + 2] != 'Z';
+}
+
+// The length reward, but before each reply: `prelude` (sh), with $i the 1-based request count of this process.
+std::string counting_reward(const std::string& prelude) {
+  std::string r = kLengthReward;
+  const std::string head = "while IFS= read -r l; do ";
+  return "i=0; " + head + "i=$((i+1)); " + prelude + "; " + r.substr(head.size());
+}
+
+}  // namespace
+
+TEST(CliTrainRunDir, NewRunRefusesARunDirectoryOverwriteStartsOverAutoResumes) {
+  const std::string dir = fresh_dir("refuse");
+  json cfg = short_config("grpo", dir, 2);
+  cfg["run"]["keep_checkpoints"] = 1;
+  const std::string path = write_config(cfg, "refuse");
+  CliResult r = train(path);
+  ASSERT_EQ(r.code, 0) << r.err;
+  const std::map<std::string, std::string> before = snapshot(dir);
+  ASSERT_TRUE(before.count("metrics.jsonl"));
+  ASSERT_TRUE(before.count("inputs.json"));
+
+  // A second new run in the same directory: exit 1, nothing touched, the message names both ways on.
+  r = train(path);
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("already holds a run"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("rlcu train --resume " + dir), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("--overwrite"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("latest checkpoint: step 2"), std::string::npos) << r.err;
+  EXPECT_TRUE(snapshot(dir) == before) << "a refused run changed the run directory";
+  r = train(path + " --set train.steps=5 --set run.save_every=1");  // other settings: still refused
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_TRUE(snapshot(dir) == before);
+
+  // --resume together with --overwrite is a usage error.
+  r = train("--resume " + dir + " --overwrite");
+  EXPECT_EQ(r.code, 2) << r.err;
+
+  // run.resume = auto with a checkpoint: continues from step 2 to 4, the first two metrics lines kept.
+  r = train(path + " --set run.resume=auto --set train.steps=4");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("resuming from its latest checkpoint: step 2"), std::string::npos) << r.err;
+  std::vector<json> m = read_jsonl(dir + "/metrics.jsonl");
+  ASSERT_EQ(m.size(), 4u);
+  std::istringstream old_lines(before.at("metrics.jsonl"));
+  for (size_t i = 0; i < 2; ++i) {
+    std::string line;
+    std::getline(old_lines, line);
+    EXPECT_EQ(m[i], json::parse(line)) << "metrics line " << i + 1 << " changed";
+  }
+  EXPECT_EQ(m[2]["step"].get<int>(), 3);
+  EXPECT_TRUE(fs::exists(dir + "/checkpoints/step-000004"));
+  EXPECT_FALSE(fs::exists(dir + "/checkpoints/step-000002"));  // keep_checkpoints = 1
+
+  // --overwrite: the old run's outputs go, a new 1-step run takes their place; other files stay.
+  write_file(dir + "/notes.txt", "mine");
+  r = train(path + " --overwrite --set train.steps=1");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(read_jsonl(dir + "/metrics.jsonl").size(), 1u);
+  std::vector<std::string> cks;
+  for (const fs::directory_entry& e : fs::directory_iterator(dir + "/checkpoints"))
+    if (e.is_directory()) cks.push_back(e.path().filename().string());
+  EXPECT_EQ(cks, std::vector<std::string>{"step-000001"});
+  EXPECT_EQ(read_file(dir + "/notes.txt"), "mine");
+
+  // run.resume = auto without a checkpoint starts fresh (also clearing what a failed attempt left).
+  const std::string fresh = fresh_dir("auto_fresh");
+  fs::create_directories(fresh);
+  write_file(fresh + "/metrics.jsonl", "{\"step\": 1}\n");
+  json c2 = short_config("grpo", fresh, 1);
+  c2["run"]["resume"] = "auto";
+  r = train(write_config(c2, "auto_fresh"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  m = read_jsonl(fresh + "/metrics.jsonl");
+  ASSERT_EQ(m.size(), 1u);
+  EXPECT_TRUE(m[0].contains("reward"));
+}
+
+TEST(CliTrainRunDir, SecondProcessExitsNamingTheHolderAndAKilledHolderLeavesNoLock) {
+  const std::string dir = fresh_dir("locked"), block = temp_dir() + "/locked.block", go = temp_dir() + "/locked.go";
+  fs::remove(go);
+  write_file(block, "");
+  // The first run's reward command waits (while `block` exists) for `go`: the run holds its directory meanwhile.
+  json cfg = short_config("grpo", dir, 1);
+  cfg["reward"]["command_line"] =
+      counting_reward("while [ -e " + block + " ] && [ ! -e " + go + " ]; do sleep 0.05; done");
+  const pid_t holder = spawn_cli("train " + write_config(cfg, "locked"), temp_dir() + "/locked_holder");
+  ASSERT_GT(holder, 0);
+  bool locked = false;
+  for (int i = 0; i < 1000 && !locked; ++i, usleep(10000))
+    locked = read_file(dir + "/rlcu.lock").find("\"pid\":" + std::to_string(holder)) != std::string::npos &&
+             fs::exists(dir + "/config.json");
+  ASSERT_TRUE(locked) << read_file(temp_dir() + "/locked_holder.err");
+
+  const json plain = short_config("grpo", dir, 1);  // a reward command that does not wait
+  const std::string other = write_config(plain, "locked_other");
+  for (const std::string& args : {other, other + " --overwrite", "--resume " + dir}) {
+    const CliResult r = train(args);
+    EXPECT_EQ(r.code, 1) << args << ": " << r.err;
+    EXPECT_NE(r.err.find("in use by pid " + std::to_string(holder) + " on host"), std::string::npos) << r.err;
+  }
+
+  // SIGKILL: no handler runs; the kernel drops the lock with the process. The reward command, which does not hold
+  // the lock (close-on-exec), is still waiting while the next run takes the directory over.
+  kill(holder, SIGKILL);
+  EXPECT_EQ(wait_exit(holder, 10), 128 + SIGKILL);
+  const CliResult r = train(other + " --overwrite");
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(read_jsonl(dir + "/metrics.jsonl").size(), 1u);
+  write_file(go, "");  // lets the orphaned command of the killed run finish
+}
+
+TEST(CliTrainRunDir, ErrorExitSavesTheLastCompletedStepAndResumeIsBitExact) {
+  const std::string full = fresh_dir("err_full"), split = fresh_dir("err_split");
+  const std::string flag = temp_dir() + "/err_split.fail";
+  CliResult r = train(write_config(short_config("grpo", full, 4), "err_full"));
+  ASSERT_EQ(r.code, 0) << r.err;
+
+  // The command dies at the first request of step 3 (16 requests a step) while `flag` exists (run.save_every = 0).
+  json cfg = short_config("grpo", split, 4);
+  cfg["reward"]["command_line"] = counting_reward("if [ $i -gt 32 ] && [ -e " + flag + " ]; then rm " + flag +
+                                                  "; exit 3; fi");
+  write_file(flag, "");
+  r = train(write_config(cfg, "err_split"));
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("reward command"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("step 3 failed"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("last completed step 2 is saved"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("rlcu train --resume " + split), std::string::npos) << r.err;
+  EXPECT_TRUE(fs::exists(split + "/checkpoints/step-000002/model.safetensors"));
+  EXPECT_FALSE(fs::exists(split + "/checkpoints/step-000003"));
+  EXPECT_EQ(read_jsonl(split + "/metrics.jsonl").size(), 2u);
+
+  // Resumed (the command works again): the same final model as the uninterrupted run, so neither a partial update
+  // of step 3 nor its prompts were kept.
+  r = train("--resume " + split);
+  ASSERT_EQ(r.code, 0) << r.err;
+  const std::string a = read_file(full + "/checkpoints/step-000004/model.safetensors");
+  ASSERT_FALSE(a.empty());
+  EXPECT_TRUE(a == read_file(split + "/checkpoints/step-000004/model.safetensors"));
+  EXPECT_TRUE(read_file(full + "/checkpoints/step-000004/trainer_state.safetensors") ==
+              read_file(split + "/checkpoints/step-000004/trainer_state.safetensors"));
+  const std::vector<json> ma = read_jsonl(full + "/metrics.jsonl"), mb = read_jsonl(split + "/metrics.jsonl");
+  ASSERT_EQ(mb.size(), 4u);
+  for (size_t i = 0; i < 4; ++i) EXPECT_EQ(ma[i]["reward"], mb[i]["reward"]) << "step " << i + 1;
+
+  // A failure in step 1 has nothing to save and says so.
+  const std::string first = fresh_dir("err_first");
+  cfg["run"]["output_dir"] = first;
+  cfg["reward"]["command_line"] = "exit 3";
+  r = train(write_config(cfg, "err_first"));
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("no step had completed"), std::string::npos) << r.err;
+}
+
+namespace {
+
+// Rewards of 3e38 from step 2 on, with unscaled (GRPO) advantages: the gradient norm overflows at step 2.
+std::string overflowing_reward() {
+  return "i=0; while IFS= read -r l; do i=$((i+1)); c=${l#*\\\"completion\\\":\\\"}; "
+         "c=${c%%\\\",\\\"answer\\\":*}; case $(( ${#c} % 3 )) in 0) echo 0;; 1) echo 0.5;; "
+         "*) if [ $i -gt 16 ]; then echo 3e38; else echo 1; fi;; esac; done";
+}
+
+}  // namespace
+
+TEST(CliTrainRunDir, NonFiniteGradientSavesThePreviousStepNeverAPartialUpdate) {
+  const std::string dir = fresh_dir("inf_grad");
+  json cfg = short_config("grpo", dir, 4);
+  cfg["algorithm"]["scale_rewards"] = "none";
+  cfg["reward"]["command_line"] = overflowing_reward();
+  CliResult r = train(write_config(cfg, "inf_grad"));
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("gradient norm is inf at optimizer step 2"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("step 2 failed; the last completed step 1 is saved"), std::string::npos) << r.err;
+  EXPECT_TRUE(fs::exists(dir + "/checkpoints/step-000001/model.safetensors"));
+  EXPECT_EQ(json::parse(read_file(dir + "/checkpoints/step-000001/trainer_state.json"))["optimizer_steps"], 1);
+
+  // PPO with whitened advantages: the policy's update of step 2 is finite and applied, then the critic's overflows.
+  // The state in memory is half of step 2: it is not saved, and the message says what there is.
+  const std::string ppo = fresh_dir("inf_grad_ppo");
+  cfg = short_config("ppo", ppo, 4);
+  cfg["algorithm"]["whiten_advantages"] = true;
+  cfg["reward"]["command_line"] = overflowing_reward();
+  r = train(write_config(cfg, "inf_grad_ppo"));
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("step 2 had already applied part of its update, so it is not saved; there is no checkpoint"),
+            std::string::npos)
+      << r.err;
+  EXPECT_FALSE(fs::exists(ppo + "/checkpoints/step-000001"));
+  EXPECT_FALSE(fs::exists(ppo + "/checkpoints/step-000002"));
+}
+
+TEST(CliTrainRunDir, SigintWhileTheRewardCommandHangsSavesAndEndsItsProcessGroup) {
+  const std::string dir = fresh_dir("sigint"), pidfile = temp_dir() + "/sigint.pid";
+  fs::remove(pidfile);
+  // From step 2 on the command starts a child and waits for it; the timeout (600 s) is far away.
+  json cfg = short_config("grpo", dir, 4);
+  cfg["reward"]["command_timeout_s"] = 600;
+  cfg["reward"]["command_line"] =
+      counting_reward("if [ $i -gt 16 ]; then sleep 300 & echo $! > " + pidfile + "; wait; fi");
+  const pid_t pid = spawn_cli("train " + write_config(cfg, "sigint"), temp_dir() + "/sigint_run");
+  ASSERT_TRUE(wait_for_file(pidfile, 60)) << read_file(temp_dir() + "/sigint_run.err");
+  pid_t child = 0;
+  for (int i = 0; i < 100 && child == 0; ++i, usleep(10000)) {
+    std::ifstream in(pidfile);
+    in >> child;
+  }
+  ASSERT_GT(child, 0);
+  kill(pid, SIGINT);
+  const int code = wait_exit(pid, 30);
+  EXPECT_EQ(code, 128 + SIGINT) << read_file(temp_dir() + "/sigint_run.err");
+  EXPECT_TRUE(fs::exists(dir + "/checkpoints/step-000001/model.safetensors"));
+  EXPECT_FALSE(fs::exists(dir + "/checkpoints/step-000002"));
+  for (int i = 0; i < 500 && process_alive(child); ++i) usleep(10000);
+  EXPECT_FALSE(process_alive(child)) << "the reward command's child " << child << " outlived rlcu";
+  EXPECT_NE(read_file(temp_dir() + "/sigint_run.err").find("continue with `rlcu train --resume " + dir),
+            std::string::npos);
+}
+
+TEST(CliTrainRunDir, ResumeRefusesChangedOrMissingInputs) {
+  const std::string model = temp_dir() + "/inputs_model", dir = fresh_dir("inputs");
+  fs::remove_all(model);
+  fs::copy(kModel, model, fs::copy_options::recursive);
+  json cfg = short_config("grpo", dir, 2);
+  cfg["model"]["path"] = model;
+  cfg["algorithm"]["kl_coef"] = 0.05;  // the reference model is read from model.path on every start
+  CliResult r = train(write_config(cfg, "inputs") + " --stop-after 1");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const json rec = json::parse(read_file(dir + "/inputs.json"));
+  EXPECT_TRUE(rec["inputs"]["model.path"]["files"].contains("model.safetensors")) << rec.dump();
+  EXPECT_TRUE(rec["inputs"].contains("data.path")) << rec.dump();
+
+  // Same size, one byte of the weights changed.
+  const std::string weights = model + "/model.safetensors", original = read_file(weights);
+  std::string changed = original;
+  changed[changed.size() - 3] = static_cast<char>(changed[changed.size() - 3] ^ 0x40);
+  write_file(weights, changed);
+  r = train("--resume " + dir);
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("model.path: " + weights + " changed since the run started"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("content hash"), std::string::npos) << r.err;
+  write_file(weights, original);
+
+  // A deleted file is named as such (not as a tokenizer error further on).
+  const std::string tok = read_file(model + "/tokenizer.json");
+  fs::remove(model + "/tokenizer.json");
+  r = train("--resume " + dir);
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find(model + "/tokenizer.json no longer exists"), std::string::npos) << r.err;
+  write_file(model + "/tokenizer.json", tok);
+  fs::remove_all(model + "_gone");
+  fs::rename(model, model + "_gone");
+  r = train("--resume " + dir);
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("model.path: \"" + model + "\" no longer exists"), std::string::npos) << r.err;
+  fs::rename(model + "_gone", model);
+
+  r = train("--resume " + dir);  // restored: the run continues
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(read_jsonl(dir + "/metrics.jsonl").size(), 2u);
 }

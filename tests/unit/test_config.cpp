@@ -97,6 +97,11 @@ TEST(Config, TrainerSectionDefaults) {
   const RunConfig c = parse_config("{}", "cfg.json");
   EXPECT_EQ(c.run.save_every, 0);
   EXPECT_EQ(c.run.keep_checkpoints, 0);
+  EXPECT_EQ(c.run.resume, "never");
+  EXPECT_EQ(parse_config(R"({"run": {"resume": "auto"}})", "cfg.json").run.resume, "auto");
+  const std::string e = error_of("{}", {"run.resume=always"});
+  EXPECT_NE(e.find("run.resume"), std::string::npos) << e;
+  EXPECT_NE(e.find("never"), std::string::npos) << e;
   EXPECT_EQ(c.algorithm.name, "grpo");
   EXPECT_EQ(c.algorithm.scale_rewards, "group");
   EXPECT_DOUBLE_EQ(c.algorithm.clip_low, 0.2);

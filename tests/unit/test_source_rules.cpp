@@ -71,6 +71,7 @@ const std::map<std::string, std::string>& owners() {
       {"critic.h", "rl"},
       {"trainer.h", "train"},
       {"sft.h", "train"},
+      {"run_dir.h", "train"},
       {"checkpoint.h", "train"},
       {"metrics.h", "train"},
       {"optimizer.h", "train"},
