@@ -61,6 +61,7 @@ struct RolloutBatch {
   std::vector<float> advantages;
   std::vector<float> returns;              // value targets (PPO), or empty
   std::vector<float> loss_weights;         // w_t of the loss aggregation (rl::loss_weights), 0 for dropped tokens
+  std::vector<float> is_weights;           // rollout-correction weights rho_t (rl::rollout_correction), or empty
 
   int64_t num_seqs() const { return static_cast<int64_t>(completions.size()); }
   int64_t num_tokens() const { return offsets.back(); }
