@@ -13,8 +13,9 @@
 // advantage driver (include/rlcu/advantage.h) seq_kl, advantages, returns, seq_keep and loss_weights; the update
 // reads them through micro-batch rows (gather_rows).
 //
-// Room for what comes later: recomputed_logprobs holds old log-probs recomputed by the trainer's forward (rollout
-// correction); when it is set, old_logprobs() returns it instead of the sampler's. loss_mask marks the tokens the
+// recomputed_logprobs holds old log-probs recomputed by the trainer's forward (algorithm.old_logprobs = recompute,
+// include/rlcu/rollout_correction.h); when it is set, old_logprobs() returns it instead of the sampler's, and
+// is_weights holds the rollout correction's per-token weights (TIS / MIS) when a correction is on. loss_mask marks the tokens the
 // policy produced (1) against tokens it did not (0, e.g. a multi-turn environment's observation tokens).
 #pragma once
 
