@@ -93,14 +93,41 @@ void loss_weights(const Tensor& w, const Tensor& cu_seqlens, const Tensor& seq_s
 
 void policy_loss(const Tensor& dlogp, const Tensor& dentropy, const Tensor& stats, const Tensor& logp,
                  const Tensor& old_logp, const Tensor& ref_logp, const Tensor& adv, const Tensor& w,
-                 const Tensor& entropy, const PolicyLossParams& p, Context& ctx) {
-  check_same_device("policy_loss", dlogp.device, {&dlogp, &dentropy, &stats, &logp, &old_logp, &ref_logp, &adv, &w, &entropy});
+                 const Tensor& entropy, const Tensor& is_weight, const Tensor& seq_log_ratio,
+                 const PolicyLossParams& p, Context& ctx) {
+  check_same_device("policy_loss", dlogp.device,
+                    {&dlogp, &dentropy, &stats, &logp, &old_logp, &ref_logp, &adv, &w, &entropy, &is_weight,
+                     &seq_log_ratio});
   if (dlogp.device == Device::CPU) {
-    cpu::policy_loss(dlogp, dentropy, stats, logp, old_logp, ref_logp, adv, w, entropy, p, ctx);
+    cpu::policy_loss(dlogp, dentropy, stats, logp, old_logp, ref_logp, adv, w, entropy, is_weight, seq_log_ratio, p,
+                     ctx);
     return;
   }
   ProfileScope prof_("policy_loss", ctx);
-  RLCU_CUDA_BACKEND(cuda::policy_loss(dlogp, dentropy, stats, logp, old_logp, ref_logp, adv, w, entropy, p, ctx));
+  RLCU_CUDA_BACKEND(cuda::policy_loss(dlogp, dentropy, stats, logp, old_logp, ref_logp, adv, w, entropy, is_weight,
+                                      seq_log_ratio, p, ctx));
+}
+
+void sequence_log_ratio(const Tensor& out, const Tensor& logp, const Tensor& old_logp, const Tensor& w,
+                        const Tensor& cu_seqlens, Context& ctx) {
+  check_same_device("sequence_log_ratio", out.device, {&out, &logp, &old_logp, &w, &cu_seqlens});
+  if (out.device == Device::CPU) {
+    cpu::sequence_log_ratio(out, logp, old_logp, w, cu_seqlens, ctx);
+    return;
+  }
+  ProfileScope prof_("sequence_log_ratio", ctx);
+  RLCU_CUDA_BACKEND(cuda::sequence_log_ratio(out, logp, old_logp, w, cu_seqlens, ctx));
+}
+
+void rollout_correction(const Tensor& weight, const Tensor& stats, const Tensor& old_logp, const Tensor& rollout_logp,
+                        const Tensor& mask, const Tensor& cu_seqlens, const RolloutCorrectionParams& p, Context& ctx) {
+  check_same_device("rollout_correction", weight.device, {&weight, &stats, &old_logp, &rollout_logp, &mask, &cu_seqlens});
+  if (weight.device == Device::CPU) {
+    cpu::rollout_correction(weight, stats, old_logp, rollout_logp, mask, cu_seqlens, p, ctx);
+    return;
+  }
+  ProfileScope prof_("rollout_correction", ctx);
+  RLCU_CUDA_BACKEND(cuda::rollout_correction(weight, stats, old_logp, rollout_logp, mask, cu_seqlens, p, ctx));
 }
 
 void value_loss(const Tensor& dv, const Tensor& stats, const Tensor& v, const Tensor& old_v, const Tensor& returns,

@@ -5,6 +5,9 @@
 # from metrics.jsonl. The model directory needs tokenizer files; when it has none, the Qwen3 tokenizer from
 # tests/fixtures/tokenizers/qwen3 is copied next to a copy of its config and weights.
 #   usage: scripts/bench-grpo.sh [MODEL_DIR] [STEPS] [extra rlcu train args...]
+# e.g. recomputed old log-probs with TIS: scripts/bench-grpo.sh DIR 4 --set algorithm.old_logprobs=recompute
+#   --set algorithm.rollout_correction=tis; the table then adds the recompute phase (time/recompute_s, to compare
+#   with the reference forward's time/reference_s), the rollout-vs-recomputed log-prob gap and the IS ratio range.
 # The table goes to stderr; the last line on stdout is the work directory (config, metrics, checkpoints).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -46,11 +49,16 @@ python3 - "$work/run/metrics.jsonl" 1>&2 <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 keys = ["time/step_s", "time/rollout_s", "time/reward_s", "time/reference_s", "time/advantage_s", "time/train_s"]
-print("| step | " + " | ".join(k.split("/")[1] for k in keys) + " | new tokens/s (rollout) | mean length | mean abs ratio-1 |")
-print("|---" * (len(keys) + 4) + "|")
+extra = [k for k in ("time/recompute_s", "sampling/logprob_diff/mean", "sampling/logprob_diff/max",
+                     "sampling/importance_sampling_ratio/min", "sampling/importance_sampling_ratio/max")
+         if rows and k in rows[-1]]
+print("| step | " + " | ".join(k.split("/")[1] for k in keys) + " | new tokens/s (rollout) | mean length | mean abs ratio-1 |"
+      + "".join(f" {k} |" for k in extra))
+print("|---" * (len(keys) + 4 + len(extra)) + "|")
 for r in rows:
     print(f"| {r['step']} | " + " | ".join(f"{r[k]:.3f}" for k in keys) +
-          f" | {r['tokens_per_s/rollout']:.0f} | {r['completions/mean_length']:.1f} | {r.get('ratio/first_update_mean_abs_dev', 0):.2e} |")
+          f" | {r['tokens_per_s/rollout']:.0f} | {r['completions/mean_length']:.1f} | {r.get('ratio/first_update_mean_abs_dev', 0):.2e} |"
+          + "".join(f" {r[k]:.4g} |" for k in extra))
 PY
 echo "checkpoint: $(cat "$work/run/checkpoints/latest")  in $work/run/checkpoints" >&2
 echo "$work"

@@ -45,6 +45,10 @@ struct AlgorithmSpec {
   double kl_coef = 0.0;
   bool use_reference = false;  // traits.needs_reference(kl_coef)
   bool kl_in_reward = false;   // traits.kl_in_reward or algorithm.kl_in_reward
+  PolicyLossKind policy_loss = PolicyLossKind::Clip;
+  float loss_clip_low = 0.2f, loss_clip_high = 0.2f;  // the clip range of policy_loss (clip_*, gspo_clip_*, cispo_clip_*)
+  bool recompute_old_logprobs = false;                // algorithm.old_logprobs = recompute
+  RolloutCorrectionParams correction;                 // mode None unless algorithm.rollout_correction is set
 
   // The coefficient of the KL term in the policy loss: kl_coef when there is a reference and the KL is not in the
   // reward, else 0.
@@ -54,7 +58,8 @@ struct AlgorithmSpec {
   double reward_kl_coef() const { return use_reference && kl_in_reward ? kl_coef : 0.0; }
 };
 
-// Parses algorithm.name, scale_rewards, kl_estimator and loss_agg; errors name the `algorithm.*` key.
+// Parses algorithm.name, scale_rewards, kl_estimator, loss_agg, policy_loss (with its clip range), old_logprobs and
+// rollout_correction*; errors name the `algorithm.*` key.
 AlgorithmSpec parse_algorithm_spec(const AlgorithmSection& s);
 
 }  // namespace rlcu::rl

@@ -66,6 +66,8 @@ struct OptimizerSection {
 // RL objective. Policy loss per token t of sequence i, ratio r = exp(logp - logp_old), advantage A:
 //   -min(r A, clip(r, 1 - clip_low, 1 + clip_high) A), and for A < 0 with dual_clip c > 1 at most -c A;
 //   plus kl_coef * KL_k(logp, logp_ref) (unless kl_in_reward) - entropy_coef * entropy; aggregated by loss_agg.
+// policy_loss = gspo takes r per sequence (the geometric mean of the token ratios), cispo uses the clipped,
+// detached r as a weight on -A logp; rollout_correction weights the policy term (include/rlcu/rl_ops.h).
 struct AlgorithmSection {
   std::string name = "grpo";           // grpo | ppo | rloo | reinforce_pp
   std::string scale_rewards = "group";  // group | batch | none: divide advantages by the group's / batch's std
@@ -87,7 +89,17 @@ struct AlgorithmSection {
   double value_clip = 0.2;        // PPO critic value clipping; 0 = off
   double critic_lr = 1e-5;
   std::string critic_init = "policy";  // "policy" or a model directory
+  std::string policy_loss = "clip";    // clip | gspo | cispo
+  double gspo_clip_low = 3e-4;         // GSPO's sequence-ratio clip range (the paper's)
+  double gspo_clip_high = 4e-4;
+  double cispo_clip_low = 1.0;         // CISPO's IS-weight clip: [1 - low, 1 + high]; low 1 = no lower bound
+  double cispo_clip_high = 0.28;
+  std::string old_logprobs = "rollout";       // rollout | recompute: where the ratio's old log-probs come from
+  std::string rollout_correction = "none";    // none | tis | mis (needs old_logprobs = recompute)
+  std::string rollout_correction_level = "token";  // token | sequence
+  double rollout_correction_cap = 2.0;             // C > 1
 };
+
 
 struct TrainSection {
   int64_t steps = 100;
@@ -136,6 +148,20 @@ struct RewardSection {
   std::string model_path;        // sequence-classification reward model directory
 };
 
+// Held-out evaluation during `rlcu train` (the metrics of include/rlcu/eval.h, logged as eval/*).
+struct EvalSection {
+  std::string data;             // prompt file (the data.* format keys apply); "" = no evaluation
+  int64_t every = 0;            // every N steps (and after the last step); 0 = after the last step only
+  bool at_start = false;        // also before the first step (logged as step 0)
+  int64_t n = 1;                // samples per prompt (pass@k uses k = n)
+  bool greedy = false;          // pick the most likely token
+  int64_t max_new_tokens = 0;   // 0 = rollout.max_new_tokens
+  double temperature = 0.0;     // 0 = rollout.temperature
+  int64_t max_prompts = 0;      // only the first N prompts; 0 = all
+  RewardSection reward;         // eval.reward.*: the run's reward section unless any eval.reward.* key is given
+  bool reward_given = false;    // set when a config or --set names an eval.reward.* key
+};
+
 // Supervised fine-tuning (`rlcu sft`): loss = mean negative log-likelihood of the completion (assistant) tokens.
 struct SftSection {
   std::string path;                          // JSONL of {"prompt", "completion"} or {"messages": [...]} records
@@ -159,6 +185,7 @@ struct RunConfig {
   RolloutSection rollout;
   RewardSection reward;
   SftSection sft;
+  EvalSection eval;
 };
 
 enum class FieldKind { Int, Float, Bool, String, Enum };

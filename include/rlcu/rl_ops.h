@@ -35,14 +35,23 @@ enum class AdvantageNorm { Group, Batch, None };  // "group" | "batch" | "none"
 enum class KlEstimator { K1, K2, K3 };            // "k1" | "k2" | "k3"
 enum class LossAgg { TokenMean, SeqMeanTokenMean, SeqMeanTokenSum, SeqMeanTokenSumNorm };
 // "token-mean" | "seq-mean-token-mean" | "seq-mean-token-sum" | "seq-mean-token-sum-norm"
+enum class PolicyLossKind { Clip, Gspo, Cispo };                // "clip" | "gspo" | "cispo"
+enum class RolloutCorrection { None, Tis, Mis };               // "none" | "tis" | "mis"
+enum class CorrectionLevel { Token, Sequence };                // "token" | "sequence"
 
 // Parse a config string; throws rlcu::Error naming `field` (e.g. "algorithm.loss_agg") and the accepted values.
 AdvantageNorm parse_advantage_norm(const std::string& s, const std::string& field);
 KlEstimator parse_kl_estimator(const std::string& s, const std::string& field);
 LossAgg parse_loss_agg(const std::string& s, const std::string& field);
+PolicyLossKind parse_policy_loss_kind(const std::string& s, const std::string& field);
+RolloutCorrection parse_rollout_correction(const std::string& s, const std::string& field);
+CorrectionLevel parse_correction_level(const std::string& s, const std::string& field);
 const char* name_of(AdvantageNorm m);
 const char* name_of(KlEstimator k);
 const char* name_of(LossAgg m);
+const char* name_of(PolicyLossKind k);
+const char* name_of(RolloutCorrection c);
+const char* name_of(CorrectionLevel l);
 
 // The per-token KL estimators of log p against log p_ref, with x = ref - logp:
 //   k1 = logp - ref = -x            d/dlogp = 1
@@ -130,47 +139,103 @@ void loss_weights(const Tensor& w, const Tensor& cu_seqlens, const Tensor& seq_s
                   Context& ctx);
 
 // ---- 6. policy loss, fused forward + backward per token -----------------------------------------------------------
-// ratio r = exp(logp - old_logp); with A = adv_t:
-//   pg_t = max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high));  with dual_clip c > 1 and A < 0: pg_t = min(pg_t, -c A)
+// With A = adv_t, the ratio r and the policy-gradient term pg_t by kind (lo = 1 - clip_low, hi = 1 + clip_high):
+//   clip  (PPO / GRPO)  r = exp(logp - old_logp);
+//                       pg_t = max(-A r, -A clip(r, lo, hi)); with dual_clip c > 1 and A < 0: pg_t = min(pg_t, -c A)
+//   gspo  (GSPO-token)  r = exp(seq_log_ratio_t), the sequence's geometric-mean ratio (sequence_log_ratio below),
+//                       with the gradient of its own token only: dr/dlogp_t = r (r = sg[s_i] pi_t / sg[pi_t]); then
+//                       pg_t as for clip. With w_t = 1 / (num_seqs len_i) (seq-mean-token-mean) the sum over the
+//                       tokens is exactly GSPO's sequence objective and its gradient.
+//   cispo               r = exp(logp - old_logp); pg_t = -sg[clip(r, lo, hi)] A logp_t (dual clip does not apply)
 //   kl_t = KL_est(logp_t, ref_logp_t) (see above)
-//   l_t  = pg_t + kl_coef kl_t - ent_coef H_t,         loss = sum_t w_t l_t
+//   l_t  = rho_t pg_t + kl_coef kl_t - ent_coef H_t,   loss = sum_t w_t l_t
+// where rho_t = is_weight[t], the rollout-correction weight (rollout_correction below), or 1 when is_weight is empty.
 // Outputs (overwrite):
-//   dlogp[t]    = w_t dl_t/dlogp_t = w_t (dpg_t + kl_coef dkl_t), where dpg = -A r on the unclipped branch and 0
-//                 where the clipped (or dual-clipped) constant is the max (min);
+//   dlogp[t]    = w_t dl_t/dlogp_t = w_t (rho_t dpg_t + kl_coef dkl_t), where dpg = -A r on the unclipped branch and
+//                 0 where the clipped (or dual-clipped) constant is the max (min); cispo: dpg = -clip(r, lo, hi) A;
 //   dentropy[t] = -w_t ent_coef (may be an empty Tensor: not written).
 // Inputs: logp, old_logp, adv, w [T]; ref_logp [T] (may be empty when kl_coef == 0); entropy [T] (may be empty when
-// ent_coef == 0). Branches: "clipped low" is r < 1 - clip_low with A < 0, "clipped high" r > 1 + clip_high with
-// A > 0 (the clipped constant is then the max), "dual-clipped" A < 0 with -A r > -c A (i.e. r > c), which replaces
-// pg_t by -c A. The per-token arithmetic is fp64 on both devices (so branch decisions agree).
+// ent_coef == 0); is_weight [T] (may be empty); seq_log_ratio [T] (gspo only, else may be empty). Branches (clip,
+// gspo): "clipped low" is r < lo with A < 0, "clipped high" r > hi with A > 0 (the clipped constant is then the max),
+// "dual-clipped" A < 0 with -A r > -c A (i.e. r > c), which replaces pg_t by -c A; cispo: "clipped low" r < lo,
+// "clipped high" r > hi, whatever the sign of A. The per-token arithmetic is fp64 on both devices (so branch
+// decisions agree).
 // Masked tokens (w_t == 0) get dlogp = dentropy = 0 and add nothing to the statistics, whatever their other inputs
 // hold (padding rows may carry garbage or non-finite values).
 // stats [kPolicyStats] F32 ACCUMULATES (+=) sums over this call's active tokens (w_t != 0), fp64 in a fixed order:
 enum PolicyStat : int {
   kPsLoss = 0,        // sum_t w_t l_t
-  kPsPg = 1,          // sum_t w_t pg_t
+  kPsPg = 1,          // sum_t w_t rho_t pg_t
   kPsKl = 2,          // sum_t w_t kl_t            (0 when kl_coef == 0)
   kPsKlSum = 3,       // sum_t kl_t                (0 when kl_coef == 0)
   kPsEntropySum = 4,  // sum_t H_t                 (0 when entropy is empty)
   kPsClipLow = 5,     // tokens clipped low
   kPsClipHigh = 6,    // tokens clipped high
   kPsDualClip = 7,    // tokens dual-clipped
-  kPsAbsRatioDev = 8, // sum_t |r_t - 1|
+  kPsAbsRatioDev = 8, // sum_t |r_t - 1|           (gspo: the sequence ratio of each token)
   kPsTokens = 9,      // active tokens
   kPolicyStats = 10,
 };
 // Metrics: kl mean = [3]/[9], clip_ratio/low_mean = [5]/[9], clip_ratio/high_mean = [6]/[9], mean |ratio-1| =
 // [8]/[9], entropy mean = [4]/[9]; the loss is [0] summed over micro-batches.
 struct PolicyLossParams {
+  PolicyLossKind kind = PolicyLossKind::Clip;
   float clip_low = 0.2f;
   float clip_high = 0.2f;
-  float dual_clip = 0.0f;  // 0 = off, else > 1
+  float dual_clip = 0.0f;  // 0 = off, else > 1 (clip and gspo)
   float kl_coef = 0.0f;
   KlEstimator kl = KlEstimator::K3;
   float ent_coef = 0.0f;
 };
 void policy_loss(const Tensor& dlogp, const Tensor& dentropy, const Tensor& stats, const Tensor& logp,
                  const Tensor& old_logp, const Tensor& ref_logp, const Tensor& adv, const Tensor& w,
-                 const Tensor& entropy, const PolicyLossParams& p, Context& ctx);
+                 const Tensor& entropy, const Tensor& is_weight, const Tensor& seq_log_ratio,
+                 const PolicyLossParams& p, Context& ctx);
+
+// ---- 6b. GSPO's sequence log-ratio ----------------------------------------------------------------------------------
+// For each sequence s of cu_seqlens (the packed micro-batch's, prompt rows included), over its active rows
+// (w_t != 0, the completion tokens that carry a loss):
+//   out[t] = (1 / |active_s|) sum_{u active in s} (logp_u - old_logp_u)     for every row t of s
+// (the log of GSPO's s_i = (pi(y_i) / pi_old(y_i))^(1/|y_i|)); 0 for the rows of a sequence without active rows.
+// Overwrites out. out, logp, old_logp, w [T] F32; cu_seqlens [S+1] I32. Sums are fp64 in row order on both devices
+// (the CUDA op: one block per sequence, a fixed-order tree), rounded once to F32.
+void sequence_log_ratio(const Tensor& out, const Tensor& logp, const Tensor& old_logp, const Tensor& w,
+                        const Tensor& cu_seqlens, Context& ctx);
+
+// ---- 6c. rollout correction (importance sampling of the rollout policy) ----------------------------------------------
+// With old log-probs recomputed by the trainer's forward, the rollout (sampler) policy pi_roll and the "old" policy
+// pi_old differ by float rounding and kernel differences; the policy loss is an expectation under pi_old, the samples
+// come from pi_roll, so each unit (a token, or a whole sequence) is reweighted by its ratio
+//   token:     rho_t = exp(old_logp_t - rollout_logp_t)
+//   sequence:  rho_s = exp(sum_{t of s, mask_t != 0} (old_logp_t - rollout_logp_t))    (the sequence's ratio)
+// and the weight is, with cap C > 1:
+//   tis  (truncated importance sampling)  weight = min(rho, C)
+//   mis  (masked importance sampling)     weight = 1 if 1/C <= rho <= C, else 0
+//   none                                  weight = 1
+// weight[t] is the weight of t's unit (its sequence's at the sequence level) for tokens with mask_t != 0, and 0 for
+// the others. Overwrites weight [T]; old_logp, rollout_logp, mask [T] F32; cu_seqlens [N+1] I32 (completion layout).
+// stats [kRolloutCorrectionStats] F32 are OVERWRITTEN (the op runs once per rollout batch) with, over the units that
+// hold at least one mask_t != 0 token (rho before truncation or masking):
+enum RolloutCorrectionStat : int {
+  kRcRatioSum = 0,    // sum of rho over units
+  kRcRatioMin = 1,    // min rho (0 when there is no unit)
+  kRcRatioMax = 2,    // max rho (0 when there is no unit)
+  kRcMasked = 3,      // units whose weight is 0 (mis: rho outside [1/C, C]; tis and none: 0)
+  kRcUnits = 4,       // units
+  kRcAbsDiffSum = 5,  // sum over mask tokens of |old_logp - rollout_logp|
+  kRcAbsDiffMax = 6,  // max over mask tokens of |old_logp - rollout_logp|
+  kRcTokens = 7,      // mask tokens
+  kRolloutCorrectionStats = 8,
+};
+// Metrics: sampling/importance_sampling_ratio/mean = [0]/[4], /min = [1], /max = [2]; sampling/masked_fraction =
+// [3]/[4]; sampling/logprob_diff/mean = [5]/[7], /max = [6]. Arithmetic is fp64 in a fixed order on both devices.
+struct RolloutCorrectionParams {
+  RolloutCorrection mode = RolloutCorrection::None;
+  CorrectionLevel level = CorrectionLevel::Token;
+  float cap = 2.0f;  // C > 1
+};
+void rollout_correction(const Tensor& weight, const Tensor& stats, const Tensor& old_logp, const Tensor& rollout_logp,
+                        const Tensor& mask, const Tensor& cu_seqlens, const RolloutCorrectionParams& p, Context& ctx);
 
 // ---- 7. value loss (PPO critic), fused forward + backward ------------------------------------------------------------
 // v_clip = old_v + clamp(v - old_v, -clip, clip) (clip = 0: v_clip = v, unclipped);

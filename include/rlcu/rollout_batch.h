@@ -13,8 +13,9 @@
 // advantage driver (include/rlcu/advantage.h) seq_kl, advantages, returns, seq_keep and loss_weights; the update
 // reads them through micro-batch rows (gather_rows).
 //
-// Room for what comes later: recomputed_logprobs holds old log-probs recomputed by the trainer's forward (rollout
-// correction); when it is set, old_logprobs() returns it instead of the sampler's. loss_mask marks the tokens the
+// recomputed_logprobs holds old log-probs recomputed by the trainer's forward (algorithm.old_logprobs = recompute,
+// include/rlcu/rollout_correction.h); when it is set, old_logprobs() returns it instead of the sampler's, and
+// is_weights holds the rollout correction's per-token weights (TIS / MIS) when a correction is on. loss_mask marks the tokens the
 // policy produced (1) against tokens it did not (0, e.g. a multi-turn environment's observation tokens).
 #pragma once
 
@@ -61,6 +62,7 @@ struct RolloutBatch {
   std::vector<float> advantages;
   std::vector<float> returns;              // value targets (PPO), or empty
   std::vector<float> loss_weights;         // w_t of the loss aggregation (rl::loss_weights), 0 for dropped tokens
+  std::vector<float> is_weights;           // rollout-correction weights rho_t (rl::rollout_correction), or empty
 
   int64_t num_seqs() const { return static_cast<int64_t>(completions.size()); }
   int64_t num_tokens() const { return offsets.back(); }

@@ -2,8 +2,8 @@
 // for the run's lifetime, and the record of what a resumed run reads from outside it.
 //
 // Starting (open_run_dir):
-//   - a directory that holds a run (config.json, metrics.jsonl, samples.jsonl, inputs.json, checkpoints/ or
-//     TensorBoard events) is refused for a new run: nothing in it is touched, the message says that `--resume`
+//   - a directory that holds a run (config.json, metrics.jsonl, samples.jsonl, eval_samples.jsonl, inputs.json,
+//     checkpoints/ or TensorBoard events) is refused for a new run: nothing in it is touched, the message says that `--resume`
 //     continues it and `--overwrite` starts over;
 //   - --resume (or run.resume = auto with a checkpoint there) continues the run from its latest checkpoint;
 //     run.resume = auto without a checkpoint starts fresh (clearing what an earlier attempt left, as --overwrite);

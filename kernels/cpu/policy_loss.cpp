@@ -1,8 +1,12 @@
 // CPU policy and value losses, fused forward + backward (math in include/rlcu/rl_ops.h), per token in fp64:
-//   policy_loss: r = exp(logp - old_logp); pg = max(-A r, -A clip(r, 1 - cl, 1 + ch)), dual clip for A < 0;
-//                kl from the k1/k2/k3 estimator; l = pg + kl_coef kl - ent_coef H;
-//                dlogp = w (dpg + kl_coef dkl) with dpg = -A r on the unclipped branch, 0 on a clipped one;
-//                dentropy = -w ent_coef.
+//   policy_loss: clip: r = exp(logp - old_logp); gspo: r = exp(seq_log_ratio);
+//                pg = max(-A r, -A clip(r, 1 - cl, 1 + ch)), dual clip for A < 0; dpg = -A r unclipped, 0 clipped;
+//                cispo: pg = -clip(r, 1 - cl, 1 + ch) A logp, dpg = -clip(r, 1 - cl, 1 + ch) A;
+//                kl from the k1/k2/k3 estimator; l = rho pg + kl_coef kl - ent_coef H (rho = is_weight or 1);
+//                dlogp = w (rho dpg + kl_coef dkl); dentropy = -w ent_coef.
+//   sequence_log_ratio: per packed sequence, the fp64 mean of logp - old_logp over its rows with w != 0.
+//   rollout_correction: the TIS / MIS weights of the rollout policy against the recomputed old policy, per token or
+//                per sequence, and their statistics.
 //   value_loss:  l = 0.5 max((v - R)^2, (v_clip - R)^2), dv = w (v - R) unless the clipped term is strictly larger.
 // Tokens with w = 0 get zero gradients and add nothing to the statistics (non-finite inputs there do not leak).
 // Gradients overwrite; stats accumulate (+=) fp64 sums taken in token order, added to the F32 stats once per call.
@@ -22,11 +26,25 @@ void need_f32(const char* op, const char* name, const Tensor& t, int64_t n) {
   check::numel(op, name, t, n);
 }
 
+// cu_seqlens [S+1] I32 on the CPU covering exactly `rows` rows: 0 = cu[0] <= ... <= cu[S] = rows.
+const int32_t* check_rows(const char* op, const Tensor& cu_seqlens, int64_t rows) {
+  check::tensor(op, "cu_seqlens", cu_seqlens, DType::I32, 1);
+  RLCU_CHECK(cu_seqlens.numel() >= 1, "{}: cu_seqlens has no element, expected S+1 >= 1", op);
+  const int32_t* cu = cu_seqlens.ptr<int32_t>();
+  RLCU_CHECK(cu[0] == 0, "{}: cu_seqlens[0] = {}, expected 0", op, cu[0]);
+  for (int64_t s = 1; s < cu_seqlens.numel(); ++s)
+    RLCU_CHECK(cu[s] >= cu[s - 1], "{}: cu_seqlens decreases at {} ({} < {})", op, s, cu[s], cu[s - 1]);
+  RLCU_CHECK(cu[cu_seqlens.numel() - 1] == rows, "{}: cu_seqlens ends at {}, expected {} rows", op,
+             cu[cu_seqlens.numel() - 1], rows);
+  return cu;
+}
+
 }  // namespace
 
 void policy_loss(const Tensor& dlogp, const Tensor& dentropy, const Tensor& stats, const Tensor& logp,
                  const Tensor& old_logp, const Tensor& ref_logp, const Tensor& adv, const Tensor& w,
-                 const Tensor& entropy, const rl::PolicyLossParams& p, Context& ctx) {
+                 const Tensor& entropy, const Tensor& is_weight, const Tensor& seq_log_ratio,
+                 const rl::PolicyLossParams& p, Context& ctx) {
   const char* op = "policy_loss";
   const int64_t T = logp.numel();
   need_f32(op, "logp", logp, T);
@@ -42,9 +60,14 @@ void policy_loss(const Tensor& dlogp, const Tensor& dentropy, const Tensor& stat
   if (use_ent) need_f32(op, "entropy", entropy, T);
   RLCU_CHECK(p.ent_coef == 0.0f || use_ent, "{}: ent_coef = {} needs the entropy tensor", op, p.ent_coef);
   if (!dentropy.empty()) need_f32(op, "dentropy", dentropy, T);
+  const bool use_is = !is_weight.empty();
+  if (use_is) need_f32(op, "is_weight", is_weight, T);
+  const bool gspo = p.kind == rl::PolicyLossKind::Gspo, cispo = p.kind == rl::PolicyLossKind::Cispo;
+  if (gspo) need_f32(op, "seq_log_ratio", seq_log_ratio, T);
   RLCU_CHECK(p.clip_low >= 0.0f && p.clip_high >= 0.0f, "{}: clip_low {} and clip_high {} must be >= 0", op,
              p.clip_low, p.clip_high);
   RLCU_CHECK(p.dual_clip == 0.0f || p.dual_clip > 1.0f, "{}: dual_clip {} must be 0 (off) or > 1", op, p.dual_clip);
+  RLCU_CHECK(!cispo || p.dual_clip == 0.0f, "{}: dual_clip does not apply to the cispo loss", op);
 
   const double lo = 1.0 - static_cast<double>(p.clip_low), hi = 1.0 + static_cast<double>(p.clip_high);
   const double c = p.dual_clip, kc = p.kl_coef, ec = p.ent_coef;
@@ -57,18 +80,25 @@ void policy_loss(const Tensor& dlogp, const Tensor& dentropy, const Tensor& stat
       continue;
     }
     const double lp = logp.ptr<float>()[t], A = adv.ptr<float>()[t];
-    const double r = std::exp(lp - static_cast<double>(old_logp.ptr<float>()[t]));
+    const double r = gspo ? std::exp(static_cast<double>(seq_log_ratio.ptr<float>()[t]))
+                          : std::exp(lp - static_cast<double>(old_logp.ptr<float>()[t]));
+    const double rc = std::fmin(std::fmax(r, lo), hi);
     const double pg1 = -A * r;
-    const double pg2 = -A * std::fmin(std::fmax(r, lo), hi);
+    const double pg2 = -A * rc;
     double pg = pg1, dpg = -A * r;
     bool clip_low = false, clip_high = false, dual = false;
-    if (pg2 > pg1) {  // the clipped constant is the max
+    if (cispo) {  // the clipped weight is a constant (stop-gradient) times log p
+      pg = -rc * A * lp;
+      dpg = -rc * A;
+      clip_low = r < lo;
+      clip_high = r > hi;
+    } else if (pg2 > pg1) {  // the clipped constant is the max
       pg = pg2;
       dpg = 0.0;
       clip_low = A < 0;
       clip_high = A > 0;
     }
-    if (c > 0.0 && A < 0 && pg > -c * A) {
+    if (!cispo && c > 0.0 && A < 0 && pg > -c * A) {
       pg = -c * A;
       dpg = 0.0;
       dual = true;
@@ -83,11 +113,12 @@ void policy_loss(const Tensor& dlogp, const Tensor& dentropy, const Tensor& stat
       }
     }
     const double H = use_ent ? static_cast<double>(entropy.ptr<float>()[t]) : 0.0;
-    const double l = pg + kc * kl - ec * H;
-    dlogp.ptr<float>()[t] = static_cast<float>(wt * (dpg + kc * dkl));
+    const double rho = use_is ? static_cast<double>(is_weight.ptr<float>()[t]) : 1.0;
+    const double l = rho * pg + kc * kl - ec * H;
+    dlogp.ptr<float>()[t] = static_cast<float>(wt * (rho * dpg + kc * dkl));
     if (!dentropy.empty()) dentropy.ptr<float>()[t] = static_cast<float>(-wt * ec);
     sum[rl::kPsLoss] += wt * l;
-    sum[rl::kPsPg] += wt * pg;
+    sum[rl::kPsPg] += wt * rho * pg;
     sum[rl::kPsKl] += wt * kl;
     sum[rl::kPsKlSum] += kl;
     sum[rl::kPsEntropySum] += H;
@@ -98,6 +129,88 @@ void policy_loss(const Tensor& dlogp, const Tensor& dentropy, const Tensor& stat
     sum[rl::kPsTokens] += 1.0;
   }
   for (int k = 0; k < rl::kPolicyStats; ++k) stats.ptr<float>()[k] += static_cast<float>(sum[k]);
+}
+
+void sequence_log_ratio(const Tensor& out, const Tensor& logp, const Tensor& old_logp, const Tensor& w,
+                        const Tensor& cu_seqlens, Context& ctx) {
+  const char* op = "sequence_log_ratio";
+  const int64_t T = logp.numel();
+  need_f32(op, "logp", logp, T);
+  need_f32(op, "out", out, T);
+  need_f32(op, "old_logp", old_logp, T);
+  need_f32(op, "w", w, T);
+  const int32_t* cu = check_rows(op, cu_seqlens, T);
+  const int64_t S = cu_seqlens.numel() - 1;
+  for (int64_t s = 0; s < S; ++s) {
+    double sum = 0.0, n = 0.0;
+    for (int64_t t = cu[s]; t < cu[s + 1]; ++t) {
+      if (w.ptr<float>()[t] == 0.0f) continue;
+      sum += static_cast<double>(logp.ptr<float>()[t]) - static_cast<double>(old_logp.ptr<float>()[t]);
+      n += 1.0;
+    }
+    const float mean = n > 0.0 ? static_cast<float>(sum / n) : 0.0f;
+    for (int64_t t = cu[s]; t < cu[s + 1]; ++t) out.ptr<float>()[t] = mean;
+  }
+}
+
+void rollout_correction(const Tensor& weight, const Tensor& stats, const Tensor& old_logp, const Tensor& rollout_logp,
+                        const Tensor& mask, const Tensor& cu_seqlens, const rl::RolloutCorrectionParams& p,
+                        Context& ctx) {
+  const char* op = "rollout_correction";
+  const int64_t T = old_logp.numel();
+  need_f32(op, "old_logp", old_logp, T);
+  need_f32(op, "weight", weight, T);
+  need_f32(op, "rollout_logp", rollout_logp, T);
+  need_f32(op, "mask", mask, T);
+  check::tensor(op, "stats", stats, DType::F32);
+  check::numel(op, "stats", stats, rl::kRolloutCorrectionStats);
+  RLCU_CHECK(p.cap > 1.0f, "{}: cap {} must be > 1", op, p.cap);
+  const int32_t* cu = check_rows(op, cu_seqlens, T);
+  const int64_t N = cu_seqlens.numel() - 1;
+  const double C = p.cap;
+  const auto weight_of = [&](double rho) {
+    switch (p.mode) {
+      case rl::RolloutCorrection::Tis: return std::fmin(rho, C);
+      case rl::RolloutCorrection::Mis: return rho >= 1.0 / C && rho <= C ? 1.0 : 0.0;
+      case rl::RolloutCorrection::None: break;
+    }
+    return 1.0;
+  };
+  double st[rl::kRolloutCorrectionStats] = {};
+  const auto unit = [&](double rho, double wgt) {
+    st[rl::kRcRatioMin] = st[rl::kRcUnits] == 0.0 ? rho : std::fmin(st[rl::kRcRatioMin], rho);
+    st[rl::kRcRatioMax] = st[rl::kRcUnits] == 0.0 ? rho : std::fmax(st[rl::kRcRatioMax], rho);
+    st[rl::kRcRatioSum] += rho;
+    st[rl::kRcMasked] += wgt == 0.0 ? 1.0 : 0.0;
+    st[rl::kRcUnits] += 1.0;
+  };
+  const bool seq = p.level == rl::CorrectionLevel::Sequence;
+  float* wo = weight.ptr<float>();
+  for (int64_t s = 0; s < N; ++s) {
+    double lr = 0.0, n = 0.0;
+    for (int64_t t = cu[s]; t < cu[s + 1]; ++t) {
+      wo[t] = 0.0f;
+      if (mask.ptr<float>()[t] == 0.0f) continue;
+      const double d = static_cast<double>(old_logp.ptr<float>()[t]) - static_cast<double>(rollout_logp.ptr<float>()[t]);
+      st[rl::kRcAbsDiffSum] += std::fabs(d);
+      st[rl::kRcAbsDiffMax] = std::fmax(st[rl::kRcAbsDiffMax], std::fabs(d));
+      st[rl::kRcTokens] += 1.0;
+      lr += d;
+      n += 1.0;
+      if (!seq) {
+        const double rho = std::exp(d), wgt = weight_of(rho);
+        unit(rho, wgt);
+        wo[t] = static_cast<float>(wgt);
+      }
+    }
+    if (seq && n > 0.0) {
+      const double rho = std::exp(lr), wgt = weight_of(rho);
+      unit(rho, wgt);
+      for (int64_t t = cu[s]; t < cu[s + 1]; ++t)
+        if (mask.ptr<float>()[t] != 0.0f) wo[t] = static_cast<float>(wgt);
+    }
+  }
+  for (int k = 0; k < rl::kRolloutCorrectionStats; ++k) stats.ptr<float>()[k] = static_cast<float>(st[k]);
 }
 
 void value_loss(const Tensor& dv, const Tensor& stats, const Tensor& v, const Tensor& old_v, const Tensor& returns,

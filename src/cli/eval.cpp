@@ -16,7 +16,6 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
-#include <chrono>
 #include <memory>
 #include <nlohmann/json.hpp>
 
@@ -27,6 +26,7 @@
 #include "rlcu/data.h"
 #include "rlcu/engine.h"
 #include "rlcu/eval.h"
+#include "rlcu/eval_run.h"
 #include "rlcu/model.h"
 #include "rlcu/reward.h"
 #include "rlcu/token_bytes.h"
@@ -128,53 +128,20 @@ int run_eval(const EvalArgs& a) {
   const TokenBytesTable bytes = TokenBytesTable::build(tok, mc.vocab_size);
   so.token_bytes = &bytes;
   so.stop_strings = a.stop;
-  std::vector<engine::Request> reqs;
-  for (int64_t i = 0; i < data.size(); ++i) reqs.push_back({data[i].ids, a.n});
-  const auto t0 = std::chrono::steady_clock::now();
-  const std::vector<engine::Completion> comps = eng.generate(reqs, so);
-  const double gen_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-
-  // ---- score -----------------------------------------------------------------------------------------------------
+  std::vector<const PromptSample*> prompts;
+  for (int64_t i = 0; i < data.size(); ++i) prompts.push_back(&data[i]);
   RewardSet rewards(rs, &tok, ctx);
-  RewardBatch rb;
-  std::vector<std::string> texts;
-  for (const engine::Completion& c : comps) {
-    const PromptSample& ps = data[c.request];
-    texts.push_back(tok.decode(c.ids));
-    rb.items.push_back({ps.text, ps.ids, c.ids, ps.answer, texts.back()});
-  }
-  const RewardResult rr = rewards.score(rb);
-  const std::string judge = correctness_component(rewards.enabled());
-  std::vector<EvalCompletion> ec;
-  for (size_t i = 0; i < comps.size(); ++i) {
-    EvalCompletion e;
-    e.prompt = comps[i].request;
-    e.reward = rr.total[i];
-    e.length = static_cast<int64_t>(comps[i].ids.size());
-    for (const auto& [name, vals] : rr.components) e.components[name] = vals[i];
-    e.correct = is_correct(judge, judge.empty() ? 0.0 : e.components.at(judge), e.reward);
-    ec.push_back(std::move(e));
-  }
-  const EvalSummary s = summarize_eval(ec, data.size(), a.n);
+  const EvalRun run = run_evaluation(eng, prompts, a.n, so, rewards, tok);
+  const EvalSummary& s = run.summary;
+  const std::string& judge = run.judge;
+  const double gen_s = run.generate_s;
 
   // ---- outputs ---------------------------------------------------------------------------------------------------
   if (samples_out) {
-    for (size_t i = 0; i < comps.size(); ++i) {
-      const engine::Completion& c = comps[i];
-      const PromptSample& ps = data[c.request];
-      ordered_json j;
-      j["index"] = c.request;
-      j["sample"] = c.sample;
-      j["prompt"] = ps.text;
-      j["answer"] = ps.answer;
-      j["completion"] = texts[i];
-      j["reward"] = ec[i].reward;
-      j["correct"] = ec[i].correct;
-      j["length"] = ec[i].length;
-      j["finish_reason"] = engine::finish_reason_name(c.finish);
-      for (const auto& [name, v] : ec[i].components) j["rewards/" + name] = v;
-      samples_out->write(j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
-    }
+    for (size_t i = 0; i < run.completions.size(); ++i)
+      samples_out->write(eval_sample_json(run, prompts, i).dump(-1, ' ', false,
+                                                                nlohmann::json::error_handler_t::replace) +
+                         "\n");
     samples_out->commit();
   }
   ordered_json j;

@@ -44,6 +44,8 @@ FieldSpec choices(FieldSpec f, std::vector<std::string> c) {
 void add_algorithm_train_rollout(std::vector<FieldSpec>& s);
 void add_reward(std::vector<FieldSpec>& s);
 void add_sft(std::vector<FieldSpec>& s);
+void add_eval(std::vector<FieldSpec>& s);
+void add_policy_loss_keys(std::vector<FieldSpec>& s);
 
 std::vector<FieldSpec> build_schema() {
   using K = FieldKind;
@@ -156,6 +158,7 @@ std::vector<FieldSpec> build_schema() {
   add_algorithm_train_rollout(s);
   add_reward(s);
   add_sft(s);
+  add_eval(s);
   return s;
 }
 
@@ -163,6 +166,49 @@ std::string fmt_num(double v) {
   std::ostringstream o;
   o << v;
   return o.str();
+}
+
+// algorithm.policy_loss and its clip ranges, algorithm.old_logprobs and the rollout correction.
+void add_policy_loss_keys(std::vector<FieldSpec>& s) {
+  using K = FieldKind;
+  using A = AlgorithmSection;
+  constexpr double kNoMax = 1e12;
+  const auto alg = [](const std::string& key, auto mem, FieldKind kind, const std::string& doc) {
+    return bind_field("algorithm." + key, &RunConfig::algorithm, mem, kind, doc);
+  };
+  s.push_back(choices(alg("policy_loss", &A::policy_loss, K::Enum,
+                          "Policy loss: `clip` (PPO/GRPO clipped token ratio), `gspo` (one ratio per sequence, the "
+                          "geometric mean of its token ratios, clipped by `algorithm.gspo_clip_*`), `cispo` (the "
+                          "token ratio clipped by `algorithm.cispo_clip_*` and detached, times -A log p)."),
+                      {"clip", "gspo", "cispo"}));
+  s.push_back(range(alg("gspo_clip_low", &A::gspo_clip_low, K::Float,
+                        "GSPO: the sequence ratio is clipped below at 1 - gspo_clip_low (paper: 3e-4)."),
+                    0, 1));
+  s.push_back(range(alg("gspo_clip_high", &A::gspo_clip_high, K::Float,
+                        "GSPO: the sequence ratio is clipped above at 1 + gspo_clip_high (paper: 4e-4)."),
+                    0, kNoMax));
+  s.push_back(range(alg("cispo_clip_low", &A::cispo_clip_low, K::Float,
+                        "CISPO: the importance weight is at least 1 - cispo_clip_low; 1 = no lower bound (paper)."),
+                    0, 1));
+  s.push_back(range(alg("cispo_clip_high", &A::cispo_clip_high, K::Float,
+                        "CISPO: the importance weight is at most 1 + cispo_clip_high."),
+                    0, kNoMax));
+  s.push_back(choices(alg("old_logprobs", &A::old_logprobs, K::Enum,
+                          "The ratio's old log-probs: `rollout` (the sampler's) or `recompute` (the training forward "
+                          "scores the completions before the first update, so the first ratio is exactly 1)."),
+                      {"rollout", "recompute"}));
+  s.push_back(choices(alg("rollout_correction", &A::rollout_correction, K::Enum,
+                          "Importance-sampling correction of the rollout policy (needs `algorithm.old_logprobs` = "
+                          "recompute): `tis` weights the policy loss by min(ratio, cap), `mis` drops units whose ratio "
+                          "leaves [1/cap, cap]; ratio = pi_old / pi_rollout."),
+                      {"none", "tis", "mis"}));
+  s.push_back(choices(alg("rollout_correction_level", &A::rollout_correction_level, K::Enum,
+                          "Rollout correction per token (each token's ratio) or per sequence (the product of its "
+                          "token ratios, one weight for all its tokens)."),
+                      {"token", "sequence"}));
+  s.push_back(range(alg("rollout_correction_cap", &A::rollout_correction_cap, K::Float,
+                        "Rollout correction cap C (> 1): TIS truncates the ratio at C, MIS keeps ratios in [1/C, C]."),
+                    1, kNoMax, true));
 }
 
 // algorithm, train and rollout sections.
@@ -239,6 +285,7 @@ void add_algorithm_train_rollout(std::vector<FieldSpec>& s) {
     };
     s.push_back(f);
   }
+  add_policy_loss_keys(s);
   // train
   s.push_back(range(train("steps", &T::steps, K::Int, "Training steps (one rollout batch each)."), 1, kNoMax));
   s.push_back(range(train("prompts_per_step", &T::prompts_per_step, K::Int,
@@ -367,6 +414,54 @@ void add_sft(std::vector<FieldSpec>& s) {
                   "Record field holding the completion text of prompt/completion records."));
 }
 
+// eval section (held-out evaluation during `rlcu train`); eval.reward.* mirrors the reward section.
+void add_eval(std::vector<FieldSpec>& s) {
+  using K = FieldKind;
+  using E = EvalSection;
+  const auto ev = [](const std::string& key, auto mem, FieldKind kind, const std::string& doc) {
+    return bind_field("eval." + key, &RunConfig::eval, mem, kind, doc);
+  };
+  s.push_back(ev("data", &E::data, K::String,
+                 "Held-out prompts (the format of `data.path`, read with the `data.*` field keys); empty = no "
+                 "evaluation during training."));
+  s.push_back(range(ev("every", &E::every, K::Int,
+                       "Evaluate every N steps and after the last step; 0 = after the last step only."),
+                    0, 1e12));
+  s.push_back(ev("at_start", &E::at_start, K::Bool, "Also evaluate before the first step (logged as step 0)."));
+  s.push_back(range(ev("n", &E::n, K::Int, "Samples per eval prompt; `eval/pass@k` uses k = n."), 1, 1e6));
+  s.push_back(ev("greedy", &E::greedy, K::Bool, "Greedy decoding for evaluation (the most likely token)."));
+  s.push_back(range(ev("max_new_tokens", &E::max_new_tokens, K::Int,
+                       "Longest eval completion; 0 = `rollout.max_new_tokens`."),
+                    0, 1e9));
+  s.push_back(range(ev("temperature", &E::temperature, K::Float,
+                       "Eval sampling temperature; 0 = `rollout.temperature`."),
+                    0, 1e12));
+  s.push_back(range(ev("max_prompts", &E::max_prompts, K::Int, "Evaluate only the first N prompts; 0 = all."), 0,
+                    1e12));
+  // eval.reward.<key>: the reward key's spec, reading and writing cfg.eval.reward; naming any of them replaces the
+  // run's reward set for evaluation.
+  std::vector<FieldSpec> rewards;
+  add_reward(rewards);
+  for (const FieldSpec& r : rewards) {
+    FieldSpec f = r;
+    f.path = "eval." + r.path;
+    f.doc = "Evaluation: as `" + r.path + "`; giving any `eval.reward.*` key replaces the run's reward set.";
+    f.get = [g = r.get](const RunConfig& c) {
+      RunConfig tmp;
+      tmp.reward = c.eval.reward;
+      return g(tmp);
+    };
+    f.set = [st = r.set](RunConfig& c, const json& v) {
+      RunConfig tmp;
+      tmp.reward = c.eval.reward;
+      st(tmp, v);
+      c.eval.reward = tmp.reward;
+      c.eval.reward_given = true;
+    };
+    s.push_back(f);
+  }
+}
+
 // Checks between keys, after every key passed its own validation; messages name every key involved.
 void check_cross_fields(const RunConfig& c, const std::string& source) {
   const AlgorithmSection& a = c.algorithm;
@@ -377,6 +472,13 @@ void check_cross_fields(const RunConfig& c, const std::string& source) {
     fail(fmt::format("`algorithm.name` = {} compares the completions of one prompt and needs `rollout.group_size` "
                      ">= 2, got {}",
                      a.name, c.rollout.group_size));
+  if (a.rollout_correction != "none" && a.old_logprobs != "recompute")
+    fail(fmt::format("`algorithm.rollout_correction` = {} needs `algorithm.old_logprobs` = recompute (got {}): the "
+                     "correction compares the recomputed old log-probs with the rollout's",
+                     a.rollout_correction, a.old_logprobs));
+  if (a.policy_loss == "cispo" && a.dual_clip != 0)
+    fail(fmt::format("`algorithm.dual_clip` = {} does not apply to `algorithm.policy_loss` = cispo; set it to 0",
+                     fmt_num(a.dual_clip)));
   if (a.dynamic_sampling && c.rollout.group_size < 2)
     fail(fmt::format("`algorithm.dynamic_sampling` needs `rollout.group_size` >= 2, got {}", c.rollout.group_size));
   if (c.data.max_prompt_tokens > 0 && c.data.max_prompt_tokens + c.rollout.max_new_tokens > c.train.micro_batch_tokens)
@@ -517,6 +619,14 @@ void apply_field(const FieldSpec& f, RunConfig& cfg, const json& v) {
   }
 }
 
+// Whether `path` names a group of keys inside a section (eval.reward), not a key.
+bool is_group(const std::string& path) {
+  for (const FieldSpec& f : config_schema())
+    if (f.path.size() > path.size() && f.path.compare(0, path.size(), path) == 0 && f.path[path.size()] == '.')
+      return true;
+  return false;
+}
+
 // `overridden` holds the keys set with --set, so that their errors name the option rather than the file.
 void walk(const json& obj, const std::string& prefix, const std::string& file, const std::set<std::string>& overridden,
           RunConfig& cfg) {
@@ -524,7 +634,7 @@ void walk(const json& obj, const std::string& prefix, const std::string& file, c
   for (auto it = obj.begin(); it != obj.end(); ++it) {
     const std::string path = prefix.empty() ? it.key() : prefix + "." + it.key();
     const std::string source = overridden.count(path) ? "--set " + path : file;
-    if (prefix.empty() && sections.count(it.key())) {
+    if ((prefix.empty() && sections.count(it.key())) || (!prefix.empty() && is_group(path))) {
       if (!it.value().is_object())
         throw Error(fmt::format("{}: `{}` must be an object of settings, got {}", source, path, short_json(it.value())));
       walk(it.value(), path, file, overridden, cfg);
@@ -669,6 +779,7 @@ RunConfig parse_config(const std::string& text, const std::string& source, const
   for (const std::string& ov : overrides) overridden.insert(apply_override(doc, ov));
   RunConfig cfg;
   walk(doc, "", source, overridden, cfg);
+  if (!cfg.eval.reward_given) cfg.eval.reward = cfg.reward;  // evaluation scores with the run's rewards
   check_cross_fields(cfg, source);
   fill_output_dir(cfg, overridden.count("run.output_dir") ? "--set run.output_dir" : source);
   return cfg;
@@ -708,9 +819,11 @@ RunConfig load_config(const std::string& path, const std::vector<std::string>& o
 nlohmann::ordered_json config_to_json(const RunConfig& cfg) {
   nlohmann::ordered_json out = nlohmann::ordered_json::object();
   for (const FieldSpec& f : config_schema()) {
-    const size_t dot = f.path.find('.');
-    const std::string sec = f.path.substr(0, dot), key = f.path.substr(dot + 1);
-    out[sec][key] = nlohmann::ordered_json::parse(f.get(cfg).dump());
+    nlohmann::ordered_json* node = &out;  // eval.reward.math_answer -> out["eval"]["reward"]["math_answer"]
+    size_t start = 0;
+    for (size_t dot = f.path.find('.'); dot != std::string::npos; start = dot + 1, dot = f.path.find('.', start))
+      node = &(*node)[f.path.substr(start, dot - start)];
+    (*node)[f.path.substr(start)] = nlohmann::ordered_json::parse(f.get(cfg).dump());
   }
   return out;
 }

@@ -19,6 +19,12 @@ constexpr std::pair<const char*, LossAgg> kAggs[] = {{"token-mean", LossAgg::Tok
                                                      {"seq-mean-token-mean", LossAgg::SeqMeanTokenMean},
                                                      {"seq-mean-token-sum", LossAgg::SeqMeanTokenSum},
                                                      {"seq-mean-token-sum-norm", LossAgg::SeqMeanTokenSumNorm}};
+constexpr std::pair<const char*, PolicyLossKind> kLossKinds[] = {
+    {"clip", PolicyLossKind::Clip}, {"gspo", PolicyLossKind::Gspo}, {"cispo", PolicyLossKind::Cispo}};
+constexpr std::pair<const char*, RolloutCorrection> kCorrections[] = {
+    {"none", RolloutCorrection::None}, {"tis", RolloutCorrection::Tis}, {"mis", RolloutCorrection::Mis}};
+constexpr std::pair<const char*, CorrectionLevel> kLevels[] = {{"token", CorrectionLevel::Token},
+                                                               {"sequence", CorrectionLevel::Sequence}};
 
 }  // namespace
 
@@ -28,6 +34,18 @@ LossAgg parse_loss_agg(const std::string& s, const std::string& field) { return 
 const char* name_of(AdvantageNorm m) { return enum_name(m, kNorms); }
 const char* name_of(KlEstimator k) { return enum_name(k, kKls); }
 const char* name_of(LossAgg m) { return enum_name(m, kAggs); }
+PolicyLossKind parse_policy_loss_kind(const std::string& s, const std::string& field) {
+  return parse_enum(s, field, kLossKinds);
+}
+RolloutCorrection parse_rollout_correction(const std::string& s, const std::string& field) {
+  return parse_enum(s, field, kCorrections);
+}
+CorrectionLevel parse_correction_level(const std::string& s, const std::string& field) {
+  return parse_enum(s, field, kLevels);
+}
+const char* name_of(PolicyLossKind k) { return enum_name(k, kLossKinds); }
+const char* name_of(RolloutCorrection c) { return enum_name(c, kCorrections); }
+const char* name_of(CorrectionLevel l) { return enum_name(l, kLevels); }
 
 std::vector<uint8_t> degenerate_groups(const std::vector<float>& rewards, int group_size, float tol) {
   if (group_size < 1 || rewards.size() % static_cast<size_t>(group_size) != 0)

@@ -52,6 +52,26 @@ AlgorithmSpec parse_algorithm_spec(const AlgorithmSection& s) {
   spec.kl_coef = s.kl_coef;
   spec.use_reference = spec.traits.needs_reference(s.kl_coef);
   spec.kl_in_reward = spec.traits.kl_in_reward || s.kl_in_reward;
+  spec.policy_loss = parse_policy_loss_kind(s.policy_loss, "algorithm.policy_loss");
+  const auto range = [&](double lo, double hi) {
+    spec.loss_clip_low = static_cast<float>(lo);
+    spec.loss_clip_high = static_cast<float>(hi);
+  };
+  switch (spec.policy_loss) {
+    case PolicyLossKind::Clip: range(s.clip_low, s.clip_high); break;
+    case PolicyLossKind::Gspo: range(s.gspo_clip_low, s.gspo_clip_high); break;
+    case PolicyLossKind::Cispo: range(s.cispo_clip_low, s.cispo_clip_high); break;
+  }
+  if (s.old_logprobs != "rollout" && s.old_logprobs != "recompute")
+    throw Error(fmt::format("algorithm.old_logprobs: unknown value \"{}\", expected one of \"rollout\", \"recompute\"",
+                            s.old_logprobs));
+  spec.recompute_old_logprobs = s.old_logprobs == "recompute";
+  spec.correction.mode = parse_rollout_correction(s.rollout_correction, "algorithm.rollout_correction");
+  spec.correction.level = parse_correction_level(s.rollout_correction_level, "algorithm.rollout_correction_level");
+  spec.correction.cap = static_cast<float>(s.rollout_correction_cap);
+  if (spec.correction.mode != RolloutCorrection::None && !spec.recompute_old_logprobs)
+    throw Error(fmt::format("algorithm.rollout_correction = {} needs algorithm.old_logprobs = recompute",
+                            s.rollout_correction));
   return spec;
 }
 

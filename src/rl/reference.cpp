@@ -2,6 +2,7 @@
 #include "rlcu/reference.h"
 
 #include "rlcu/error.h"
+#include "rlcu/rollout_correction.h"
 
 namespace rlcu::rl {
 
@@ -17,17 +18,7 @@ ReferenceModel::~ReferenceModel() = default;
 
 void ReferenceModel::score(RolloutBatch& batch, const std::vector<Micro>& micros, const Tensor& logprob_rows,
                            Context& ctx) {
-  batch.ref_logprobs.assign(static_cast<size_t>(batch.num_tokens()), 0.0f);
-  for (const Micro& mb : micros) {
-    const int64_t T = mb.batch.num_tokens();
-    RLCU_CHECK(logprob_rows.numel() >= T, "reference: {} log-prob rows for a micro-batch of {} tokens",
-               logprob_rows.numel(), T);
-    const Tensor lp = logprob_rows.slice_rows(0, T);
-    const DeviceBatch db = tf_->upload(mb.batch, ctx);
-    tf_->forward(lp, Tensor(), db, ctx);
-    ctx.synchronize("reference: read back");
-    scatter_rows(batch.ref_logprobs, mb, batch.offsets, to_host_f32(lp));
-  }
+  score_completions(batch.ref_logprobs, batch, micros, *tf_, logprob_rows, ctx);
 }
 
 }  // namespace rlcu::rl

@@ -31,7 +31,7 @@ namespace {
 constexpr const char* kLockFile = "rlcu.lock";
 constexpr const char* kInputsFile = "inputs.json";
 // What a run writes into its directory: the files that make it "hold a run" and that --overwrite removes.
-constexpr const char* kRunFiles[] = {"config.json", "metrics.jsonl", "samples.jsonl", "inputs.json"};
+constexpr const char* kRunFiles[] = {"config.json", "metrics.jsonl", "samples.jsonl", "eval_samples.jsonl", "inputs.json"};
 constexpr const char* kEventsPrefix = "events.out.tfevents.";
 
 // ---- XXH64 ---------------------------------------------------------------------------------------------------------

@@ -56,6 +56,18 @@ void policy_metrics(ordered_json& m, const StepRecord& r) {
     m["ratio/first_update_mean_abs_dev"] = first[rl::kPsAbsRatioDev] / first[rl::kPsTokens];
 }
 
+// sampling/*: the recomputed old log-probs against the rollout's and the rollout correction.
+void sampling_metrics(ordered_json& m, const StepRecord& r) {
+  if (!r.recompute) return;
+  m["sampling/logprob_diff/mean"] = r.correction.logprob_diff_mean;
+  m["sampling/logprob_diff/max"] = r.correction.logprob_diff_max;
+  if (r.correction_mode == rl::RolloutCorrection::None) return;
+  m["sampling/importance_sampling_ratio/mean"] = r.correction.ratio_mean;
+  m["sampling/importance_sampling_ratio/min"] = r.correction.ratio_min;
+  m["sampling/importance_sampling_ratio/max"] = r.correction.ratio_max;
+  m["sampling/masked_fraction"] = r.correction.masked_fraction;
+}
+
 // time/*, tokens_per_s/*, rollout/preemptions, memory/peak_gib.
 void speed_metrics(ordered_json& m, const StepRecord& r) {
   const StepTimes& t = r.times;
@@ -63,6 +75,7 @@ void speed_metrics(ordered_json& m, const StepRecord& r) {
   m["time/rollout_s"] = t.rollout;
   m["time/reward_s"] = t.reward;
   m["time/reference_s"] = t.reference;
+  if (r.recompute) m["time/recompute_s"] = t.recompute;
   m["time/advantage_s"] = t.advantage;
   m["time/train_s"] = t.train;
   m["time/step_s"] = t.step;
@@ -85,6 +98,7 @@ ordered_json step_metrics(const StepRecord& r) {
   m["step"] = r.step;
   reward_metrics(m, r);
   policy_metrics(m, r);
+  sampling_metrics(m, r);
   double mean_len = 0, clipped = 0;
   for (int64_t i = 0; i < N; ++i) {
     mean_len += static_cast<double>(b.lengths[static_cast<size_t>(i)]);
@@ -97,6 +111,7 @@ ordered_json step_metrics(const StepRecord& r) {
   if (!r.update.updated) m["skipped_update"] = true;
   for (auto it = r.update.critic.begin(); it != r.update.critic.end(); ++it) m[it.key()] = it.value();
   speed_metrics(m, r);
+  for (auto it = r.eval.begin(); it != r.eval.end(); ++it) m[it.key()] = it.value();
   m["epoch"] = r.epoch;
   return m;
 }

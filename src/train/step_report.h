@@ -14,12 +14,13 @@
 #include "rlcu/optimizer.h"
 #include "rlcu/rl_ops.h"
 #include "rlcu/rollout_batch.h"
+#include "rlcu/rollout_correction.h"
 
 namespace rlcu {
 
 // Seconds per phase (time/*_s).
 struct StepTimes {
-  double rollout = 0, reward = 0, reference = 0, advantage = 0, train = 0, step = 0;
+  double rollout = 0, reward = 0, reference = 0, recompute = 0, advantage = 0, train = 0, step = 0;
 };
 
 // The update phase's results.
@@ -43,6 +44,10 @@ struct StepRecord {
   StepTimes times;
   engine::EngineStats engine;
   bool use_reference = false;
+  bool recompute = false;  // old log-probs recomputed: sampling/logprob_diff/*, time/recompute_s
+  rl::RolloutCorrection correction_mode = rl::RolloutCorrection::None;  // not None: sampling/importance_sampling_*
+  rl::CorrectionStats correction;  // with recompute
+  nlohmann::ordered_json eval;     // eval/* metrics and time/eval_s of an evaluation after this step, or null
   rl::PolicyLossParams loss;   // the policy loss's parameters (KL coefficient, dual clip)
   int64_t num_iterations = 1;  // passes over the batch
   bool cuda = false;           // report memory/peak_gib

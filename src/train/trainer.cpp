@@ -7,13 +7,20 @@
 //   reward     the reward set scores every completion (weighted components, each logged);
 //   reference  the completions are packed into micro-batches of train.micro_batch_tokens; with a reference model
 //              (algorithm.kl_coef > 0) it scores the completion tokens, and PPO's critic gives their values;
+//   recompute  with algorithm.old_logprobs = recompute the policy's training forward scores them too (the old
+//              log-probs of the ratio, include/rlcu/rollout_correction.h), and the rollout correction (TIS / MIS)
+//              weighs the rollout policy against them;
 //   advantage  the advantage driver (include/rlcu/advantage.h): KL to the reference, the algorithm's estimator,
 //              dynamic sampling and truncation masks, per-token loss weights;
 //   update     algorithm.num_iterations passes over the micro-batches: the policy forward (log-prob head with
-//              entropy), the fused policy-loss kernel (clip-low/high, dual clip, KL k1/k2/k3, entropy bonus, loss
-//              aggregation as per-token weights over the whole batch) and the backward; gradients accumulate over
+//              entropy), the fused policy-loss kernel (clip / GSPO / CISPO, dual clip, KL k1/k2/k3, entropy bonus,
+//              rollout-correction weights, loss aggregation as per-token weights over the whole batch) and the
+//              backward; gradients accumulate over
 //              the micro-batches and one AdamW step (global-norm clipping, LR schedule) ends the pass. PPO then
 //              updates the critic (clipped value loss, its own AdamW);
+//   eval       every eval.every steps and after the last (and before the first with eval.at_start): the engine
+//              generates for the held-out prompts of eval.data with the current weights, the code path of
+//              `rlcu eval` (include/rlcu/eval_run.h); eval/* metrics, RUN/eval_samples.jsonl;
 //   report     metrics.jsonl (TRL's names where they exist) and the same scalars as TensorBoard events
 //              (run.tensorboard), samples.jsonl, the console line (step_report.h).
 // Checkpoints every run.save_every steps and at the end; SIGINT/SIGTERM save a checkpoint and stop. The run directory
@@ -45,6 +52,7 @@
 #include "rlcu/data.h"
 #include "rlcu/engine.h"
 #include "rlcu/error.h"
+#include "rlcu/eval_run.h"
 #include "rlcu/metrics.h"
 #include "rlcu/model.h"
 #include "rlcu/ops.h"
@@ -54,6 +62,7 @@
 #include "rlcu/rl_ops.h"
 #include "rlcu/rng.h"
 #include "rlcu/rollout_batch.h"
+#include "rlcu/rollout_correction.h"
 #include "rlcu/run_dir.h"
 #include "rlcu/signals.h"
 #include "rlcu/token_bytes.h"
@@ -70,6 +79,11 @@ using Clock = std::chrono::steady_clock;
 using nlohmann::ordered_json;
 
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+// The eval completion length: eval.max_new_tokens, or rollout.max_new_tokens when 0.
+int64_t eval_max_new_tokens(const RunConfig& c) {
+  return c.eval.max_new_tokens > 0 ? c.eval.max_new_tokens : c.rollout.max_new_tokens;
+}
 
 // The sampler seed of step `step` (1-based): a completion depends only on (run.seed, step, sequence, position).
 uint64_t rollout_seed(uint64_t seed, int64_t step) { return mix_key(seed, static_cast<uint64_t>(step)); }
@@ -102,6 +116,7 @@ std::vector<RunInput> train_inputs(const RunConfig& c, bool critic) {
                               {"data.path", c.data.path}};
   if (critic && c.algorithm.critic_init != "policy") in.push_back({"algorithm.critic_init", c.algorithm.critic_init});
   if (c.reward.model != 0) in.push_back({"reward.model_path", c.reward.model_path});
+  if (!c.eval.data.empty()) in.push_back({"eval.data", c.eval.data});
   return in;
 }
 
@@ -113,6 +128,7 @@ class Trainer {
  private:
   // set-up, in order
   void load_data(const std::string& config_path);
+  void load_eval_data();
   void load_models();
   void make_engine();
   void restore();
@@ -121,10 +137,12 @@ class Trainer {
   int fail_step(int64_t step, const DataCursor& before, const std::exception& e);
 
   // one step and its phases
-  void step(int64_t step);
+  void step(int64_t step, bool eval_after);
   rl::RolloutBatch rollout(int64_t step);
   void score_rewards(rl::RolloutBatch& batch);
   void score_reference(rl::RolloutBatch& batch, const std::vector<rl::Micro>& micros);
+  rl::CorrectionStats recompute_old(rl::RolloutBatch& batch, const std::vector<rl::Micro>& micros);
+  ordered_json evaluate(int64_t step);
   UpdateResult update(const rl::RolloutBatch& batch, const std::vector<rl::Micro>& micros,
                       const rl::AdvantageStats& adv, int64_t step);
   void policy_pass(const rl::RolloutBatch& batch, const std::vector<rl::Micro>& micros);
@@ -153,6 +171,12 @@ class Trainer {
   std::unique_ptr<RewardSet> rewards_;
   std::unique_ptr<engine::Engine> engine_;
   std::unique_ptr<rl::AdvantageDriver> advantages_;
+  std::unique_ptr<rl::RolloutCorrector> corrector_;  // with algorithm.old_logprobs = recompute
+  std::optional<PromptDataset> eval_data_;           // eval.data, or none
+  std::vector<const PromptSample*> eval_prompts_;
+  int64_t eval_longest_prompt_ = 0, eval_longest_answer_ = 0;
+  std::unique_ptr<RewardSet> eval_rewards_;          // eval.reward.* when given (else the run's reward set)
+  std::unique_ptr<JsonlWriter> eval_samples_;
   std::unique_ptr<MetricsWriter> metrics_;
   std::unique_ptr<SamplesWriter> samples_;
   TokenBytesTable token_bytes_;
@@ -160,6 +184,7 @@ class Trainer {
   std::vector<std::string> stop_strings_;
   // The policy's per-token rows of one micro-batch [train.micro_batch_tokens] and the loss statistics.
   OwnedTensor logp_, entropy_, dlogp_, dentropy_, old_, ref_lp_, adv_, w_, stats_;
+  OwnedTensor is_w_, seq_lr_;  // rollout-correction weights and GSPO's sequence log-ratio rows
   int64_t start_step_ = 0;
   int64_t steps_done_ = 0;
   int64_t last_saved_ = 0;  // the step of the newest checkpoint this run has (0 = none)
@@ -172,8 +197,9 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
   run_dir_ = cfg_.run.output_dir;
   const AlgorithmSection& al = cfg_.algorithm;
   spec_ = rl::parse_algorithm_spec(al);
-  loss_.clip_low = static_cast<float>(al.clip_low);
-  loss_.clip_high = static_cast<float>(al.clip_high);
+  loss_.kind = spec_.policy_loss;
+  loss_.clip_low = spec_.loss_clip_low;
+  loss_.clip_high = spec_.loss_clip_high;
   loss_.dual_clip = static_cast<float>(al.dual_clip);
   loss_.kl_coef = spec_.loss_kl_coef();
   loss_.kl = spec_.kl_estimator;
@@ -201,14 +227,27 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
   ctx_ = cuda_ctx_ ? cuda_ctx_.get() : &Context::cpu();
 
   load_data(config_path);
+  load_eval_data();
   load_models();
   rewards_ = std::make_unique<RewardSet>(cfg_.reward, &*tok_, *ctx_);
+  if (eval_data_ && cfg_.eval.reward_given)
+    eval_rewards_ = std::make_unique<RewardSet>(cfg_.eval.reward, &*tok_, *ctx_);
   make_engine();
   // The step's remaining device buffers, sized from the config; after the engine, which sizes its KV pool from the
   // memory left, as they are small.
   const rl::AdvantageOptions ao = rl::advantage_options(cfg_, spec_);
   advantages_ = std::make_unique<rl::AdvantageDriver>(ao, dev_);
-  rewards_->reserve(ao.max_seqs, ao.max_tokens, longest_answer_);
+  if (spec_.recompute_old_logprobs)
+    corrector_ = std::make_unique<rl::RolloutCorrector>(spec_.correction, ao.max_seqs, ao.max_tokens, dev_);
+  const int64_t eval_seqs = static_cast<int64_t>(eval_prompts_.size()) * cfg_.eval.n;
+  const int64_t eval_tokens = eval_seqs * eval_max_new_tokens(cfg_);
+  if (eval_rewards_) {
+    rewards_->reserve(ao.max_seqs, ao.max_tokens, longest_answer_);
+    eval_rewards_->reserve(eval_seqs, eval_tokens, eval_longest_answer_);
+  } else {
+    rewards_->reserve(std::max(ao.max_seqs, eval_seqs), std::max(ao.max_tokens, eval_tokens),
+                      std::max(longest_answer_, eval_longest_answer_));
+  }
   if (rundir_.resuming) restore();
 }
 
@@ -228,6 +267,22 @@ void Trainer::load_data(const std::string& config_path) {
     throw Error(fmt::format("train.micro_batch_tokens = {} cannot hold the longest prompt ({} tokens) plus "
                             "rollout.max_new_tokens = {}; raise it to at least {}",
                             cfg_.train.micro_batch_tokens, longest_prompt_, cfg_.rollout.max_new_tokens, longest_seq));
+}
+
+// The held-out prompts of eval.data (read like data.path, in file order).
+void Trainer::load_eval_data() {
+  if (cfg_.eval.data.empty()) return;
+  DataConfig dc = cfg_.data;
+  dc.path = cfg_.eval.data;
+  dc.shuffle = false;
+  dc.max_samples = cfg_.eval.max_prompts;
+  eval_data_ = PromptDataset::load(dc, *format_);
+  if (eval_data_->size() == 0) throw Error(fmt::format("eval.data = {}: no usable prompt", cfg_.eval.data));
+  for (int64_t i = 0; i < eval_data_->size(); ++i) {
+    eval_prompts_.push_back(&(*eval_data_)[i]);
+    eval_longest_prompt_ = std::max<int64_t>(eval_longest_prompt_, static_cast<int64_t>((*eval_data_)[i].ids.size()));
+    eval_longest_answer_ = std::max<int64_t>(eval_longest_answer_, static_cast<int64_t>((*eval_data_)[i].answer.size()));
+  }
 }
 
 // The policy (and its optimizer), the reference model, the critic, the policy's per-token rows.
@@ -271,6 +326,8 @@ void Trainer::load_models() {
   const int64_t Tm = cfg_.train.micro_batch_tokens;
   for (OwnedTensor* t : {&logp_, &entropy_, &dlogp_, &dentropy_, &old_, &ref_lp_, &adv_, &w_})
     *t = OwnedTensor::make(DType::F32, dev_, {Tm});
+  if (spec_.correction.mode != rl::RolloutCorrection::None) is_w_ = OwnedTensor::make(DType::F32, dev_, {Tm});
+  if (spec_.policy_loss == rl::PolicyLossKind::Gspo) seq_lr_ = OwnedTensor::make(DType::F32, dev_, {Tm});
   stats_ = OwnedTensor::make(DType::F32, dev_, {rl::kPolicyStats});
 }
 
@@ -286,6 +343,16 @@ void Trainer::make_engine() {
   eo.max_batch = std::max(cfg_.rollout.max_batch, cfg_.rollout.group_size);
   eo.prefill_tokens = std::max(cfg_.rollout.prefill_tokens, longest_prompt_);
   eo.max_model_len = longest_seq;
+  if (eval_data_) {  // the held-out prompts go through the same engine
+    const int64_t eval_seq = eval_longest_prompt_ + eval_max_new_tokens(cfg_);
+    if (mc.max_position_embeddings > 0 && eval_seq > mc.max_position_embeddings)
+      throw Error(fmt::format("eval.data: the longest prompt ({} tokens) plus the eval completion length ({}) exceeds "
+                              "the model's max_position_embeddings {}",
+                              eval_longest_prompt_, eval_max_new_tokens(cfg_), mc.max_position_embeddings));
+    eo.max_batch = std::max(eo.max_batch, cfg_.eval.n);
+    eo.prefill_tokens = std::max(eo.prefill_tokens, eval_longest_prompt_);
+    eo.max_model_len = std::max(eo.max_model_len, eval_seq);
+  }
   eo.cuda_graphs = cfg_.rollout.cuda_graphs;
   eo.fp32_residual = cfg_.train.fp32_residual;
   try {
@@ -327,6 +394,8 @@ void Trainer::setup_outputs() {
   mo.tensorboard = cfg_.run.tensorboard;
   metrics_ = std::make_unique<MetricsWriter>(run_dir_, resume_step, mo);
   samples_ = std::make_unique<SamplesWriter>(run_dir_, resume_step);
+  if (eval_data_)
+    eval_samples_ = std::make_unique<JsonlWriter>((fs::path(run_dir_) / "eval_samples.jsonl").string(), resume_step);
 }
 
 void Trainer::save(int64_t step) {
@@ -385,7 +454,7 @@ int Trainer::fail_step(int64_t step, const DataCursor& before, const std::except
 
 // ---- one step ----------------------------------------------------------------------------------------------------
 
-void Trainer::step(int64_t step) {
+void Trainer::step(int64_t step, bool eval_after) {
   StepRecord rec;
   rec.step = step;
   const auto t_step = Clock::now();
@@ -393,6 +462,7 @@ void Trainer::step(int64_t step) {
   auto t0 = Clock::now();
   rl::RolloutBatch batch = rollout(step);
   rec.times.rollout = since(t0);
+  rec.engine = engine_->stats();
 
   t0 = Clock::now();
   score_rewards(batch);
@@ -403,6 +473,12 @@ void Trainer::step(int64_t step) {
   score_reference(batch, micros);
   rec.times.reference = since(t0);
 
+  if (corrector_) {
+    t0 = Clock::now();
+    rec.correction = recompute_old(batch, micros);
+    rec.times.recompute = since(t0);
+  }
+
   t0 = Clock::now();
   rec.advantage = advantages_->compute(batch, *ctx_);
   rec.times.advantage = since(t0);
@@ -411,11 +487,13 @@ void Trainer::step(int64_t step) {
   rec.update = update(batch, micros, rec.advantage, step);
   rec.times.train = since(t0);
   rec.times.step = since(t_step);
+  if (eval_after) rec.eval = evaluate(step);
 
   rec.total_steps = cfg_.train.steps;
   rec.batch = &batch;
-  rec.engine = engine_->stats();
   rec.use_reference = spec_.use_reference;
+  rec.recompute = spec_.recompute_old_logprobs;
+  rec.correction_mode = spec_.correction.mode;
   rec.loss = loss_;
   rec.num_iterations = cfg_.algorithm.num_iterations;
   rec.cuda = dev_ == Device::CUDA;
@@ -476,6 +554,48 @@ void Trainer::score_reference(rl::RolloutBatch& batch, const std::vector<rl::Mic
   if (critic_) critic_->critic().score(batch, micros, *ctx_);
 }
 
+// The old log-probs from the policy's training forward (before any update of this step), then the rollout
+// correction's weights and statistics.
+rl::CorrectionStats Trainer::recompute_old(rl::RolloutBatch& batch, const std::vector<rl::Micro>& micros) {
+  rl::score_completions(batch.recomputed_logprobs, batch, micros, *tf_, logp_.t, *ctx_);
+  return corrector_->apply(batch, *ctx_);
+}
+
+// One evaluation pass over eval.data with the current weights; its eval/* metrics (samples to eval_samples.jsonl).
+ordered_json Trainer::evaluate(int64_t step) {
+  const auto t0 = Clock::now();
+  engine::SamplingOptions so;
+  so.sample.seed = mix_key(cfg_.run.seed, 0x6576616cULL);  // the same sampling noise at every evaluation
+  so.sample.temperature =
+      static_cast<float>(cfg_.eval.temperature > 0 ? cfg_.eval.temperature : cfg_.rollout.temperature);
+  so.sample.greedy = cfg_.eval.greedy;
+  so.max_new_tokens = eval_max_new_tokens(cfg_);
+  so.eos_ids = eos_ids_;
+  so.stop_strings = stop_strings_;
+  so.token_bytes = &token_bytes_;
+  RewardSet& rewards = eval_rewards_ ? *eval_rewards_ : *rewards_;
+  const EvalRun run = run_evaluation(*engine_, eval_prompts_, cfg_.eval.n, so, rewards, *tok_);
+  for (size_t i = 0; i < run.completions.size(); ++i) {
+    ordered_json j;
+    j["step"] = step;
+    const ordered_json sample = eval_sample_json(run, eval_prompts_, i);
+    for (auto it = sample.begin(); it != sample.end(); ++it) j[it.key()] = it.value();
+    eval_samples_->write(j);
+  }
+  const EvalSummary& s = run.summary;
+  ordered_json m;
+  m["eval/accuracy"] = s.accuracy;
+  m["eval/pass@1"] = s.pass_at_1;
+  m["eval/pass@k"] = s.pass_at_k;
+  m["eval/k"] = s.k;
+  m["eval/mean_reward"] = s.mean_reward;
+  m["eval/mean_length"] = s.mean_length;
+  m["time/eval_s"] = since(t0);
+  spdlog::info("eval at step {}: accuracy {:.4f}, pass@1 {:.4f}, pass@{} {:.4f}, mean reward {:.4f} ({:.1f} s)", step,
+               s.accuracy, s.pass_at_1, s.k, s.pass_at_k, s.mean_reward, m["time/eval_s"].get<double>());
+  return m;
+}
+
 UpdateResult Trainer::update(const rl::RolloutBatch& batch, const std::vector<rl::Micro>& micros,
                              const rl::AdvantageStats& adv, int64_t step) {
   Context& ctx = *ctx_;
@@ -505,6 +625,7 @@ UpdateResult Trainer::update(const rl::RolloutBatch& batch, const std::vector<rl
 void Trainer::policy_pass(const rl::RolloutBatch& batch, const std::vector<rl::Micro>& micros) {
   Context& ctx = *ctx_;
   const bool kl = loss_.kl_coef > 0, ent = loss_.ent_coef != 0;
+  const bool is = !batch.is_weights.empty(), gspo = loss_.kind == rl::PolicyLossKind::Gspo;
   for (const rl::Micro& mb : micros) {
     const int64_t T = mb.batch.num_tokens();
     const Tensor lp = logp_.t.slice_rows(0, T), en = entropy_.t.slice_rows(0, T);
@@ -515,9 +636,12 @@ void Trainer::policy_pass(const rl::RolloutBatch& batch, const std::vector<rl::M
     put(at, rl::gather_rows(mb, batch.offsets, batch.advantages), ctx);
     put(wt, rl::gather_rows(mb, batch.offsets, batch.loss_weights), ctx);
     if (kl) put(rt, rl::gather_rows(mb, batch.offsets, batch.ref_logprobs), ctx);
+    const Tensor it = is ? is_w_.t.slice_rows(0, T) : Tensor(), st = gspo ? seq_lr_.t.slice_rows(0, T) : Tensor();
+    if (is) put(it, rl::gather_rows(mb, batch.offsets, batch.is_weights), ctx);
     const DeviceBatch db = tf_->upload(mb.batch, ctx);
     tf_->forward(lp, en, db, ctx);
-    rl::policy_loss(dl, ent ? de : Tensor(), stats_.t, lp, ot, kl ? rt : Tensor(), at, wt, en, loss_, ctx);
+    if (gspo) rl::sequence_log_ratio(st, lp, ot, wt, db.cu_seqlens, ctx);
+    rl::policy_loss(dl, ent ? de : Tensor(), stats_.t, lp, ot, kl ? rt : Tensor(), at, wt, en, it, st, loss_, ctx);
     tf_->backward(dl, ent ? de : Tensor(), ctx);
   }
 }
@@ -533,11 +657,19 @@ int Trainer::run() {
     spdlog::info("the run is already at step {} of {}", start_step_, total);
     return 0;
   }
+  if (eval_data_ && cfg_.eval.at_start && start_step_ == 0) {
+    ordered_json m;
+    m["step"] = 0;
+    const ordered_json e = evaluate(0);
+    for (auto it = e.begin(); it != e.end(); ++it) m[it.key()] = it.value();
+    metrics_->write(m);
+  }
   for (int64_t s = start_step_ + 1; s <= total; ++s) {
     const DataCursor before = loader_->cursor();
+    const bool eval_after = eval_data_ && ((cfg_.eval.every > 0 && s % cfg_.eval.every == 0) || s == total);
     progress_ = StepProgress::Clean;
     try {
-      step(s);
+      step(s, eval_after);
     } catch (const std::exception& e) {
       return fail_step(s, before, e);
     }

@@ -150,6 +150,8 @@ void check_run(const std::string& dir, const json& cfg, bool ppo, bool with_kl) 
     if (!with_kl) {
       EXPECT_FALSE(m.contains("kl"));
     }
+    for (const char* k : {"sampling/logprob_diff/mean", "time/recompute_s", "eval/accuracy", "time/eval_s"})
+      EXPECT_FALSE(m.contains(k)) << k << ": off by default";
     EXPECT_EQ(m["step"].get<int>(), s + 1);
 
     // The step's rewards as logged per completion; groups are G consecutive completions.
@@ -323,15 +325,18 @@ TEST(CliTrain, SmokeRewardRises) {
 namespace {
 
 // A shorter smoke_cpu run of `algo`: the mean reward of the last third of the steps exceeds the first third's.
-void check_reward_rises(const std::string& algo, int steps, double min_gain) {
-  const std::string dir = fresh_dir(algo + "_smoke");
+// `algorithm` adds algorithm.* keys (a policy loss, say); `tag` names the run.
+void check_reward_rises(const std::string& algo, int steps, double min_gain, const json& algorithm = json::object(),
+                        const std::string& tag = "") {
+  const std::string dir = fresh_dir(algo + tag + "_smoke");
   json cfg = smoke_config();
   cfg["run"]["output_dir"] = dir;
   cfg["algorithm"]["name"] = algo;
+  cfg["algorithm"].update(algorithm);
   cfg["train"]["steps"] = steps;
   cfg["train"]["log_samples"] = 0;
   cfg["optimizer"]["lr"] = kSmokeLr;
-  const CliResult r = train(write_config(cfg, algo + "_smoke"));
+  const CliResult r = train(write_config(cfg, algo + tag + "_smoke"));
   ASSERT_EQ(r.code, 0) << r.err;
   const std::vector<json> m = read_jsonl(dir + "/metrics.jsonl");
   ASSERT_EQ(m.size(), static_cast<size_t>(steps));
@@ -348,6 +353,80 @@ void check_reward_rises(const std::string& algo, int steps, double min_gain) {
 
 TEST(CliTrain, RlooSmokeRewardRises) { check_reward_rises("rloo", 30, 0.1); }
 TEST(CliTrain, ReinforcePpSmokeRewardRises) { check_reward_rises("reinforce_pp", 30, 0.1); }
+TEST(CliTrain, GspoSmokeRewardRises) {
+  check_reward_rises("grpo", 30, 0.1, {{"policy_loss", "gspo"}, {"loss_agg", "seq-mean-token-mean"}}, "_gspo");
+}
+TEST(CliTrain, CispoSmokeRewardRises) { check_reward_rises("grpo", 30, 0.1, {{"policy_loss", "cispo"}}, "_cispo"); }
+TEST(CliTrain, RecomputeTisSmokeRewardRises) {
+  check_reward_rises("grpo", 30, 0.1,
+                     {{"old_logprobs", "recompute"}, {"rollout_correction", "tis"},
+                      {"rollout_correction_level", "sequence"}},
+                     "_tis");
+}
+
+// Recomputed old log-probs with a correction, two updates per batch, and evaluation every 2 steps (and at the start):
+// the first ratio is exactly 1, the sampling/* metrics are logged every step, eval/* at steps 0, 2 and 4 only.
+TEST(CliTrain, RecomputeCorrectionAndEvalMetrics) {
+  const std::string dir = fresh_dir("recompute_eval");
+  json cfg = short_config("grpo", dir, 4);
+  cfg["algorithm"]["old_logprobs"] = "recompute";
+  cfg["algorithm"]["rollout_correction"] = "mis";
+  cfg["algorithm"]["num_iterations"] = 2;
+  cfg["eval"] = {{"data", std::string(RLCU_TEST_FIXTURES) + "/data/linear_d1_eval.jsonl"},
+                 {"every", 2},
+                 {"at_start", true},
+                 {"n", 2},
+                 {"max_prompts", 5},
+                 {"max_new_tokens", 6},
+                 {"reward", {{"math_answer", 0.0}, {"contains", 1.0}}}};
+  const CliResult r = train(write_config(cfg, "recompute_eval"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  const std::vector<json> m = read_jsonl(dir + "/metrics.jsonl");
+  ASSERT_EQ(m.size(), 5u);
+  const std::vector<std::string> eval_keys = {"eval/accuracy", "eval/pass@1", "eval/pass@k", "eval/mean_reward",
+                                              "eval/mean_length", "time/eval_s"};
+  for (size_t i = 0; i < m.size(); ++i) {
+    SCOPED_TRACE("record " + std::to_string(i));
+    EXPECT_EQ(m[i]["step"].get<int>(), static_cast<int>(i));
+    for (const std::string& k : eval_keys) EXPECT_EQ(m[i].contains(k), i % 2 == 0) << k;
+    if (i % 2 == 0) {
+      EXPECT_EQ(m[i]["eval/k"].get<int>(), 2);
+      EXPECT_LE(m[i]["eval/pass@1"].get<double>(), m[i]["eval/pass@k"].get<double>());
+      EXPECT_GT(m[i]["eval/mean_length"].get<double>(), 0.0);
+      EXPECT_LE(m[i]["eval/mean_length"].get<double>(), 6.0);
+    }
+    if (i == 0) {
+      EXPECT_FALSE(m[i].contains("reward"));  // the step-0 record holds the evaluation only
+      continue;
+    }
+    EXPECT_EQ(m[i]["ratio/first_update_mean_abs_dev"].get<double>(), 0.0);  // recomputed: the ratio starts at 1
+    for (const char* k : {"sampling/logprob_diff/mean", "sampling/logprob_diff/max", "time/recompute_s",
+                          "sampling/importance_sampling_ratio/mean", "sampling/importance_sampling_ratio/min",
+                          "sampling/importance_sampling_ratio/max", "sampling/masked_fraction"})
+      ASSERT_TRUE(m[i].contains(k)) << k;
+    const double mn = m[i]["sampling/importance_sampling_ratio/min"].get<double>();
+    const double mx = m[i]["sampling/importance_sampling_ratio/max"].get<double>();
+    const double mean_ratio = m[i]["sampling/importance_sampling_ratio/mean"].get<double>();
+    EXPECT_LE(mn, mean_ratio);
+    EXPECT_LE(mean_ratio, mx);
+    EXPECT_NEAR(mean_ratio, 1.0, 1e-4);  // the CPU engine and the training forward agree to float rounding
+    EXPECT_LT(m[i]["sampling/logprob_diff/max"].get<double>(), 1e-4);
+    EXPECT_EQ(m[i]["sampling/masked_fraction"].get<double>(), 0.0);
+  }
+  const std::vector<json> ev = read_jsonl(dir + "/eval_samples.jsonl");
+  ASSERT_EQ(ev.size(), 3u * 5u * 2u);
+  for (size_t i = 0; i < ev.size(); ++i) {
+    EXPECT_EQ(ev[i]["step"].get<int>(), static_cast<int>(2 * (i / 10)));
+    EXPECT_TRUE(ev[i].contains("rewards/contains")) << ev[i].dump();  // eval.reward replaced the command reward
+    EXPECT_FALSE(ev[i].contains("rewards/command")) << ev[i].dump();
+  }
+  // The correction without recomputed log-probs is a config error naming both keys.
+  cfg["algorithm"]["old_logprobs"] = "rollout";
+  const CliResult bad = train(write_config(cfg, "tis_no_recompute"));
+  EXPECT_EQ(bad.code, 1) << bad.err;
+  EXPECT_NE(bad.err.find("algorithm.rollout_correction"), std::string::npos) << bad.err;
+  EXPECT_NE(bad.err.find("algorithm.old_logprobs"), std::string::npos) << bad.err;
+}
 
 TEST(CliTrain, ConfigMistakesExitOneNamingTheKey) {
   const std::string dir = fresh_dir("bad");

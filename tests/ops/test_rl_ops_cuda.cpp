@@ -198,33 +198,40 @@ TEST(RlOpsCuda, BroadcastAndLossWeightsMatchCpu) {
 TEST(RlOpsCuda, PolicyLossMatchesCpu) {
   RLCU_REQUIRE_CUDA();
   for (int T : {1, 7, 1000, 4097, 100003})
-    for (int variant = 0; variant < 6; ++variant) {
+    for (int variant = 0; variant < 10; ++variant) {
       const uint64_t seed = fresh_seed();
       const std::string what = "T=" + std::to_string(T) + " variant " + std::to_string(variant) + tag(seed);
+      // variants 0-5: clip (KL estimators, dual clip, entropy); 6-7: gspo; 8-9: cispo; odd ones >= 6 with IS weights.
       PolicyLossParams p;
-      p.clip_low = 0.2f;
-      p.clip_high = 0.28f;
-      p.dual_clip = variant % 2 ? 3.0f : 0.0f;
-      p.kl_coef = variant < 3 ? 0.1f : 0.0f;
+      p.kind = variant < 6 ? PolicyLossKind::Clip : (variant < 8 ? PolicyLossKind::Gspo : PolicyLossKind::Cispo);
+      p.clip_low = p.kind == PolicyLossKind::Gspo ? 3e-4f : 0.2f;
+      p.clip_high = p.kind == PolicyLossKind::Gspo ? 4e-4f : 0.28f;
+      p.dual_clip = variant % 2 && p.kind != PolicyLossKind::Cispo ? 3.0f : 0.0f;
+      p.kl_coef = variant < 3 || variant >= 6 ? 0.1f : 0.0f;
       p.kl = static_cast<KlEstimator>(variant % 3);
       p.ent_coef = variant >= 4 ? 0.01f : 0.0f;
-      const bool with_ent = variant != 3;
+      const bool with_ent = variant != 3, with_is = variant >= 6 && variant % 2 == 1;
+      const bool gspo = p.kind == PolicyLossKind::Gspo;
       std::vector<float> old_lp = random_vec(T, seed, -6, 0), d = random_vec(T, seed + 1, -1.5f, 1.5f), lp(T);
       for (int t = 0; t < T; ++t) lp[t] = old_lp[t] + d[t];  // ratios from 0.22 to 4.5: every branch
       std::vector<float> rp = random_vec(T, seed + 2, -6, 0), adv = random_vec(T, seed + 3, -2, 2),
-                         w = random_vec(T, seed + 4, -0.5f, 1.0f), ent = random_vec(T, seed + 5, 0, 4);
+                         w = random_vec(T, seed + 4, -0.5f, 1.0f), ent = random_vec(T, seed + 5, 0, 4),
+                         isw = random_vec(T, seed + 7, 0, 2), slr = random_vec(T, seed + 8, -1e-3f, 1e-3f);
       for (float& x : w) x = x < 0 ? 0.0f : x / T;  // about a third masked
       for (int t = 0; t < T; t += 3)  // masked rows may hold garbage: it must not reach gradients or statistics
         if (w[t] == 0.0f) lp[t] = t % 2 ? std::numeric_limits<float>::quiet_NaN() : std::numeric_limits<float>::infinity();
       std::vector<float> stats0 = random_vec(kPolicyStats, seed + 6, 0, 3);
       std::vector<float> dl(T), de(T), st = stats0;
       const Tensor h_rp = p.kl_coef != 0 ? hf(rp) : Tensor(), h_ent = with_ent ? hf(ent) : Tensor();
-      policy_loss(hf(dl), with_ent ? hf(de) : Tensor(), hf(st), hf(lp), hf(old_lp), h_rp, hf(adv), hf(w), h_ent, p,
-                  host());
+      policy_loss(hf(dl), with_ent ? hf(de) : Tensor(), hf(st), hf(lp), hf(old_lp), h_rp, hf(adv), hf(w), h_ent,
+                  with_is ? hf(isw) : Tensor(), gspo ? hf(slr) : Tensor(), p, host());
       GuardedTensor glp = dev(lp), gold = dev(old_lp), grp = dev(rp), gadv = dev(adv), gw = dev(w), gent = dev(ent);
+      GuardedTensor gisw = dev(isw), gslr = dev(slr);
       GuardedTensor gdl = dev_out(T), gde = dev_out(T), gst = dev(stats0);
       const Tensor g_rp = p.kl_coef != 0 ? grp.t : Tensor(), g_ent = with_ent ? gent.t : Tensor();
-      policy_loss(gdl.t, with_ent ? gde.t : Tensor(), gst.t, glp.t, gold.t, g_rp, gadv.t, gw.t, g_ent, p, gpu());
+      const Tensor g_is = with_is ? gisw.t : Tensor(), g_slr = gspo ? gslr.t : Tensor();
+      policy_loss(gdl.t, with_ent ? gde.t : Tensor(), gst.t, glp.t, gold.t, g_rp, gadv.t, gw.t, g_ent, g_is, g_slr, p,
+                  gpu());
       expect_tensor(gdl, dl, "dlogp " + what);
       if (with_ent) expect_tensor(gde, de, "dentropy " + what);
       expect_tensor(gst, st, "stats " + what);
@@ -232,12 +239,62 @@ TEST(RlOpsCuda, PolicyLossMatchesCpu) {
       const std::vector<float> dl1 = download(gdl), st1 = download(gst);
       from_host_f32(gst.t, stats0);
       settle();
-      policy_loss(gdl.t, with_ent ? gde.t : Tensor(), gst.t, glp.t, gold.t, g_rp, gadv.t, gw.t, g_ent, p, gpu());
+      policy_loss(gdl.t, with_ent ? gde.t : Tensor(), gst.t, glp.t, gold.t, g_rp, gadv.t, gw.t, g_ent, g_is, g_slr, p,
+                  gpu());
       expect_same_bits(download(gdl), dl1, "dlogp twice " + what);
       expect_same_bits(download(gst), st1, "stats twice " + what);
       gst.check_guards(what);
-      for (const GuardedTensor* g : {&glp, &gold, &grp, &gadv, &gw, &gent}) g->check_guards("inputs " + what);
+      for (const GuardedTensor* g : {&glp, &gold, &grp, &gadv, &gw, &gent, &gisw, &gslr}) g->check_guards("inputs " + what);
     }
+}
+
+TEST(RlOpsCuda, SequenceLogRatioMatchesCpu) {
+  RLCU_REQUIRE_CUDA();
+  for (auto [n, len] : {std::pair<int, int>{1, 1}, std::pair<int, int>{7, 300}, std::pair<int, int>{64, 2000}}) {
+    const uint64_t seed = fresh_seed();
+    std::vector<int32_t> cu = random_cu(n, 0, len, seed);
+    const size_t T = static_cast<size_t>(cu.back());
+    const std::string what = "N=" + std::to_string(n) + " T=" + std::to_string(T) + tag(seed);
+    std::vector<float> lp = random_vec(T, seed + 1, -6, 0), old = random_vec(T, seed + 2, -6, 0),
+                       w = random_vec(T, seed + 3, -0.5f, 1.0f), want(T);
+    for (float& x : w) x = x < 0 ? 0.0f : x;
+    for (size_t t = 0; t < T; t += 5)
+      if (w[t] == 0.0f) lp[t] = std::numeric_limits<float>::quiet_NaN();
+    sequence_log_ratio(hf(want), hf(lp), hf(old), hf(w), hi(cu), host());
+    GuardedTensor glp = dev(lp), gold = dev(old), gw = dev(w), gcu = dev_i32(cu), out = dev_out(T);
+    sequence_log_ratio(out.t, glp.t, gold.t, gw.t, gcu.t, gpu());
+    expect_tensor(out, want, "sequence_log_ratio " + what);
+  }
+}
+
+TEST(RlOpsCuda, RolloutCorrectionMatchesCpu) {
+  RLCU_REQUIRE_CUDA();
+  for (auto [n, len] : {std::pair<int, int>{1, 1}, std::pair<int, int>{9, 300}, std::pair<int, int>{64, 2000}})
+    for (int mode = 0; mode < 3; ++mode)
+      for (int level = 0; level < 2; ++level) {
+        const uint64_t seed = fresh_seed();
+        std::vector<int32_t> cu = random_cu(n, 0, len, seed);
+        const size_t T = static_cast<size_t>(cu.back());
+        const std::string what = "N=" + std::to_string(n) + " T=" + std::to_string(T) + " mode " +
+                                 std::to_string(mode) + " level " + std::to_string(level) + tag(seed);
+        RolloutCorrectionParams p;
+        p.mode = static_cast<RolloutCorrection>(mode);
+        p.level = static_cast<CorrectionLevel>(level);
+        p.cap = 1.5f;
+        std::vector<float> old = random_vec(T, seed + 1, -6, 0), d = random_vec(T, seed + 2, -0.02f, 0.02f),
+                           roll(T), mask = random_vec(T, seed + 3, -0.3f, 1.0f), want(T), st(kRolloutCorrectionStats);
+        for (size_t t = 0; t < T; ++t) {
+          roll[t] = old[t] + (t % 17 == 0 ? 10 * d[t] : d[t]);  // a few far-off tokens: masked / truncated
+          mask[t] = mask[t] < 0 ? 0.0f : 1.0f;
+          if (mask[t] == 0.0f && t % 2) old[t] = std::numeric_limits<float>::quiet_NaN();
+        }
+        rollout_correction(hf(want), hf(st), hf(old), hf(roll), hf(mask), hi(cu), p, host());
+        GuardedTensor gold = dev(old), groll = dev(roll), gmask = dev(mask), gcu = dev_i32(cu), out = dev_out(T),
+                      gst = dev(random_vec(kRolloutCorrectionStats, seed + 4, 0, 1));
+        rollout_correction(out.t, gst.t, gold.t, groll.t, gmask.t, gcu.t, p, gpu());
+        expect_tensor(out, want, "rollout_correction weights " + what);
+        expect_tensor(gst, st, "rollout_correction stats " + what);
+      }
 }
 
 TEST(RlOpsCuda, ValueLossMatchesCpu) {
@@ -326,7 +383,10 @@ TEST(RlOpsCudaBench, RolloutBatchSizes) {
     pp.kl_coef = 0.01f;
     pp.dual_clip = 3.0f;
     std::printf("%-44s %10.3f\n", ("policy_loss k3, dual clip (" + shape + ")").c_str(),
-                time_ms([&] { policy_loss(dl.t, Tensor(), st.t, lp.t, rp.t, V.t, ret.t, w.t, Tensor(), pp, gpu()); }));
+                time_ms([&] {
+                  policy_loss(dl.t, Tensor(), st.t, lp.t, rp.t, V.t, ret.t, w.t, Tensor(), Tensor(), Tensor(), pp,
+                              gpu());
+                }));
     GuardedTensor st2 = dev(std::vector<float>(kValueStats, 0.0f));
     std::printf("%-44s %10.3f\n", ("value_loss clip 0.2 (" + shape + ")").c_str(),
                 time_ms([&] { value_loss(dl.t, st2.t, V.t, lp.t, ret.t, w.t, {0.2f}, gpu()); }));

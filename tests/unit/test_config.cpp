@@ -88,9 +88,53 @@ TEST(Config, ResolvedDumpRoundTrips) {
   EXPECT_NE(dumped.find("\"weight_decay\":0.1"), std::string::npos);
   // Every schema key appears in the dump.
   for (const FieldSpec& f : config_schema()) {
-    const std::string leaf = f.path.substr(f.path.find('.') + 1);
+    const std::string leaf = f.path.substr(f.path.rfind('.') + 1);  // eval.reward.format: nested objects
     EXPECT_NE(dumped.find("\"" + leaf + "\""), std::string::npos) << f.path;
   }
+}
+
+TEST(Config, EvalRewardsFollowTheRunUnlessGiven) {
+  // Not given: the run's reward section, also after a round trip through the resolved dump.
+  RunConfig c = parse_config(R"({"reward": {"math_answer": 0, "contains": 1}})", "cfg.json");
+  EXPECT_FALSE(c.eval.reward_given);
+  EXPECT_EQ(c.eval.reward.contains, 1.0);
+  EXPECT_EQ(c.eval.reward.math_answer, 0.0);
+  RunConfig back = parse_config(config_to_json(c).dump(), "dump.json");
+  EXPECT_EQ(back.eval.reward.contains, 1.0);
+  EXPECT_EQ(back.eval.reward.math_answer, 0.0);
+  // Given (as a nested object or with --set): eval.reward replaces the run's set, defaults for the rest.
+  c = parse_config(R"({"reward": {"contains": 1}, "eval": {"reward": {"exact_match": 2}}})", "cfg.json");
+  EXPECT_TRUE(c.eval.reward_given);
+  EXPECT_EQ(c.eval.reward.exact_match, 2.0);
+  EXPECT_EQ(c.eval.reward.contains, 0.0);
+  EXPECT_EQ(c.eval.reward.math_answer, 1.0);
+  c = parse_config("{}", "cfg.json", {"eval.reward.format=0.5"});
+  EXPECT_TRUE(c.eval.reward_given);
+  EXPECT_EQ(c.eval.reward.format, 0.5);
+  EXPECT_NE(error_of(R"({"eval": {"reward": {"formt": 1}}})").find("unknown key `eval.reward.formt`"),
+            std::string::npos);
+  EXPECT_NE(error_of(R"({"eval": {"reward": 3}})").find("`eval.reward` must be an object"), std::string::npos);
+}
+
+TEST(Config, RecipeKeysAndTheirCrossChecks) {
+  const RunConfig d = parse_config("{}", "cfg.json");
+  EXPECT_EQ(d.algorithm.policy_loss, "clip");
+  EXPECT_EQ(d.algorithm.old_logprobs, "rollout");
+  EXPECT_EQ(d.algorithm.rollout_correction, "none");
+  EXPECT_EQ(d.algorithm.rollout_correction_cap, 2.0);
+  EXPECT_EQ(d.algorithm.gspo_clip_low, 3e-4);
+  EXPECT_EQ(d.algorithm.gspo_clip_high, 4e-4);
+  EXPECT_TRUE(d.eval.data.empty());
+  const std::string e = error_of("{}", {"algorithm.rollout_correction=tis"});
+  EXPECT_NE(e.find("`algorithm.rollout_correction` = tis needs `algorithm.old_logprobs` = recompute"),
+            std::string::npos)
+      << e;
+  EXPECT_NO_THROW(parse_config("{}", "cfg.json", {"algorithm.rollout_correction=mis", "algorithm.old_logprobs=recompute"}));
+  EXPECT_NE(error_of("{}", {"algorithm.policy_loss=cispo", "algorithm.dual_clip=3"}).find("`algorithm.dual_clip`"),
+            std::string::npos);
+  EXPECT_NE(error_of("{}", {"algorithm.rollout_correction_cap=1"}).find("algorithm.rollout_correction_cap"),
+            std::string::npos);
+  EXPECT_NE(error_of("{}", {"algorithm.policy_loss=gpso"}).find("algorithm.policy_loss"), std::string::npos);
 }
 
 TEST(Config, TrainerSectionDefaults) {

@@ -352,7 +352,7 @@ PolicyOut run_policy(PolicyInputs& in, const PolicyLossParams& p) {
   PolicyOut o{std::vector<float>(T, 123.0f), std::vector<float>(T, 123.0f), std::vector<float>(kPolicyStats, 0.0f)};
   policy_loss(tf(o.dlogp), tf(o.dentropy), tf(o.stats), tf(in.logp), tf(in.old_logp),
               in.ref_logp.empty() ? Tensor() : tf(in.ref_logp), tf(in.adv), tf(in.w),
-              in.entropy.empty() ? Tensor() : tf(in.entropy), p, host());
+              in.entropy.empty() ? Tensor() : tf(in.entropy), Tensor(), Tensor(), p, host());
   return o;
 }
 
@@ -520,30 +520,290 @@ TEST(RlPolicyLoss, StatsAccumulateAndArgumentsAreChecked) {
   PolicyInputs in{{-1.0f}, {-1.1f}, {}, {1.0f}, {0.25f}, {}};
   PolicyLossParams p;
   std::vector<float> dl(1), st(kPolicyStats, 0.0f);
-  policy_loss(tf(dl), Tensor(), tf(st), tf(in.logp), tf(in.old_logp), Tensor(), tf(in.adv), tf(in.w), Tensor(), p,
-              host());
+  policy_loss(tf(dl), Tensor(), tf(st), tf(in.logp), tf(in.old_logp), Tensor(), tf(in.adv), tf(in.w), Tensor(), Tensor(),
+              Tensor(), p, host());
   const std::vector<float> once = st;
-  policy_loss(tf(dl), Tensor(), tf(st), tf(in.logp), tf(in.old_logp), Tensor(), tf(in.adv), tf(in.w), Tensor(), p,
-              host());
+  policy_loss(tf(dl), Tensor(), tf(st), tf(in.logp), tf(in.old_logp), Tensor(), tf(in.adv), tf(in.w), Tensor(), Tensor(),
+              Tensor(), p, host());
   for (int k = 0; k < kPolicyStats; ++k) EXPECT_FLOAT_EQ(st[k], 2 * once[k]) << k;
   const double r = std::exp(-1.0 - static_cast<double>(-1.1f));  // about e^0.1 < 1.2: unclipped
   EXPECT_NEAR(once[kPsLoss], -0.25 * r, 1e-6);
   EXPECT_NEAR(dl[0], -0.25 * r, 1e-6);
   // old_logp -1.3: r = e^0.3 > 1.2 with A > 0 is clipped high: pg = -0.25 * 1.2, no gradient.
   std::vector<float> old2{-1.3f}, st2(kPolicyStats, 0.0f);
-  policy_loss(tf(dl), Tensor(), tf(st2), tf(in.logp), tf(old2), Tensor(), tf(in.adv), tf(in.w), Tensor(), p, host());
+  policy_loss(tf(dl), Tensor(), tf(st2), tf(in.logp), tf(old2), Tensor(), tf(in.adv), tf(in.w), Tensor(), Tensor(), Tensor(), p,
+              host());
   EXPECT_NEAR(st2[kPsLoss], -0.25 * 1.2, 1e-6);
   EXPECT_EQ(dl[0], 0.0f);
   EXPECT_EQ(st2[kPsClipHigh], 1.0f);
   p.kl_coef = 0.1f;  // KL without ref_logp
   EXPECT_THROW(policy_loss(tf(dl), Tensor(), tf(st), tf(in.logp), tf(in.old_logp), Tensor(), tf(in.adv), tf(in.w),
-                           Tensor(), p, host()),
+                           Tensor(), Tensor(), Tensor(), p, host()),
                Error);
   p.kl_coef = 0.0f;
   p.dual_clip = 0.5f;
   EXPECT_THROW(policy_loss(tf(dl), Tensor(), tf(st), tf(in.logp), tf(in.old_logp), Tensor(), tf(in.adv), tf(in.w),
-                           Tensor(), p, host()),
+                           Tensor(), Tensor(), Tensor(), p, host()),
                Error);
+}
+
+// ---- GSPO, CISPO, importance-sampling weights ---------------------------------------------------------------------
+
+namespace {
+
+// GSPO's sequence objective in float64, straight from the paper: s_i = exp(mean over i's active tokens of
+// (logp - old)), loss = sum_i sum_{t of i} w_t max(-A_t s_i, -A_t clip(s_i, lo, hi)) (+ KL per token).
+double ref_gspo_loss(const std::vector<double>& lp, const std::vector<float>& old, const std::vector<float>& adv,
+                     const std::vector<float>& w, const std::vector<int32_t>& cu, const PolicyLossParams& p) {
+  double L = 0;
+  for (size_t i = 0; i + 1 < cu.size(); ++i) {
+    double sum = 0, n = 0;
+    for (int32_t t = cu[i]; t < cu[i + 1]; ++t)
+      if (w[t] != 0) sum += lp[t] - old[t], n += 1;
+    const double si = n > 0 ? std::exp(sum / n) : 1.0;
+    const double sc = std::min(std::max(si, 1.0 - p.clip_low), 1.0 + static_cast<double>(p.clip_high));
+    for (int32_t t = cu[i]; t < cu[i + 1]; ++t)
+      if (w[t] != 0) L += w[t] * std::max(-adv[t] * si, -adv[t] * sc);
+  }
+  return L;
+}
+
+}  // namespace
+
+TEST(RlPolicyLoss, GspoMatchesTheSequenceObjectiveAndItsGradient) {
+  // Four completions in one packed micro-batch; each has prompt rows (w = 0) and completion rows. Advantages and
+  // weights are constant per sequence (as GRPO's and every loss aggregation's are), so the GSPO-token gradient is
+  // exactly the gradient of the sequence objective.
+  std::mt19937_64 g(7);
+  std::vector<int32_t> cu{0, 9, 15, 27, 40};
+  const size_t T = 40;
+  PolicyInputs in;
+  in.old_logp = randv(T, g, -4, -0.1f);
+  in.logp.resize(T);
+  in.adv.resize(T);
+  in.w.resize(T);
+  const float shift[] = {2e-4f, -1e-3f, 5e-3f, 1e-4f};   // mean log-ratio per sequence: inside, low, high, inside
+  const float A[] = {1.0f, -1.5f, 2.0f, -0.5f};
+  const int prompt_rows[] = {3, 2, 4, 5};
+  std::vector<float> noise = randv(T, g, -1e-4f, 1e-4f);
+  for (size_t i = 0; i < 4; ++i)
+    for (int32_t t = cu[i]; t < cu[i + 1]; ++t) {
+      const bool active = t - cu[i] >= prompt_rows[i];
+      in.logp[t] = in.old_logp[t] + shift[i] + noise[t];
+      in.adv[t] = A[i];
+      in.w[t] = active ? 0.01f * static_cast<float>(i + 1) : 0.0f;
+      if (!active) in.logp[t] = std::numeric_limits<float>::quiet_NaN();  // prompt rows may hold anything
+    }
+  PolicyLossParams p;
+  p.kind = PolicyLossKind::Gspo;
+  p.clip_low = 3e-4f;
+  p.clip_high = 4e-4f;
+  std::vector<float> slr(T, 99.0f), dl(T), st(kPolicyStats, 0.0f);
+  sequence_log_ratio(tf(slr), tf(in.logp), tf(in.old_logp), tf(in.w), ti(cu), host());
+  for (size_t i = 0; i < 4; ++i) {
+    double sum = 0, n = 0;
+    for (int32_t t = cu[i]; t < cu[i + 1]; ++t)
+      if (in.w[t] != 0) sum += static_cast<double>(in.logp[t]) - in.old_logp[t], n += 1;
+    for (int32_t t = cu[i]; t < cu[i + 1]; ++t) EXPECT_NEAR(slr[t], sum / n, 1e-9) << "row " << t;
+  }
+  policy_loss(tf(dl), Tensor(), tf(st), tf(in.logp), tf(in.old_logp), Tensor(), tf(in.adv), tf(in.w), Tensor(),
+              Tensor(), tf(slr), p, host());
+  std::vector<double> lp(in.logp.begin(), in.logp.end());
+  EXPECT_NEAR(st[kPsLoss], ref_gspo_loss(lp, in.old_logp, in.adv, in.w, cu, p), 1e-7);
+  // Sequence 1 (A < 0, ratio below 1 - 3e-4) is clipped low, sequence 2 (A > 0, above 1 + 4e-4) clipped high.
+  EXPECT_EQ(st[kPsClipLow], static_cast<float>(15 - 9 - 2));
+  EXPECT_EQ(st[kPsClipHigh], static_cast<float>(27 - 15 - 4));
+  EXPECT_EQ(st[kPsTokens], static_cast<float>(40 - 14));
+  const double h = 1e-7;
+  for (size_t t = 0; t < T; ++t) {
+    if (in.w[t] == 0) {
+      EXPECT_EQ(dl[t], 0.0f) << "prompt row " << t;
+      continue;
+    }
+    std::vector<double> up = lp, dn = lp;
+    up[t] += h;
+    dn[t] -= h;
+    const double fd = (ref_gspo_loss(up, in.old_logp, in.adv, in.w, cu, p) -
+                       ref_gspo_loss(dn, in.old_logp, in.adv, in.w, cu, p)) / (2 * h);
+    EXPECT_NEAR(dl[t], fd, 1e-6 + 1e-4 * std::fabs(fd)) << "row " << t;
+  }
+  EXPECT_EQ(dl[12], 0.0f);  // a clipped sequence's tokens get no gradient
+  // GSPO needs the sequence log-ratio.
+  EXPECT_THROW(policy_loss(tf(dl), Tensor(), tf(st), tf(in.logp), tf(in.old_logp), Tensor(), tf(in.adv), tf(in.w),
+                           Tensor(), Tensor(), Tensor(), p, host()),
+               Error);
+  std::vector<int32_t> short_cu{0, 9, 15};
+  EXPECT_THROW(sequence_log_ratio(tf(slr), tf(in.logp), tf(in.old_logp), tf(in.w), ti(short_cu), host()), Error);
+}
+
+TEST(RlPolicyLoss, CispoClipsTheDetachedWeightAndKeepsTheGradient) {
+  // ratio r = exp(logp - old) with old = log(r) offsets; lo = 1 - 1 = 0 (no lower bound), hi = 1 + 0.28.
+  PolicyLossParams p;
+  p.kind = PolicyLossKind::Cispo;
+  p.clip_low = 1.0f;
+  p.clip_high = 0.28f;
+  p.kl_coef = 0.2f;
+  p.kl = KlEstimator::K3;
+  struct Tok {
+    double r, A, lp;
+    bool high;
+  };
+  const Tok toks[] = {{1.5, 2.0, -0.7, true},   {1.5, -2.0, -1.2, true},  {0.3, 1.0, -2.0, false},
+                      {0.3, -1.0, -0.2, false}, {1.1, 0.5, -3.0, false}};
+  PolicyInputs in;
+  for (const Tok& k : toks) {
+    in.logp.push_back(static_cast<float>(k.lp));
+    in.old_logp.push_back(static_cast<float>(k.lp - std::log(k.r)));
+    in.adv.push_back(static_cast<float>(k.A));
+    in.w.push_back(0.25f);
+    in.ref_logp.push_back(static_cast<float>(k.lp - 0.1));
+  }
+  in.w.push_back(0.0f);  // a masked token
+  in.logp.push_back(std::numeric_limits<float>::infinity());
+  in.old_logp.push_back(0.0f);
+  in.adv.push_back(1.0f);
+  in.ref_logp.push_back(0.0f);
+  const PolicyOut o = run_policy(in, p);
+  // float64 reference: l = -sg[clip(r)] A logp + kl_coef k3, gradient with the clipped weight held constant.
+  const auto loss = [&](const std::vector<double>& lp, const std::vector<double>& wgt) {
+    double L = 0;
+    for (size_t t = 0; t < std::size(toks); ++t)
+      L += in.w[t] * (-wgt[t] * in.adv[t] * lp[t] + p.kl_coef * ref_kl(p.kl, lp[t], in.ref_logp[t]));
+    return L;
+  };
+  std::vector<double> lp(in.logp.begin(), in.logp.end() - 1), wgt;
+  double high = 0;
+  for (size_t t = 0; t < std::size(toks); ++t) {
+    const double r = std::exp(lp[t] - static_cast<double>(in.old_logp[t]));
+    wgt.push_back(std::min(r, 1.28));
+    high += toks[t].high ? 1 : 0;
+  }
+  EXPECT_NEAR(o.stats[kPsLoss], loss(lp, wgt), 1e-6);
+  EXPECT_EQ(o.stats[kPsClipHigh], high);
+  EXPECT_EQ(o.stats[kPsClipLow], 0.0f);
+  EXPECT_EQ(o.stats[kPsTokens], 5.0f);
+  const double h = 1e-6;
+  for (size_t t = 0; t < std::size(toks); ++t) {
+    std::vector<double> up = lp, dn = lp;
+    up[t] += h;
+    dn[t] -= h;
+    EXPECT_NEAR(o.dlogp[t], (loss(up, wgt) - loss(dn, wgt)) / (2 * h), 1e-6) << "token " << t;
+  }
+  // Unlike the clipped ratio, a clipped-high token with A > 0 keeps its gradient: -w (1 + clip_high) A + KL part.
+  EXPECT_LT(o.dlogp[0], -0.25 * 1.28 * 2.0 + 0.25 * 0.2 * (1 - std::exp(-0.1)) + 1e-6);
+  EXPECT_EQ(o.dlogp[5], 0.0f);
+  p.dual_clip = 2.0f;  // dual clip does not apply to CISPO
+  EXPECT_THROW(run_policy(in, p), Error);
+}
+
+TEST(RlPolicyLoss, ImportanceWeightsScaleThePolicyTermOnly) {
+  std::mt19937_64 g(11);
+  const int T = 120;
+  PolicyInputs in;
+  in.old_logp = randv(T, g, -4, -0.1f);
+  in.logp.resize(T);
+  std::vector<float> d = randv(T, g, -0.5f, 0.5f), rho = randv(T, g, 0, 2);
+  for (int t = 0; t < T; ++t) in.logp[t] = in.old_logp[t] + d[t];
+  for (int t = 0; t < T; t += 7) rho[t] = 0.0f;  // masked by the correction
+  in.ref_logp = randv(T, g, -4, -0.1f);
+  in.adv = randv(T, g, -2, 2);
+  in.w = randv(T, g, 0, 0.01f);
+  for (PolicyLossKind kind : {PolicyLossKind::Clip, PolicyLossKind::Cispo}) {
+    PolicyLossParams p;
+    p.kind = kind;
+    p.kl_coef = 0.3f;
+    p.kl = KlEstimator::K2;
+    std::vector<float> dl(T), dl1(T), st(kPolicyStats, 0.0f), st1(kPolicyStats, 0.0f);
+    policy_loss(tf(dl), Tensor(), tf(st), tf(in.logp), tf(in.old_logp), tf(in.ref_logp), tf(in.adv), tf(in.w),
+                Tensor(), tf(rho), Tensor(), p, host());
+    policy_loss(tf(dl1), Tensor(), tf(st1), tf(in.logp), tf(in.old_logp), tf(in.ref_logp), tf(in.adv), tf(in.w),
+                Tensor(), Tensor(), Tensor(), p, host());
+    // Without weights minus the KL part, scaled by rho, plus the KL part again.
+    PolicyLossParams nokl = p;
+    nokl.kl_coef = 0.0f;
+    std::vector<float> dpg(T), stpg(kPolicyStats, 0.0f);
+    policy_loss(tf(dpg), Tensor(), tf(stpg), tf(in.logp), tf(in.old_logp), Tensor(), tf(in.adv), tf(in.w), Tensor(),
+                Tensor(), Tensor(), nokl, host());
+    double L = 0;
+    for (int t = 0; t < T; ++t) {
+      const double dkl = static_cast<double>(dl1[t]) - dpg[t];
+      EXPECT_NEAR(dl[t], rho[t] * static_cast<double>(dpg[t]) + dkl, 1e-6) << name_of(kind) << " token " << t;
+      const double r = std::exp(static_cast<double>(in.logp[t]) - in.old_logp[t]);
+      const double rc = std::min(std::max(r, 0.8), 1.2);
+      const double pg = kind == PolicyLossKind::Clip ? std::max(-in.adv[t] * r, -in.adv[t] * rc)
+                                                     : -rc * in.adv[t] * static_cast<double>(in.logp[t]);
+      L += in.w[t] * (rho[t] * pg + 0.3 * ref_kl(KlEstimator::K2, in.logp[t], in.ref_logp[t]));
+    }
+    EXPECT_NEAR(st[kPsLoss], L, 1e-6) << name_of(kind);
+    EXPECT_EQ(st[kPsTokens], st1[kPsTokens]);
+  }
+}
+
+TEST(RlRolloutCorrection, TokenAndSequenceWeightsAndStatistics) {
+  // Two completions: 3 tokens (the middle one not a policy token) and 2 tokens. old - rollout log-ratios:
+  std::vector<int32_t> cu{0, 3, 5};
+  const double d[] = {std::log(3.0), 9.0, std::log(0.8), std::log(0.4), std::log(1.5)};
+  std::vector<float> roll{-1.0f, -2.0f, -0.5f, -3.0f, -0.7f}, old(5), mask{1, 0, 1, 1, 1}, w(5, 7.0f),
+      st(kRolloutCorrectionStats, 5.0f);
+  for (int t = 0; t < 5; ++t) old[t] = static_cast<float>(roll[t] + d[t]);
+  old[1] = std::numeric_limits<float>::quiet_NaN();  // not a policy token: ignored
+  std::vector<double> rt(5), adiff(5);
+  for (int t = 0; t < 5; ++t) {
+    const double dd = static_cast<double>(old[t]) - roll[t];
+    rt[t] = std::exp(dd);
+    adiff[t] = std::fabs(dd);
+  }
+  const double seq0 = rt[0] * rt[2], seq1 = rt[3] * rt[4];  // 2.4 and 0.6
+  const double diff_sum = adiff[0] + adiff[2] + adiff[3] + adiff[4];
+  const double diff_max = std::max({adiff[0], adiff[2], adiff[3], adiff[4]});
+  struct Case {
+    RolloutCorrection mode;
+    CorrectionLevel level;
+    std::vector<double> w;
+    double masked, units, sum, mn, mx;
+  };
+  const double C = 2.0;
+  const Case cases[] = {
+      {RolloutCorrection::Tis, CorrectionLevel::Token, {C, 0, rt[2], rt[3], rt[4]}, 0, 4,
+       rt[0] + rt[2] + rt[3] + rt[4], rt[3], rt[0]},
+      {RolloutCorrection::Mis, CorrectionLevel::Token, {0, 0, 1, 0, 1}, 2, 4, rt[0] + rt[2] + rt[3] + rt[4], rt[3],
+       rt[0]},
+      {RolloutCorrection::Tis, CorrectionLevel::Sequence, {C, 0, C, seq1, seq1}, 0, 2, seq0 + seq1, seq1, seq0},
+      {RolloutCorrection::Mis, CorrectionLevel::Sequence, {0, 0, 0, 1, 1}, 1, 2, seq0 + seq1, seq1, seq0},
+      {RolloutCorrection::None, CorrectionLevel::Token, {1, 0, 1, 1, 1}, 0, 4, rt[0] + rt[2] + rt[3] + rt[4], rt[3],
+       rt[0]},
+  };
+  for (const Case& c : cases) {
+    const std::string what = std::string(name_of(c.mode)) + " " + name_of(c.level);
+    RolloutCorrectionParams p;
+    p.mode = c.mode;
+    p.level = c.level;
+    p.cap = static_cast<float>(C);
+    rollout_correction(tf(w), tf(st), tf(old), tf(roll), tf(mask), ti(cu), p, host());
+    expect_near_vec(w, c.w, 1e-6, what);
+    EXPECT_NEAR(st[kRcRatioSum], c.sum, 1e-5) << what;
+    EXPECT_NEAR(st[kRcRatioMin], c.mn, 1e-6) << what;
+    EXPECT_NEAR(st[kRcRatioMax], c.mx, 1e-6) << what;
+    EXPECT_EQ(st[kRcMasked], c.masked) << what;
+    EXPECT_EQ(st[kRcUnits], c.units) << what;
+    EXPECT_NEAR(st[kRcAbsDiffSum], diff_sum, 1e-5) << what;
+    EXPECT_NEAR(st[kRcAbsDiffMax], diff_max, 1e-6) << what;
+    EXPECT_EQ(st[kRcTokens], 4.0f) << what;
+  }
+  // No policy token at all: statistics are zeros, weights zeros.
+  std::vector<float> none(5, 0.0f);
+  rollout_correction(tf(w), tf(st), tf(old), tf(roll), tf(none), ti(cu), {}, host());
+  for (int k = 0; k < kRolloutCorrectionStats; ++k) EXPECT_EQ(st[k], 0.0f) << k;
+  for (float x : w) EXPECT_EQ(x, 0.0f);
+  RolloutCorrectionParams bad;
+  bad.cap = 1.0f;
+  EXPECT_THROW(rollout_correction(tf(w), tf(st), tf(old), tf(roll), tf(mask), ti(cu), bad, host()), Error);
+  std::vector<int32_t> bad_cu{0, 3, 4};
+  EXPECT_THROW(rollout_correction(tf(w), tf(st), tf(old), tf(roll), tf(mask), ti(bad_cu), {}, host()), Error);
+  EXPECT_EQ(parse_rollout_correction("tis", "algorithm.rollout_correction"), RolloutCorrection::Tis);
+  EXPECT_EQ(parse_correction_level("sequence", "algorithm.rollout_correction_level"), CorrectionLevel::Sequence);
+  EXPECT_EQ(parse_policy_loss_kind("cispo", "algorithm.policy_loss"), PolicyLossKind::Cispo);
+  EXPECT_THROW(parse_policy_loss_kind("ppo", "algorithm.policy_loss"), Error);
 }
 
 // ---- value loss ----------------------------------------------------------------------------------------------------

@@ -68,6 +68,8 @@ const std::map<std::string, std::string>& owners() {
       {"rollout_batch.h", "rl"},
       {"advantage.h", "rl"},
       {"reference.h", "rl"},
+      {"rollout_correction.h", "rl"},
+      {"eval_run.h", "rl"},
       {"critic.h", "rl"},
       {"trainer.h", "train"},
       {"sft.h", "train"},
