@@ -12,9 +12,9 @@
 //     optimizer.name = adamw_8bit (whose resume with adamw is an error naming both). The reward there is an
 //     external /bin/sh command whose value depends on the completion's length, so every step has reward variance
 //     and non-zero gradients;
-//   - a shortened smoke run shows the reward rising (mean of the last 10% of steps over the first 10%), with plain and
-//     with 8-bit AdamW (whose trainer state is at least 1.6x smaller); shorter
-//     RLOO and REINFORCE++ smoke runs too (mean of the last third of the steps over the first third);
+//   - a shortened smoke run shows the reward rising (mean of the last 10% of steps over the first 10%); shorter
+//     RLOO, REINFORCE++ and 8-bit AdamW smoke runs too (mean of the last third of the steps over the first third;
+//     the 8-bit run's trainer state is at least 1.6x smaller than plain AdamW's);
 //   - config mistakes (no data.path, unknown algorithm.name) exit 1 with a message naming the key.
 //   - the memory plan: --dry-run prints it (every item of the run), exits 0 and creates no run directory, and each
 //     shrinking setting lowers its total; the plan is within 5% of the measured peak of the run's buffers (GRPO with a
@@ -346,8 +346,9 @@ TEST(CliTrain, SmokeRewardRises) {
   EXPECT_GE(mean(last) - mean(first), 0.15) << "first " << mean(first) << ", last " << mean(last);
 }
 
-// configs/smoke_8bit_cpu.json shortened like SmokeRewardRises: the reward rises as much, and its trainer state is at
-// least 1.6x smaller than plain AdamW's (a 1-step run of the same config with optimizer.name = adamw).
+// configs/smoke_8bit_cpu.json shortened to 30 steps like the RLOO smoke test: the mean reward of the last third of
+// the steps exceeds the first third's by 0.1, and its trainer state is at least 1.6x smaller than plain AdamW's (a
+// 1-step run of the same config with optimizer.name = adamw).
 TEST(CliTrain, Adamw8bitSmokeRewardRisesWithASmallerTrainerState) {
   const std::string dir = fresh_dir("smoke_8bit"), dir32 = fresh_dir("smoke_8bit_vs_adamw");
   std::ifstream in(std::string(RLCU_SOURCE_DIR) + "/configs/smoke_8bit_cpu.json");
@@ -356,26 +357,28 @@ TEST(CliTrain, Adamw8bitSmokeRewardRisesWithASmallerTrainerState) {
   cfg["model"]["path"] = kModel;
   cfg["data"]["path"] = kData;
   cfg["run"]["output_dir"] = dir;
-  cfg["train"]["steps"] = kSmokeSteps;
+  const int steps = 30;
+  cfg["train"]["steps"] = steps;
+  cfg["train"]["log_samples"] = 0;
   cfg["optimizer"]["lr"] = kSmokeLr;
   CliResult r = train(write_config(cfg, "smoke_8bit"));
   ASSERT_EQ(r.code, 0) << r.err;
   const std::vector<json> m = read_jsonl(dir + "/metrics.jsonl");
-  ASSERT_EQ(m.size(), static_cast<size_t>(kSmokeSteps));
-  const size_t n = m.size() / 10;
+  ASSERT_EQ(m.size(), static_cast<size_t>(steps));
+  const size_t n = m.size() / 3;
   std::vector<double> first, last;
   for (size_t i = 0; i < n; ++i) {
     first.push_back(m[i]["reward"].get<double>());
     last.push_back(m[m.size() - n + i]["reward"].get<double>());
   }
-  EXPECT_GE(mean(last) - mean(first), 0.15) << "first " << mean(first) << ", last " << mean(last);
+  EXPECT_GE(mean(last) - mean(first), 0.1) << "first " << mean(first) << ", last " << mean(last);
   cfg["run"]["output_dir"] = dir32;
   cfg["train"]["steps"] = 1;
   cfg["optimizer"]["name"] = "adamw";
   r = train(write_config(cfg, "smoke_8bit_vs_adamw"));
   ASSERT_EQ(r.code, 0) << r.err;
   const double q8 = static_cast<double>(
-      fs::file_size(dir + "/checkpoints/step-" + fmt_step(kSmokeSteps) + "/trainer_state.safetensors"));
+      fs::file_size(dir + "/checkpoints/step-" + fmt_step(steps) + "/trainer_state.safetensors"));
   const double f32 = static_cast<double>(fs::file_size(dir32 + "/checkpoints/step-000001/trainer_state.safetensors"));
   EXPECT_GE(f32 / q8, 1.6) << "adamw " << f32 << " bytes, adamw_8bit " << q8 << " bytes";
 }
