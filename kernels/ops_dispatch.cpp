@@ -307,6 +307,19 @@ void adamw_update(const Tensor& master, const Tensor& m, const Tensor& v, const 
   RLCU_CUDA_BACKEND(cuda::adamw_update(master, m, v, weights, grad, p, ctx));
 }
 
+void adamw8_update(const Tensor& master, const Tensor& m_codes, const Tensor& m_absmax, const Tensor& v_codes,
+                   const Tensor& v_absmax, const Tensor& weights, const Tensor& grad, const AdamWParams& p,
+                   Context& ctx) {
+  check_same_device("adamw8_update", master.device,
+                    {&master, &m_codes, &m_absmax, &v_codes, &v_absmax, &weights, &grad});
+  if (master.device == Device::CPU) {
+    cpu::adamw8_update(master, m_codes, m_absmax, v_codes, v_absmax, weights, grad, p, ctx);
+    return;
+  }
+  ProfileScope prof_("adamw8_update", ctx);
+  RLCU_CUDA_BACKEND(cuda::adamw8_update(master, m_codes, m_absmax, v_codes, v_absmax, weights, grad, p, ctx));
+}
+
 void sample(const Tensor& tokens, const Tensor& logprobs, const Tensor& logits, const Tensor& seq_ids,
             const Tensor& positions, const SampleParams& p, Context& ctx) {
   check_same_device("sample", tokens.device, {&tokens, &logprobs, &logits, &seq_ids, &positions});

@@ -10,6 +10,12 @@
 //   trainer_state.safetensors   F32 tensors `{prefix}master.{hf name}`, `{prefix}exp_avg.{hf name}`,
 //                               `{prefix}exp_avg_sq.{hf name}` (prefix "" for the policy), plus the caller's extra
 //                               tensors (e.g. a critic's, with prefix "critic."); metadata `{prefix}optimizer_steps`.
+//                               optimizer.name = adamw_8bit stores the flat quantised moments instead of the F32
+//                               ones: `{prefix}exp_avg.codes` / `{prefix}exp_avg_sq.codes` U8 [n] and
+//                               `{prefix}exp_avg.absmax` / `{prefix}exp_avg_sq.absmax` F32 [ceil(n / 256)], with
+//                               metadata `{prefix}optimizer` = "adamw_8bit" and `{prefix}optimizer_block_size`
+//                               = "256" (no `optimizer` entry means plain AdamW). Resuming with another
+//                               optimizer.name than the checkpoint's is an error naming both.
 //   trainer_state.json          {"format": "rlcu-trainer-state", "version": 1, "step", "optimizer_steps", "seed",
 //                               "rng", "data_cursor", "model_dir", "tokenizer_dir", "config", "extra"}
 // Every file is a pure function of the saved state: two saves of the same state are byte-identical.

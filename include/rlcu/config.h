@@ -24,6 +24,7 @@ struct RunSection {
   int64_t keep_checkpoints = 0;          // keep the newest N checkpoints; 0 = all
   bool tensorboard = true;               // also write TensorBoard event files next to metrics.jsonl
   std::string resume = "never";          // never | auto: resume from output_dir's checkpoint when there is one
+  double memory_limit_gib = 0;           // the memory plan must fit this; 0 = the device's free memory (none on CPU)
 };
 
 struct ModelSection {
@@ -52,6 +53,7 @@ struct DataConfig {
 };
 
 struct OptimizerSection {
+  std::string name = "adamw";  // adamw | adamw_8bit (blockwise-quantised moments)
   double lr = 1e-6;
   double beta1 = 0.9;
   double beta2 = 0.999;

@@ -90,8 +90,23 @@ struct EngineStats {
 // Called after every engine step with (finished sequences, all sequences).
 using ProgressFn = std::function<void(int64_t, int64_t)>;
 
+// The engine's device memory for a model, computed as the constructor sizes it (see Engine::memory).
+struct EngineMemory {
+  int64_t kv_blocks = 0;        // the pool
+  size_t kv_bytes = 0;
+  size_t kv_block_bytes = 0;    // one block of every layer's K and V
+  int64_t min_kv_blocks = 0;    // one longest sequence plus one prefill pass
+  size_t activation_bytes = 0;  // the runner's device buffers
+};
+
 class Engine {
  public:
+  // What Engine(model, opt, ctx) allocates for a model of config `c` with `weight_dtype` weights on `device`, when
+  // `free_bytes` of device memory are free at its construction (CUDA; ignored on the CPU). The constructor sizes
+  // itself with this function.
+  static EngineMemory memory(const ModelConfig& c, DType weight_dtype, Device device, const EngineOptions& opt,
+                             size_t free_bytes);
+
   // Sizes the KV pool and allocates everything (activations, pool, staging, graphs are captured lazily).
   Engine(const Model& model, const EngineOptions& opt, Context& ctx);
   ~Engine();

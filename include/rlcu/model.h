@@ -118,6 +118,19 @@ class Model {
   // Loads DIR (config.json, model.safetensors or model.safetensors.index.json) onto ctx's device. Throws
   // rlcu::Error naming the file and the tensor or field for any problem.
   static std::unique_ptr<Model> load(const std::string& dir, const ModelOptions& opt, Context& ctx);
+  // Checks DIR as load() does (config.json; every tensor's presence, shape and dtype in the safetensors headers)
+  // without reading tensor data or allocating; returns the config with load()'s adjustments.
+  static ModelConfig inspect(const std::string& dir, const ModelOptions& opt);
+  // The buffers load() allocates for a model of config `c` on `device` (memory plans are computed from this).
+  struct BufferBytes {
+    size_t weights = 0;  // working weights (F32 on the CPU, BF16 on CUDA) and the rope table
+    size_t master = 0;   // separate F32 master weights (CUDA, training)
+    size_t grads = 0;    // F32 gradients (training)
+    int64_t elements = 0;  // padded elements of each flat buffer
+  };
+  static BufferBytes buffer_bytes(const ModelConfig& c, Device device, const ModelOptions& opt);
+  // Whether the layout gives every layer fused q/k/v views (weights and gradients alike; see Transformer).
+  static bool fused_qkv_layout(const ModelConfig& c);
 
   const ModelConfig& config() const { return config_; }
   const std::string& dir() const { return dir_; }
@@ -221,6 +234,9 @@ class Transformer {
 
   const TransformerOptions& options() const { return opt_; }
   size_t activation_bytes() const;
+  // The activation arena the constructor allocates for a model of config `c` with options `opt`
+  // (fused_qkv = Model::fused_qkv_layout(c)); activation_bytes() of such a driver returns the same.
+  static size_t plan_bytes(const ModelConfig& c, const TransformerOptions& opt, bool fused_qkv);
   // Final hidden states after the last norm, [T, H] of the last forward (e.g. for a value head).
   Tensor final_hidden() const;
 

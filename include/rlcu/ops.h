@@ -201,6 +201,15 @@ struct AdamWParams {
 };
 void adamw_update(const Tensor& master, const Tensor& m, const Tensor& v, const Tensor& weights,
                   const Tensor& grad, const AdamWParams& p, Context& ctx);
+// 8-bit AdamW (kernels/adamw8_common.h): the same update as adamw_update in fp32 arithmetic, with both moments
+// stored blockwise-quantised, kAdamw8Block elements per block: m as U8 codes [n] of the signed dynamic table and F32
+// absmax [ceil(n / kAdamw8Block)], v as U8 codes [n] of the unsigned dynamic table and F32 absmax. Each block is
+// dequantised, updated (the master uses the fresh fp32 moments) and requantised with its new absmax. CPU and CUDA
+// give bit-identical results. `weights` as in adamw_update (BF16 rounded to nearest even, or F32).
+constexpr int64_t kAdamw8Block = 256;
+void adamw8_update(const Tensor& master, const Tensor& m_codes, const Tensor& m_absmax, const Tensor& v_codes,
+                   const Tensor& v_absmax, const Tensor& weights, const Tensor& grad, const AdamWParams& p,
+                   Context& ctx);
 
 // ---- sampler ---------------------------------------------------------------------------------------------------
 // One next token per row of logits[B,V] (F32 or BF16). With z = logits / temperature (fp32; NaN counts as -inf):

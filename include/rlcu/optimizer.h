@@ -1,11 +1,14 @@
 // AdamW over one flat F32 master-weight buffer: global gradient L2 norm, clipping to optimizer.max_grad_norm,
 // the fused update (ops::adamw_update, which also writes the BF16 working copy when there is one), and the
 // learning-rate schedules (constant / linear / cosine after linear warm-up).
+// optimizer.name = adamw_8bit keeps the two moments blockwise-quantised instead (ops::adamw8_update: U8 codes per
+// element and an F32 absmax per block of ops::kAdamw8Block elements, kernels/adamw8_common.h); the masters stay F32.
 //
 // Gradients are not cleared here: the trainer zeroes them (ops::fill) before accumulating the next step.
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "rlcu/config.h"
 #include "rlcu/context.h"
@@ -23,6 +26,13 @@ struct OptimizerStepStats {
   double lr = 0;
 };
 
+enum class OptimizerKind { AdamW, AdamW8bit };
+// optimizer.name parsed ("adamw" | "adamw_8bit"); throws naming the key otherwise.
+OptimizerKind optimizer_kind(const std::string& name);
+const char* optimizer_name(OptimizerKind k);
+// Bytes of optimizer state (the moments) for n parameters.
+int64_t optimizer_state_bytes(OptimizerKind k, int64_t n);
+
 class AdamW {
  public:
   // master: F32 [n]; grad: F32 [n]; weights: BF16 [n] working copy or an empty Tensor (CPU: master is the weights).
@@ -34,13 +44,18 @@ class AdamW {
 
   int64_t steps_done() const { return step_; }
   void set_steps_done(int64_t s) { step_ = s; }
+  OptimizerKind kind() const { return kind_; }
+  // adamw: the F32 moments [n]. adamw_8bit: the U8 codes [n]; *_absmax() are the F32 scales [ceil(n / 256)].
   const Tensor& exp_avg() const { return m_.t; }
   const Tensor& exp_avg_sq() const { return v_.t; }
+  const Tensor& exp_avg_absmax() const { return m_absmax_.t; }
+  const Tensor& exp_avg_sq_absmax() const { return v_absmax_.t; }
 
  private:
   OptimizerSection cfg_;
+  OptimizerKind kind_ = OptimizerKind::AdamW;
   Tensor master_, grad_, weights_;
-  OwnedTensor m_, v_, norm_;
+  OwnedTensor m_, v_, m_absmax_, v_absmax_, norm_;
   int64_t step_ = 0;
 };
 

@@ -87,7 +87,7 @@ class SafetensorsSet {
 };
 
 // One tensor to write: a view on any device (F32, BF16 or F16) and the dtype to store (F32, BF16 or F16;
-// conversion rounds to nearest even). Shape is the view's shape unless `shape` is given (same numel).
+// conversion rounds to nearest even), or a U8 view stored as U8. Shape is the view's shape unless `shape` is given (same numel).
 struct SafetensorsWriteItem {
   std::string name;
   Tensor tensor;

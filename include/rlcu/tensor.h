@@ -97,6 +97,12 @@ class Buffer {
 size_t device_bytes_in_use();
 size_t device_bytes_peak();
 void reset_device_bytes_peak();
+// The same for CPU Buffers (Buffer::alloc on Device::CPU, and alloc_pinned's fallback when there is no GPU;
+// pinned memory is not counted).
+size_t host_buffer_bytes_in_use();
+size_t host_buffer_bytes_peak();
+// device_bytes_peak() for CUDA, host_buffer_bytes_peak() for the CPU.
+size_t buffer_bytes_peak(Device d);
 
 // Owning tensor: a Buffer and the view over it.
 struct OwnedTensor {

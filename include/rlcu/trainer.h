@@ -14,6 +14,8 @@ struct TrainArgs {
   bool overwrite = false;              // start over in a run directory that holds a run (deletes its outputs)
   std::string device;                  // overrides run.device when set
   int64_t stop_after = 0;              // > 0: save a checkpoint and stop after this many steps of this invocation
+  bool dry_run = false;                // check config, model headers, tokenizer, data and rewards, print the
+                                       // memory plan and return 0 without creating the run directory
 };
 
 // Runs the training loop; returns the process exit code (0 done, 128 + signal after a stop request, with a

@@ -39,6 +39,7 @@ struct BenchTrainArgs {
   std::string device = "cuda";
   uint64_t seed = 0;
   bool profile = false;
+  std::string optim = "adamw";
 };
 
 // Dense bf16 tensor-core peak (no sparsity) by card name, in TFLOP/s; 0 when unknown.
@@ -79,6 +80,7 @@ int run_bench_train(const BenchTrainArgs& a) {
   Transformer tf(*model, to, ctx);
   OptimizerSection oc;
   oc.lr = 1e-6;
+  oc.name = a.optim;
   AdamW opt(oc, model->flat_master(), model->flat_grads(),
             dev == Device::CUDA ? model->flat_weights() : Tensor(), ctx);
   OwnedTensor logprob = OwnedTensor::make(DType::F32, dev, {to.max_tokens});
@@ -124,9 +126,9 @@ int run_bench_train(const BenchTrainArgs& a) {
     ctx.synchronize("bench step end");
   };
 
-  spdlog::info("bench train: {} ({} layers, hidden {}, vocab {}), {} x {} tokens, micro-batch {} seqs, {}{}",
+  spdlog::info("bench train: {} ({} layers, hidden {}, vocab {}), {} x {} tokens, micro-batch {} seqs, {}, {}{}",
                a.model, mc.num_layers, mc.hidden_size, mc.vocab_size, a.batch, a.seq_len, seqs_per_mb,
-               device_name(dev), a.checkpointing ? ", checkpointing" : "");
+               device_name(dev), a.optim, a.checkpointing ? ", checkpointing" : "");
   for (int i = 0; i < a.warmup; ++i) run_step(false);
   reset_device_bytes_peak();
   std::vector<double> times;
@@ -167,7 +169,7 @@ int run_bench_train(const BenchTrainArgs& a) {
   nlohmann::json j = {{"bench", "train"},         {"model", a.model},        {"device", card},
                       {"batch", a.batch},         {"seq_len", a.seq_len},    {"micro_batch_seqs", seqs_per_mb},
                       {"checkpointing", a.checkpointing}, {"fp32_residual", a.fp32_residual},
-                      {"save_head_probs", !a.recompute_head},
+                      {"save_head_probs", !a.recompute_head}, {"optimizer", a.optim},
                       {"step_seconds_median", med}, {"step_seconds", times},
                       {"tokens_per_s", tps},      {"model_tflops", tflops},  {"mfu", peak > 0 ? tflops / peak : 0.0},
                       {"peak_bf16_tflops", peak}, {"peak_memory_gib", mem_gib}, {"parameters", model->num_parameters()}};
@@ -211,6 +213,9 @@ void add_bench_command(CLI::App& app, Action& action) {
   train->add_option("--warmup", a.warmup, "Untimed warm-up steps")->capture_default_str();
   train->add_option("--device", a.device, "cpu, cuda or cuda:N")->capture_default_str();
   train->add_option("--seed", a.seed, "Seed of the random tokens")->capture_default_str();
+  train->add_option("--optim", a.optim, "Optimizer: adamw (fp32 moments) or adamw_8bit (8-bit blockwise moments)")
+      ->check(CLI::IsMember({"adamw", "adamw_8bit"}))
+      ->capture_default_str();
   train->add_flag("--profile", a.profile, "After timing, run one step with per-op GPU timing and print the breakdown");
   train->callback([&action] { action = [] { return run_bench_train(a); }; });
   add_bench_rollout_command(bench, action);

@@ -1,7 +1,9 @@
-// `rlcu sft [CONFIG] [--set key=value]... [--resume RUN_DIR | --overwrite] [--device cpu|cuda[:N]] [--stop-after N]`
+// `rlcu sft [CONFIG] [--set key=value]... [--resume RUN_DIR | --overwrite] [--device cpu|cuda[:N]] [--stop-after N]
+//           [--dry-run]`
 // Supervised fine-tuning (see src/train/sft.cpp): the run, model, data (chat settings), optimizer and train sections
 // of the run config plus the sft section. With --resume, CONFIG may be left out: the run's resolved config.json is
-// used. --stop-after N saves a checkpoint and stops after N steps of this invocation.
+// used. --stop-after N saves a checkpoint and stops after N steps of this invocation. --dry-run checks the config,
+// model headers, tokenizer and data, prints the memory plan and exits 0 without creating the run directory.
 #include <memory>
 
 #include "commands.h"
@@ -20,6 +22,9 @@ void add_sft_command(CLI::App& app, Action& action) {
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N (overrides run.device)");
   cmd->add_option("--stop-after", a->stop_after, "Save a checkpoint and stop after N steps of this invocation")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
+  cmd->add_flag("--dry-run", a->dry_run,
+                "Check the config, model headers, tokenizer and data, print the memory plan and exit without "
+                "creating the run directory");
   cmd->callback([&action, a] { action = [a] { return run_sft(*a); }; });
 }
 

@@ -83,6 +83,11 @@ std::vector<FieldSpec> build_schema() {
                                  "`--resume`, start over with `--overwrite`); `auto` resumes from the directory's "
                                  "latest checkpoint when it has one and starts fresh otherwise (preemptible jobs)."),
                       {"never", "auto"}));
+  s.push_back(range(bind_field("run.memory_limit_gib", &RunConfig::run, &RunSection::memory_limit_gib, K::Float,
+                               "The memory plan (`--dry-run` prints it) must fit this many GiB per device, else the "
+                               "run stops before allocating, naming the largest items and the settings that shrink "
+                               "them; 0 = the device's free memory (on the CPU: no limit)."),
+                    0, 1e6));
   // model
   s.push_back(bind_field("model.path", &RunConfig::model, &ModelSection::path, K::String,
                    "Hugging Face model directory (config.json and *.safetensors)."));
@@ -128,6 +133,11 @@ std::vector<FieldSpec> build_schema() {
                                "Keep only the first N usable prompts; 0 = all."),
                     0, 1e12));
   // optimizer
+  s.push_back(choices(bind_field("optimizer.name", &RunConfig::optimizer, &OptimizerSection::name, K::Enum,
+                                 "`adamw`: fp32 moments (8 bytes per parameter); `adamw_8bit`: both moments "
+                                 "quantised to 8-bit dynamic codes with an fp32 absmax per block of 256 (about 2 "
+                                 "bytes per parameter). The PPO critic always uses `adamw`."),
+                      {"adamw", "adamw_8bit"}));
   s.push_back(range(bind_field("optimizer.lr", &RunConfig::optimizer, &OptimizerSection::lr, K::Float,
                          "Peak learning rate of AdamW."),
                     0, 1, true));

@@ -122,11 +122,22 @@ std::string Tensor::shape_str() const {
 
 namespace {
 std::atomic<size_t> g_device_in_use{0}, g_device_peak{0};
+std::atomic<size_t> g_host_in_use{0}, g_host_peak{0};  // CPU Buffers that are not pinned
+
+void track(std::atomic<size_t>& in_use, std::atomic<size_t>& peak_of, size_t bytes) {
+  const size_t now = in_use.fetch_add(bytes) + bytes;
+  size_t peak = peak_of.load();
+  while (now > peak && !peak_of.compare_exchange_weak(peak, now)) {
+  }
+}
 }  // namespace
 
 size_t device_bytes_in_use() { return g_device_in_use.load(); }
 size_t device_bytes_peak() { return g_device_peak.load(); }
 void reset_device_bytes_peak() { g_device_peak.store(g_device_in_use.load()); }
+size_t host_buffer_bytes_in_use() { return g_host_in_use.load(); }
+size_t host_buffer_bytes_peak() { return g_host_peak.load(); }
+size_t buffer_bytes_peak(Device d) { return d == Device::CPU ? host_buffer_bytes_peak() : device_bytes_peak(); }
 
 Buffer Buffer::alloc(size_t bytes, Device device) {
   Buffer b;
@@ -136,12 +147,10 @@ Buffer Buffer::alloc(size_t bytes, Device device) {
   if (device == Device::CPU) {
     b.data_ = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
     if (!b.data_) throw Error(fmt::format("out of host memory allocating {} bytes", bytes));
+    track(g_host_in_use, g_host_peak, bytes);
   } else {
     b.data_ = cuda_rt::device_alloc(bytes);
-    const size_t now = g_device_in_use.fetch_add(bytes) + bytes;
-    size_t peak = g_device_peak.load();
-    while (now > peak && !g_device_peak.compare_exchange_weak(peak, now)) {
-    }
+    track(g_device_in_use, g_device_peak, bytes);
   }
   return b;
 }
@@ -157,16 +166,19 @@ Buffer Buffer::alloc_pinned(size_t bytes) {
   }
   b.data_ = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
   if (!b.data_) throw Error(fmt::format("out of host memory allocating {} bytes", bytes));
+  track(g_host_in_use, g_host_peak, bytes);  // released as a CPU buffer
   return b;
 }
 
 void Buffer::release() {
   if (!data_) return;
   if (device_ == Device::CPU) {
-    if (pinned_)
+    if (pinned_) {
       cuda_rt::host_free_pinned(data_);
-    else
+    } else {
       std::free(data_);
+      g_host_in_use.fetch_sub(size_);
+    }
   } else {
     cuda_rt::device_free(data_);
     g_device_in_use.fetch_sub(size_);

@@ -90,47 +90,69 @@ struct Engine::Impl {
   Impl(const Model& m, const EngineOptions& o, Context& c) : model(m), opt(o), ctx(c) {}
 };
 
-Engine::Engine(const Model& model, const EngineOptions& opt, Context& ctx)
-    : impl_(std::make_unique<Impl>(model, opt, ctx)) {
-  Impl& s = *impl_;
-  const ModelConfig& c = model.config();
+namespace {
+
+// The checks of the options and the runner's shape, shared by Engine::memory and the constructor.
+RunnerOptions runner_options(const ModelConfig& c, const EngineOptions& opt, int64_t* max_len) {
   if (opt.block_size < 1) throw Error(fmt::format("rollout.block_size must be >= 1, got {}", opt.block_size));
   if (opt.max_batch < 1) throw Error(fmt::format("rollout.max_batch must be >= 1, got {}", opt.max_batch));
   if (opt.prefill_tokens < 1)
     throw Error(fmt::format("rollout.prefill_tokens must be >= 1, got {}", opt.prefill_tokens));
   if (!(opt.kv_fraction > 0 && opt.kv_fraction <= 1))
     throw Error(fmt::format("rollout.kv_fraction must be in (0, 1], got {}", opt.kv_fraction));
-  s.max_len = opt.max_model_len > 0 ? opt.max_model_len
-                                    : (c.max_position_embeddings > 0 ? c.max_position_embeddings : 32768);
-  if (c.max_position_embeddings > 0 && s.max_len > c.max_position_embeddings)
-    throw Error(fmt::format("max model length {} exceeds the model's max_position_embeddings {}", s.max_len,
+  *max_len = opt.max_model_len > 0 ? opt.max_model_len
+                                   : (c.max_position_embeddings > 0 ? c.max_position_embeddings : 32768);
+  if (c.max_position_embeddings > 0 && *max_len > c.max_position_embeddings)
+    throw Error(fmt::format("max model length {} exceeds the model's max_position_embeddings {}", *max_len,
                             c.max_position_embeddings));
-  s.max_blocks_per_seq = (s.max_len + opt.block_size - 1) / opt.block_size;
-
   RunnerOptions ro;
   ro.max_tokens = opt.prefill_tokens;
   ro.max_batch = opt.max_batch;
   ro.block_size = opt.block_size;
-  ro.max_blocks_per_seq = s.max_blocks_per_seq;
-  ro.num_splits = static_cast<int>(std::clamp<int64_t>((s.max_len + 63) / 64, 1, 32));
+  ro.max_blocks_per_seq = (*max_len + opt.block_size - 1) / opt.block_size;
+  ro.num_splits = static_cast<int>(std::clamp<int64_t>((*max_len + 63) / 64, 1, 32));
   ro.cuda_graphs = opt.cuda_graphs;
   ro.fp32_residual = opt.fp32_residual;
+  return ro;
+}
 
+}  // namespace
+
+EngineMemory Engine::memory(const ModelConfig& c, DType weight_dtype, Device device, const EngineOptions& opt,
+                            size_t free_bytes) {
+  int64_t max_len = 0;
+  const RunnerOptions ro = runner_options(c, opt, &max_len);
   // Pool: what the sequences can ever use (max_batch full-length sequences plus one prefill pass), capped by the
   // configured token cap and, on CUDA, by kv_fraction of the free memory left after the runner's buffers.
-  const size_t block_bytes =
-      kv_block_bytes(c.num_layers, c.num_kv_heads, c.head_dim, opt.block_size, dtype_size(model.weight_dtype()));
-  int64_t want = (opt.max_batch + 1) * s.max_blocks_per_seq +
-                 (opt.prefill_tokens + opt.block_size - 1) / opt.block_size;
-  int64_t cap_tokens = opt.max_kv_tokens > 0 ? opt.max_kv_tokens : (model.device() == Device::CPU ? 65536 : 0);
+  EngineMemory m;
+  m.kv_block_bytes = kv_block_bytes(c.num_layers, c.num_kv_heads, c.head_dim, opt.block_size, dtype_size(weight_dtype));
+  const int64_t prefill_blocks = (opt.prefill_tokens + opt.block_size - 1) / opt.block_size;
+  int64_t want = (opt.max_batch + 1) * ro.max_blocks_per_seq + prefill_blocks;
+  m.min_kv_blocks = ro.max_blocks_per_seq + prefill_blocks;
+  int64_t cap_tokens = opt.max_kv_tokens > 0 ? opt.max_kv_tokens : (device == Device::CPU ? 65536 : 0);
   if (cap_tokens > 0) want = std::min(want, std::max<int64_t>(1, cap_tokens / opt.block_size));
-  if (model.device() == Device::CUDA) {
-    const size_t free_b = ctx.memory_info().free_bytes;
-    const size_t act = Runner::activation_bytes(c, ro, model.weight_dtype()) + (size_t(256) << 20);
-    const size_t avail = free_b > act ? free_b - act : 0;
-    const int64_t fit = num_kv_blocks(avail, opt.kv_fraction, block_bytes);
+  m.min_kv_blocks = std::min(m.min_kv_blocks, want);
+  m.activation_bytes = Runner::activation_bytes(c, ro, weight_dtype);
+  if (device == Device::CUDA) {
+    const size_t act = m.activation_bytes + (size_t(256) << 20);
+    const size_t avail = free_bytes > act ? free_bytes - act : 0;
+    const int64_t fit = num_kv_blocks(avail, opt.kv_fraction, m.kv_block_bytes);
     want = std::min(want, fit);
   }
+  m.kv_blocks = want;
+  m.kv_bytes = static_cast<size_t>(want) * m.kv_block_bytes;
+  return m;
+}
+
+Engine::Engine(const Model& model, const EngineOptions& opt, Context& ctx)
+    : impl_(std::make_unique<Impl>(model, opt, ctx)) {
+  Impl& s = *impl_;
+  const ModelConfig& c = model.config();
+  RunnerOptions ro = runner_options(c, opt, &s.max_len);
+  s.max_blocks_per_seq = ro.max_blocks_per_seq;
+  const EngineMemory mem = memory(c, model.weight_dtype(), model.device(), opt,
+                                  model.device() == Device::CUDA ? ctx.memory_info().free_bytes : 0);
+  const int64_t want = mem.kv_blocks;
   ro.num_blocks = want;
   SchedulerConfig sc;
   sc.max_batch = opt.max_batch;

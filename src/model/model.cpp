@@ -10,7 +10,9 @@
 // Loading: every HF tensor the config implies must be present with exactly the implied shape and dtype F32, BF16 or
 // F16 (converted to the weight dtype: F32 on the CPU, BF16 on CUDA; the F32 master on CUDA is converted from the
 // file directly, not from the rounded copy). Unexpected tensors are errors, except `lm_head.weight` of a model with
-// tied embeddings and rotary `inv_freq` buffers, which HF ignores as well.
+// tied embeddings and rotary `inv_freq` buffers, which HF ignores as well. Model::inspect runs the same checks on
+// the headers alone (no allocation, no tensor data); Model::buffer_bytes gives the sizes load() allocates, from the
+// same layout function, for the memory plan.
 #include "rlcu/model.h"
 
 #include <spdlog/spdlog.h>
@@ -19,6 +21,7 @@
 #include <filesystem>
 #include <set>
 
+#include "rlcu/layer.h"
 #include "rlcu/ops.h"
 #include "rlcu/safetensors.h"
 
@@ -141,13 +144,50 @@ std::string dims_str(const std::vector<int64_t>& d) {
   return s + "]";
 }
 
+// Every tensor the config implies is in `set` with its shape and a float dtype; no tensor is left unexplained.
+void validate_files(const ModelConfig& c, const SafetensorsSet& set, const ModelOptions& opt, const std::string& dir,
+                    const ModelWeights& views) {
+  const std::string config_path = (fs::path(dir) / "config.json").string();
+  std::set<std::string> expected;
+  for (const auto& [name, view] : hf_views(c, views)) {
+    expected.insert(name);
+    const SafetensorsSet::Located loc = set.find(name);
+    if (!loc.entry)
+      throw Error(fmt::format("{}: tensor `{}` is missing (required by {}: model_type {}, {} layers{})",
+                              set.description(), name, config_path, c.model_type, c.num_layers,
+                              c.tie_word_embeddings ? "" : ", untied embeddings"));
+    std::vector<int64_t> want(view.shape, view.shape + view.ndim);
+    if (loc.entry->shape != want)
+      throw Error(fmt::format("{}: tensor `{}` has shape {} but {} implies {}", loc.file->path(), name,
+                              loc.entry->shape_str(), config_path, dims_str(want)));
+    if (loc.entry->dtype != "F32" && loc.entry->dtype != "BF16" && loc.entry->dtype != "F16")
+      throw Error(fmt::format("{}: tensor `{}` has dtype {}; model weights must be F32, BF16 or F16",
+                              loc.file->path(), name, loc.entry->dtype));
+  }
+  for (const std::string& name : set.names()) {
+    if (expected.count(name)) continue;
+    const SafetensorsSet::Located loc = set.find(name);
+    if (ignorable_tensor(c, name, opt)) {
+      spdlog::debug("{}: ignoring tensor `{}`", loc.file->path(), name);
+      continue;
+    }
+    throw Error(fmt::format("{}: unexpected tensor `{}` (not part of the {} model described by {})", loc.file->path(),
+                            name, c.model_type, config_path));
+  }
+}
+
+// Shapes-only views of config c (data pointers into a fake base that is never dereferenced), for inspect().
+ModelWeights shape_views(const ModelConfig& c) {
+  alignas(256) static char base[256];
+  return bind(c, base, DType::F32, Device::CPU);
+}
+
 }  // namespace
 
 std::unique_ptr<Model> Model::load(const std::string& dir, const ModelOptions& opt, Context& ctx) {
   std::unique_ptr<Model> m(new Model());
   m->dir_ = dir;
   m->config_ = ModelConfig::load(dir);
-  const std::string config_path = (fs::path(dir) / "config.json").string();
   m->device_ = ctx.device();
   m->weight_dtype_ = m->device_ == Device::CPU ? DType::F32 : DType::BF16;
   const bool separate_master = opt.training && m->weight_dtype_ != DType::F32;
@@ -163,34 +203,7 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const ModelOptions& o
   m->flat_weights_ = Tensor(m->weights_buf_.data(), m->weight_dtype_, dev, {total});
 
   // Validate the files against the config before reading any data.
-  {
-    std::set<std::string> expected;
-    for (const auto& [name, view] : hf_views(c, m->weights_)) {
-      expected.insert(name);
-      const SafetensorsSet::Located loc = set.find(name);
-      if (!loc.entry)
-        throw Error(fmt::format("{}: tensor `{}` is missing (required by {}: model_type {}, {} layers{})",
-                                set.description(), name, config_path, c.model_type, c.num_layers,
-                                c.tie_word_embeddings ? "" : ", untied embeddings"));
-      std::vector<int64_t> want(view.shape, view.shape + view.ndim);
-      if (loc.entry->shape != want)
-        throw Error(fmt::format("{}: tensor `{}` has shape {} but {} implies {}", loc.file->path(), name,
-                                loc.entry->shape_str(), config_path, dims_str(want)));
-      if (loc.entry->dtype != "F32" && loc.entry->dtype != "BF16" && loc.entry->dtype != "F16")
-        throw Error(fmt::format("{}: tensor `{}` has dtype {}; model weights must be F32, BF16 or F16",
-                                loc.file->path(), name, loc.entry->dtype));
-    }
-    for (const std::string& name : set.names()) {
-      if (expected.count(name)) continue;
-      const SafetensorsSet::Located loc = set.find(name);
-      if (ignorable_tensor(c, name, opt)) {
-        spdlog::debug("{}: ignoring tensor `{}`", loc.file->path(), name);
-        continue;
-      }
-      throw Error(fmt::format("{}: unexpected tensor `{}` (not part of the {} model described by {})", loc.file->path(),
-                              name, c.model_type, config_path));
-    }
-  }
+  validate_files(c, set, opt, dir, m->weights_);
 
   // The other roles; padding between parameters is zero in every buffer.
   ctx.zero(m->flat_weights_);
@@ -255,6 +268,33 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const ModelOptions& o
                m->num_params_ / 1e6, dir, dtype_name(m->weight_dtype_), device_name(dev),
                opt.training ? (separate_master ? ", f32 master and grads" : ", f32 grads") : "");
   return m;
+}
+
+ModelConfig Model::inspect(const std::string& dir, const ModelOptions& opt) {
+  ModelConfig c = ModelConfig::load(dir);
+  const SafetensorsSet set = SafetensorsSet::open_dir(dir);
+  if (opt.sequence_classification && !c.tie_word_embeddings && !set.find("lm_head.weight").entry)
+    c.tie_word_embeddings = true;
+  validate_files(c, set, opt, dir, shape_views(c));
+  return c;
+}
+
+Model::BufferBytes Model::buffer_bytes(const ModelConfig& c, Device device, const ModelOptions& opt) {
+  const DType wdt = device == Device::CPU ? DType::F32 : DType::BF16;
+  BufferBytes b;
+  b.elements = layout_elements(c);
+  const size_t n = static_cast<size_t>(b.elements);
+  b.weights = n * dtype_size(wdt) + rope_inv_freq(c.rope, c.head_dim).size() * 4;
+  if (opt.training && wdt != DType::F32) b.master = n * 4;
+  if (opt.training) b.grads = n * 4;
+  return b;
+}
+
+bool Model::fused_qkv_layout(const ModelConfig& c) {
+  const ModelWeights w = shape_views(c);
+  for (const LayerWeights& l : w.layers)
+    if (!fused_qkv_available(l, c)) return false;
+  return true;
 }
 
 void Model::zero_grads(Context& ctx) {

@@ -44,6 +44,7 @@ const char* file_dtype_str(DType t) {
     case DType::F32: return "F32";
     case DType::BF16: return "BF16";
     case DType::F16: return "F16";
+    case DType::U8: return "U8";
     default: return nullptr;
   }
 }
@@ -381,8 +382,11 @@ void write_safetensors(const std::string& path, const std::vector<SafetensorsWri
   for (const SafetensorsWriteItem* it : sorted) {
     const char* fd = file_dtype_str(it->file_dtype);
     RLCU_CHECK(fd != nullptr, "write_safetensors: cannot store {} as {}", it->name, dtype_name(it->file_dtype));
-    RLCU_CHECK(it->tensor.dtype == DType::F32 || it->tensor.dtype == DType::BF16 || it->tensor.dtype == DType::F16,
-               "write_safetensors: {} has dtype {}", it->name, dtype_name(it->tensor.dtype));
+    const bool is_float = it->tensor.dtype == DType::F32 || it->tensor.dtype == DType::BF16 ||
+                          it->tensor.dtype == DType::F16;
+    RLCU_CHECK(it->tensor.dtype == it->file_dtype || (is_float && it->file_dtype != DType::U8),
+               "write_safetensors: {} has dtype {}, cannot store it as {}", it->name, dtype_name(it->tensor.dtype),
+               dtype_name(it->file_dtype));
     std::vector<int64_t> shape = it->shape;
     if (shape.empty())
       for (int d = 0; d < it->tensor.ndim; ++d) shape.push_back(it->tensor.shape[d]);

@@ -130,40 +130,26 @@ struct Transformer::State {
     return p;
   }
   LayerBuffers& layer(int64_t l, bool shared) { return acts[shared ? 0 : l]; }
+  void plan(ArenaPlan& plan, const ModelConfig& c, const TransformerOptions& opt, bool fused);
 
   // Layer l on x (dense attention over the batch's sequences); full = false stops after gate_up.
   void run_layer(const Model& m, int64_t l, const Tensor& x, const Tensor& x_out, const LayerBuffers& a,
                  const DeviceBatch& b, bool full, Context& ctx);
 };
 
-Transformer::Transformer(Model& model, const TransformerOptions& opt, Context& ctx)
-    : s_(std::make_unique<State>()), model_(model), opt_(opt) {
-  const ModelConfig& c = model.config();
-  RLCU_CHECK(ctx.device() == model.device(), "Transformer: context on {} but model on {}", device_name(ctx.device()),
-             device_name(model.device()));
-  if (opt.max_tokens < 1) throw Error(fmt::format("token budget must be >= 1, got {}", opt.max_tokens));
-  if (opt.training && !model.has_grads())
-    throw Error("training needs a model loaded with gradients (ModelOptions.training)");
-  RLCU_CHECK(opt.act_dtype == DType::F32 || opt.act_dtype == DType::BF16, "activation dtype {}",
-             dtype_name(opt.act_dtype));
+// Requests every buffer of the driver for options `opt` (see the file comment for what each mode keeps).
+void Transformer::State::plan(ArenaPlan& plan, const ModelConfig& c, const TransformerOptions& opt, bool fused) {
   const int64_t Tm = opt.max_tokens, H = c.hidden_size, I = c.intermediate_size, qd = c.q_dim(), kvd = c.kv_dim();
   const int64_t L = c.num_layers;
   const DType ad = opt.act_dtype, f32 = DType::F32, i32 = DType::I32;
   const bool shared_acts = !opt.training || opt.checkpointing;
-  // Fused q/k/v only when every layer has the fused views (in the weights and, for training, the gradients).
-  bool fused = true;
-  for (int64_t l = 0; l < L; ++l) {
-    fused = fused && fused_qkv_available(model.weights().layers[static_cast<size_t>(l)], c);
-    if (opt.training) fused = fused && fused_qkv_available(model.grads().layers[static_cast<size_t>(l)], c);
-  }
-  s_->fused_qkv = fused;
+  fused_qkv = fused;
   const int64_t Wqkv = qd + 2 * kvd;
-  ArenaPlan plan;
-  s_->resid.resize(opt.training ? L + 1 : 2);
+  resid.resize(opt.training ? L + 1 : 2);
   const DType rd = opt.fp32_residual ? f32 : ad;
-  for (Tensor& r : s_->resid) plan.add(r, rd, {Tm, H});
-  s_->acts.resize(shared_acts ? 1 : L);
-  for (LayerBuffers& a : s_->acts) {
+  for (Tensor& r : resid) plan.add(r, rd, {Tm, H});
+  acts.resize(shared_acts ? 1 : L);
+  for (LayerBuffers& a : acts) {
     plan.add(a.rstd1, f32, {Tm});
     plan.add(a.h1, ad, {Tm, H});
     if (fused) {
@@ -185,35 +171,65 @@ Transformer::Transformer(Model& model, const TransformerOptions& opt, Context& c
     plan.add(a.gate_up, ad, {Tm, 2 * I});
     if (!shared_acts) plan.add(a.act, ad, {Tm, I});
   }
-  plan.add(s_->act, ad, {Tm, I});
-  if (fused && !c.qk_norm) plan.add(s_->qkv, ad, {Tm, Wqkv});
-  plan.add(s_->rstd_f, f32, {Tm});
-  plan.add(s_->h_f, ad, {Tm, H});
-  plan.add(s_->lse_head, f32, {Tm});
+  plan.add(act, ad, {Tm, I});
+  if (fused && !c.qk_norm) plan.add(qkv, ad, {Tm, Wqkv});
+  plan.add(rstd_f, f32, {Tm});
+  plan.add(h_f, ad, {Tm, H});
+  plan.add(lse_head, f32, {Tm});
   if (opt.training && opt.save_head_probs) {
-    plan.add(s_->head_probs, ad, {Tm, c.vocab_size});
-    plan.add(s_->head_stats, f32, {Tm, ops::logprob_prob_stats_cols(c.vocab_size)});
+    plan.add(head_probs, ad, {Tm, c.vocab_size});
+    plan.add(head_stats, f32, {Tm, ops::logprob_prob_stats_cols(c.vocab_size)});
   }
   if (opt.training) {
-    plan.add(s_->dres, ad, {Tm, H});
-    plan.add(s_->dh, ad, {Tm, H});
-    plan.add(s_->dgu, ad, {Tm, 2 * I});
-    plan.add(s_->dact, ad, {Tm, I});
-    plan.add(s_->dattn, ad, {Tm, qd});
-    plan.add(s_->dq, ad, {Tm, qd});
-    plan.add(s_->dk, ad, {Tm, kvd});
-    plan.add(s_->dv, ad, {Tm, kvd});
+    plan.add(dres, ad, {Tm, H});
+    plan.add(dh, ad, {Tm, H});
+    plan.add(dgu, ad, {Tm, 2 * I});
+    plan.add(dact, ad, {Tm, I});
+    plan.add(dattn, ad, {Tm, qd});
+    plan.add(dq, ad, {Tm, qd});
+    plan.add(dk, ad, {Tm, kvd});
+    plan.add(dv, ad, {Tm, kvd});
     if (fused) {
-      plan.add(s_->dqkv, ad, {Tm, Wqkv});
+      plan.add(dqkv, ad, {Tm, Wqkv});
     } else if (c.qk_norm) {
-      plan.add(s_->dq_raw, ad, {Tm, qd});
-      plan.add(s_->dk_raw, ad, {Tm, kvd});
+      plan.add(dq_raw, ad, {Tm, qd});
+      plan.add(dk_raw, ad, {Tm, kvd});
     }
   }
-  plan.add(s_->ids, i32, {Tm});
-  plan.add(s_->positions, i32, {Tm});
-  plan.add(s_->targets, i32, {Tm});
-  plan.add(s_->cu_seqlens, i32, {Tm + 1});
+  plan.add(ids, i32, {Tm});
+  plan.add(positions, i32, {Tm});
+  plan.add(targets, i32, {Tm});
+  plan.add(cu_seqlens, i32, {Tm + 1});
+}
+
+size_t Transformer::plan_bytes(const ModelConfig& c, const TransformerOptions& opt, bool fused_qkv) {
+  State s;
+  ArenaPlan plan;
+  s.plan(plan, c, opt, fused_qkv);
+  return plan.bytes();
+}
+
+Transformer::Transformer(Model& model, const TransformerOptions& opt, Context& ctx)
+    : s_(std::make_unique<State>()), model_(model), opt_(opt) {
+  const ModelConfig& c = model.config();
+  RLCU_CHECK(ctx.device() == model.device(), "Transformer: context on {} but model on {}", device_name(ctx.device()),
+             device_name(model.device()));
+  if (opt.max_tokens < 1) throw Error(fmt::format("token budget must be >= 1, got {}", opt.max_tokens));
+  if (opt.training && !model.has_grads())
+    throw Error("training needs a model loaded with gradients (ModelOptions.training)");
+  RLCU_CHECK(opt.act_dtype == DType::F32 || opt.act_dtype == DType::BF16, "activation dtype {}",
+             dtype_name(opt.act_dtype));
+  const int64_t Tm = opt.max_tokens, L = c.num_layers;
+  const DType ad = opt.act_dtype;
+  // Fused q/k/v only when every layer has the fused views (in the weights and, for training, the gradients).
+  bool fused = true;
+  for (int64_t l = 0; l < L; ++l) {
+    fused = fused && fused_qkv_available(model.weights().layers[static_cast<size_t>(l)], c);
+    if (opt.training) fused = fused && fused_qkv_available(model.grads().layers[static_cast<size_t>(l)], c);
+  }
+  s_->fused_qkv = fused;
+  ArenaPlan plan;
+  s_->plan(plan, c, opt, fused);
   try {
     s_->arena = plan.commit(model.device());
   } catch (const Error& e) {

@@ -122,12 +122,21 @@ std::string checkpoint_dir_name(int64_t step) {
 
 void append_training_state(std::vector<SafetensorsWriteItem>& items, std::map<std::string, std::string>& metadata,
                            const Model& model, const AdamW* opt, const std::string& prefix) {
+  const bool q8 = opt && opt->kind() == OptimizerKind::AdamW8bit;
   for (const HfTensor& h : model.hf_tensors()) {
     items.push_back({prefix + "master." + h.name, master_of(h, model), DType::F32, {}});
-    if (opt) {
+    if (opt && !q8) {
       items.push_back({prefix + "exp_avg." + h.name, moment_view(opt->exp_avg(), h), DType::F32, {}});
       items.push_back({prefix + "exp_avg_sq." + h.name, moment_view(opt->exp_avg_sq(), h), DType::F32, {}});
     }
+  }
+  if (q8) {  // the quantisation blocks span tensors: the flat state, as the optimizer holds it
+    items.push_back({prefix + "exp_avg.codes", opt->exp_avg(), DType::U8, {}});
+    items.push_back({prefix + "exp_avg.absmax", opt->exp_avg_absmax(), DType::F32, {}});
+    items.push_back({prefix + "exp_avg_sq.codes", opt->exp_avg_sq(), DType::U8, {}});
+    items.push_back({prefix + "exp_avg_sq.absmax", opt->exp_avg_sq_absmax(), DType::F32, {}});
+    metadata[prefix + "optimizer"] = optimizer_name(opt->kind());
+    metadata[prefix + "optimizer_block_size"] = std::to_string(ops::kAdamw8Block);
   }
   metadata[prefix + "optimizer_steps"] = std::to_string(opt ? opt->steps_done() : 0);
   metadata[prefix + "has_optimizer"] = opt ? "true" : "false";
@@ -348,12 +357,35 @@ void restore_training_state(const CheckpointRead& ck, Model& model, AdamW* opt, 
   if (opt && ck.metadata(prefix + "has_optimizer") != "true")
     throw Error(fmt::format("{}: the checkpoint holds no optimizer state for `{}` (saved without an optimizer)",
                             ck.tensors->path(), prefix.empty() ? "policy" : prefix));
+  if (opt) {
+    // A checkpoint without the entry was written by plain AdamW.
+    const auto it = ck.tensors->metadata().find(prefix + "optimizer");
+    const std::string saved = it == ck.tensors->metadata().end() ? "adamw" : it->second;
+    const std::string want = optimizer_name(opt->kind());
+    if (saved != want)
+      throw Error(fmt::format("{}: the checkpoint's optimizer state is {} but optimizer.name is {}; resume with "
+                              "optimizer.name={} (the moments of one cannot continue the other)",
+                              ck.tensors->path(), saved, want, saved));
+  }
+  const bool q8 = opt && opt->kind() == OptimizerKind::AdamW8bit;
+  if (q8) {
+    const std::string bs = ck.metadata(prefix + "optimizer_block_size");
+    if (bs != std::to_string(ops::kAdamw8Block))
+      throw Error(fmt::format("{}: metadata `{}optimizer_block_size` is {}, this rlcu's 8-bit AdamW uses blocks of {}",
+                              ck.tensors->path(), prefix, bs, ops::kAdamw8Block));
+  }
   for (const HfTensor& h : model.hf_tensors()) {
     ck.restore_tensor(prefix + "master." + h.name, master_of(h, model));
-    if (opt) {
+    if (opt && !q8) {
       ck.restore_tensor(prefix + "exp_avg." + h.name, moment_view(opt->exp_avg(), h));
       ck.restore_tensor(prefix + "exp_avg_sq." + h.name, moment_view(opt->exp_avg_sq(), h));
     }
+  }
+  if (q8) {
+    ck.restore_tensor(prefix + "exp_avg.codes", opt->exp_avg());
+    ck.restore_tensor(prefix + "exp_avg.absmax", opt->exp_avg_absmax());
+    ck.restore_tensor(prefix + "exp_avg_sq.codes", opt->exp_avg_sq());
+    ck.restore_tensor(prefix + "exp_avg_sq.absmax", opt->exp_avg_sq_absmax());
   }
   // A separate BF16 working copy follows from the master exactly as AdamW's write-back rounds it.
   if (model.flat_weights().data != model.flat_master().data) ops::cast(model.flat_weights(), model.flat_master(), ctx);

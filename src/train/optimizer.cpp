@@ -23,19 +23,43 @@ double lr_at(const OptimizerSection& cfg, int64_t step, int64_t total_steps) {
   throw Error(fmt::format("optimizer.lr_schedule: unknown schedule '{}'", cfg.lr_schedule));
 }
 
+OptimizerKind optimizer_kind(const std::string& name) {
+  if (name == "adamw") return OptimizerKind::AdamW;
+  if (name == "adamw_8bit") return OptimizerKind::AdamW8bit;
+  throw Error(fmt::format("optimizer.name: unknown optimizer '{}' (expected adamw or adamw_8bit)", name));
+}
+
+const char* optimizer_name(OptimizerKind k) { return k == OptimizerKind::AdamW8bit ? "adamw_8bit" : "adamw"; }
+
+int64_t optimizer_state_bytes(OptimizerKind k, int64_t n) {
+  if (k == OptimizerKind::AdamW) return 2 * n * static_cast<int64_t>(sizeof(float));
+  const int64_t blocks = (n + ops::kAdamw8Block - 1) / ops::kAdamw8Block;
+  return 2 * (n + blocks * static_cast<int64_t>(sizeof(float)));
+}
+
 AdamW::AdamW(const OptimizerSection& cfg, const Tensor& master, const Tensor& grad, const Tensor& weights,
              Context& ctx)
-    : cfg_(cfg), master_(master), grad_(grad), weights_(weights) {
+    : cfg_(cfg), kind_(optimizer_kind(cfg.name)), master_(master), grad_(grad), weights_(weights) {
   RLCU_CHECK(master.dtype == DType::F32 && grad.dtype == DType::F32, "AdamW needs F32 master weights and grads");
   RLCU_CHECK(master.numel() == grad.numel(), "master {} vs grad {}", master.numel(), grad.numel());
   RLCU_CHECK(weights.empty() || (weights.dtype == DType::BF16 && weights.numel() == master.numel()),
              "AdamW working weights must be BF16 of the master's size");
   const int64_t n = master.numel();
-  m_ = OwnedTensor::make(DType::F32, master.device, {n});
-  v_ = OwnedTensor::make(DType::F32, master.device, {n});
   norm_ = OwnedTensor::make(DType::F32, master.device, {1});
-  ops::fill(m_.t, 0.0f, ctx);
-  ops::fill(v_.t, 0.0f, ctx);
+  if (kind_ == OptimizerKind::AdamW) {
+    m_ = OwnedTensor::make(DType::F32, master.device, {n});
+    v_ = OwnedTensor::make(DType::F32, master.device, {n});
+    ops::fill(m_.t, 0.0f, ctx);
+    ops::fill(v_.t, 0.0f, ctx);
+    return;
+  }
+  // Zero moments: absmax 0 dequantises every code to 0; the codes start as byte 0 (what a save of them writes).
+  const int64_t blocks = (n + ops::kAdamw8Block - 1) / ops::kAdamw8Block;
+  m_ = OwnedTensor::make(DType::U8, master.device, {n});
+  v_ = OwnedTensor::make(DType::U8, master.device, {n});
+  m_absmax_ = OwnedTensor::make(DType::F32, master.device, {blocks});
+  v_absmax_ = OwnedTensor::make(DType::F32, master.device, {blocks});
+  for (const OwnedTensor* t : {&m_, &v_, &m_absmax_, &v_absmax_}) ctx.zero(t->t);
 }
 
 OptimizerStepStats AdamW::step(double lr, Context& ctx) {
@@ -59,8 +83,11 @@ OptimizerStepStats AdamW::step(double lr, Context& ctx) {
   p.weight_decay = static_cast<float>(cfg_.weight_decay);
   p.grad_scale = static_cast<float>(st.clip_scale);
   p.step = step_;
-  ops::adamw_update(master_.view({-1}), m_.t, v_.t, weights_.empty() ? Tensor() : weights_.view({-1}),
-                    grad_.view({-1}), p, ctx);
+  const Tensor w = weights_.empty() ? Tensor() : weights_.view({-1});
+  if (kind_ == OptimizerKind::AdamW)
+    ops::adamw_update(master_.view({-1}), m_.t, v_.t, w, grad_.view({-1}), p, ctx);
+  else
+    ops::adamw8_update(master_.view({-1}), m_.t, m_absmax_.t, v_.t, v_absmax_.t, w, grad_.view({-1}), p, ctx);
   return st;
 }
 

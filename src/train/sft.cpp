@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -32,6 +33,7 @@
 #include "rlcu/checkpoint.h"
 #include "rlcu/config.h"
 #include "rlcu/error.h"
+#include "rlcu/memory_plan.h"
 #include "rlcu/metrics.h"
 #include "rlcu/model.h"
 #include "rlcu/optimizer.h"
@@ -339,6 +341,8 @@ class SftTrainer {
   int64_t start_step_ = 0;
   int64_t last_saved_ = 0;  // the step of the newest checkpoint this run has (0 = none)
   bool updated_ = false;    // the current step's optimizer update is applied
+  MemoryPlan plan_;
+  bool dry_run_done_ = false;
 };
 
 SftTrainer::SftTrainer(const SftArgs& args) : args_(args) {
@@ -355,17 +359,19 @@ SftTrainer::SftTrainer(const SftArgs& args) : args_(args) {
     throw Error(fmt::format("{}: sft.max_seq_tokens = {} exceeds train.micro_batch_tokens = {}: a whole sequence must "
                             "fit in one micro-batch",
                             config_path, max_seq, Tm));
-  RunDirRequest rq;
-  rq.command = "sft";
-  rq.dir = run_dir_;
-  rq.resume = !args.resume.empty();
-  rq.overwrite = args.overwrite;
-  rq.resume_mode = cfg_.run.resume;
-  rundir_ = open_run_dir(rq);
-  inputs_ = {{"model.path", cfg_.model.path},   {"model.tokenizer", cfg_.model.tokenizer},
-             {"model.chat_template_file", cfg_.model.chat_template_file},
-             {"sft.path", sc.path},             {"sft.eval_path", sc.eval_path}};
-  if (rundir_.resuming) verify_run_inputs(run_dir_, inputs_);
+  if (!args.dry_run) {  // a dry run neither creates nor locks the run directory
+    RunDirRequest rq;
+    rq.command = "sft";
+    rq.dir = run_dir_;
+    rq.resume = !args.resume.empty();
+    rq.overwrite = args.overwrite;
+    rq.resume_mode = cfg_.run.resume;
+    rundir_ = open_run_dir(rq);
+    inputs_ = {{"model.path", cfg_.model.path},   {"model.tokenizer", cfg_.model.tokenizer},
+               {"model.chat_template_file", cfg_.model.chat_template_file},
+               {"sft.path", sc.path},             {"sft.eval_path", sc.eval_path}};
+    if (rundir_.resuming) verify_run_inputs(run_dir_, inputs_);
+  }
 
   int dev_index = 0;
   dev_ = parse_device(cfg_.run.device, "run.device", &dev_index);
@@ -418,14 +424,7 @@ SftTrainer::SftTrainer(const SftArgs& args) : args_(args) {
                eval_.size(), schedule_.size(),
                sc.steps > 0 ? fmt::format("sft.steps") : fmt::format("{} epochs", sc.epochs));
 
-  // ---- model and optimizer ---------------------------------------------------------------------------------------
-  ModelOptions mo;
-  mo.training = true;
-  model_ = Model::load(cfg_.model.path, mo, ctx);
-  if (tok_->vocab_size() > model_->config().vocab_size)
-    spdlog::warn("the tokenizer has {} tokens, more than the model's vocabulary of {}", tok_->vocab_size(),
-                 model_->config().vocab_size);
-  const int64_t max_pos = model_->config().max_position_embeddings;
+  const int64_t max_pos = mc.max_position_embeddings;
   if (max_pos > 0 && max_seq > max_pos)
     for (const auto* set : {&train_, &eval_})
       for (const SftExample& ex : *set)
@@ -433,6 +432,32 @@ SftTrainer::SftTrainer(const SftArgs& args) : args_(args) {
           throw Error(fmt::format("SFT record at line {} has {} tokens, more than the model's max_position_embeddings "
                                   "{}; lower sft.max_seq_tokens",
                                   ex.line, ex.ids.size(), max_pos));
+
+  // ---- memory plan: the policy's buffers, its activations and the two per-token rows ----------------------------
+  {
+    MemoryPlanInputs mi;
+    mi.cfg = cfg_;
+    mi.device = dev_;
+    if (dev_ == Device::CUDA) mi.free_bytes = ctx.memory_info().free_bytes;
+    mi.policy = Model::inspect(cfg_.model.path, ModelOptions{});
+    mi.token_rows = 2;  // logp_, dlogp_
+    mi.min_micro_batch_tokens = max_seq;
+    plan_ = plan_memory(mi);
+    if (args.dry_run) {
+      dry_run_done_ = true;
+      return;
+    }
+    check_memory_plan(mi, plan_);
+  }
+
+
+  // ---- model and optimizer ---------------------------------------------------------------------------------------
+  ModelOptions mo;
+  mo.training = true;
+  model_ = Model::load(cfg_.model.path, mo, ctx);
+  if (tok_->vocab_size() > model_->config().vocab_size)
+    spdlog::warn("the tokenizer has {} tokens, more than the model's vocabulary of {}", tok_->vocab_size(),
+                 model_->config().vocab_size);
   TransformerOptions to;
   to.max_tokens = Tm;
   to.act_dtype = default_act_dtype(dev_);
@@ -584,6 +609,11 @@ void SftTrainer::step(int64_t s) {
 }
 
 int SftTrainer::run() {
+  if (dry_run_done_) {
+    fmt::print("{}", plan_.table());
+    std::fflush(stdout);
+    return 0;
+  }
   fs::create_directories(run_dir_);
   write_run_config(run_dir_, config_to_json(cfg_));
   if (!rundir_.resuming) record_run_inputs(run_dir_, inputs_);
@@ -628,6 +658,9 @@ int SftTrainer::run() {
       return sig ? 128 + sig : 0;
     }
   }
+  spdlog::info("memory: peak {} bytes ({:.3f} GiB) of buffers on {}, memory plan {} bytes ({:.3f} GiB)",
+               buffer_bytes_peak(dev_), static_cast<double>(buffer_bytes_peak(dev_)) / (1 << 30), device_name(dev_),
+               plan_.total(), static_cast<double>(plan_.total()) / (1 << 30));
   return 0;
 }
 

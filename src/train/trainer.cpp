@@ -31,7 +31,9 @@
 // the step was partly applied (algorithm.num_iterations > 1, or the critic after the policy). A stop signal that
 // interrupts a step (a reward command being waited for) saves the same way and exits 128 + signal.
 // Memory: every device buffer of a step (the policy's per-token rows, the advantage driver's vectors, the critic's)
-// is allocated at start-up from the sizes the config implies; the step loop allocates no device memory.
+// is allocated at start-up from the sizes the config implies; the step loop allocates no device memory. Before any
+// of it, the memory plan (include/rlcu/memory_plan.h) is computed from the model headers and the data: a plan that
+// does not fit stops the run, `--dry-run` prints it and returns, and the end of a run logs its peak beside it.
 // Determinism: the sampler is keyed by (seed, step, sequence, position), every reduction has a fixed order and the
 // data cursor and optimizer state are checkpointed, so a resumed run reproduces the uninterrupted one bit for bit on
 // the same device.
@@ -42,6 +44,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <optional>
 
@@ -53,6 +56,7 @@
 #include "rlcu/engine.h"
 #include "rlcu/error.h"
 #include "rlcu/eval_run.h"
+#include "rlcu/memory_plan.h"
 #include "rlcu/metrics.h"
 #include "rlcu/model.h"
 #include "rlcu/ops.h"
@@ -129,6 +133,8 @@ class Trainer {
   // set-up, in order
   void load_data(const std::string& config_path);
   void load_eval_data();
+  MemoryPlanInputs memory_inputs() const;
+  engine::EngineOptions engine_options() const;
   void load_models();
   void make_engine();
   void restore();
@@ -189,6 +195,9 @@ class Trainer {
   int64_t steps_done_ = 0;
   int64_t last_saved_ = 0;  // the step of the newest checkpoint this run has (0 = none)
   StepProgress progress_ = StepProgress::Clean;
+  ModelConfig policy_config_;  // Model::inspect of model.path, before loading
+  MemoryPlan plan_;
+  bool dry_run_done_ = false;
 };
 
 Trainer::Trainer(const TrainArgs& args) : args_(args) {
@@ -208,15 +217,17 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
   if (cfg_.data.path.empty()) throw Error(fmt::format("{}: data.path is not set", config_path));
   stop_strings_ = parse_stop_strings(cfg_.rollout.stop);
 
-  RunDirRequest rq;
-  rq.command = "train";
-  rq.dir = run_dir_;
-  rq.resume = !args.resume.empty();
-  rq.overwrite = args.overwrite;
-  rq.resume_mode = cfg_.run.resume;
-  rundir_ = open_run_dir(rq);
-  inputs_ = train_inputs(cfg_, spec_.traits.needs_critic);
-  if (rundir_.resuming) verify_run_inputs(run_dir_, inputs_);
+  if (!args.dry_run) {  // a dry run neither creates nor locks the run directory
+    RunDirRequest rq;
+    rq.command = "train";
+    rq.dir = run_dir_;
+    rq.resume = !args.resume.empty();
+    rq.overwrite = args.overwrite;
+    rq.resume_mode = cfg_.run.resume;
+    rundir_ = open_run_dir(rq);
+    inputs_ = train_inputs(cfg_, spec_.traits.needs_critic);
+    if (rundir_.resuming) verify_run_inputs(run_dir_, inputs_);
+  }
 
   int dev_index = 0;
   dev_ = parse_device(cfg_.run.device, "run.device", &dev_index);
@@ -228,6 +239,23 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
 
   load_data(config_path);
   load_eval_data();
+  // The memory plan, from the model headers and the data, before anything is allocated.
+  policy_config_ = Model::inspect(cfg_.model.path, ModelOptions{});
+  const int64_t longest_seq = longest_prompt_ + cfg_.rollout.max_new_tokens;
+  if (policy_config_.max_position_embeddings > 0 && longest_seq > policy_config_.max_position_embeddings)
+    throw Error(fmt::format("the longest prompt ({} tokens) plus rollout.max_new_tokens ({}) exceeds the model's "
+                            "max_position_embeddings {}",
+                            longest_prompt_, cfg_.rollout.max_new_tokens, policy_config_.max_position_embeddings));
+  const MemoryPlanInputs mi = memory_inputs();
+  plan_ = plan_memory(mi);
+  if (args.dry_run) {
+    validate_reward_section(cfg_.reward);
+    if (cfg_.eval.reward_given) validate_reward_section(cfg_.eval.reward);
+    dry_run_done_ = true;
+    return;
+  }
+  check_memory_plan(mi, plan_);
+
   load_models();
   rewards_ = std::make_unique<RewardSet>(cfg_.reward, &*tok_, *ctx_);
   if (eval_data_ && cfg_.eval.reward_given)
@@ -296,11 +324,6 @@ void Trainer::load_models() {
   if (tok_->vocab_size() > mc.vocab_size)
     spdlog::warn("the tokenizer has {} tokens, more than the model's vocabulary of {}", tok_->vocab_size(),
                  mc.vocab_size);
-  const int64_t longest_seq = longest_prompt_ + cfg_.rollout.max_new_tokens;
-  if (mc.max_position_embeddings > 0 && longest_seq > mc.max_position_embeddings)
-    throw Error(fmt::format("the longest prompt ({} tokens) plus rollout.max_new_tokens ({}) exceeds the model's "
-                            "max_position_embeddings {}",
-                            longest_prompt_, cfg_.rollout.max_new_tokens, mc.max_position_embeddings));
   TransformerOptions to;
   to.max_tokens = cfg_.train.micro_batch_tokens;
   to.act_dtype = default_act_dtype(dev_);
@@ -321,6 +344,7 @@ void Trainer::load_models() {
     co.value_clip = al.value_clip;
     OptimizerSection copt = cfg_.optimizer;
     copt.lr = al.critic_lr;
+    copt.name = "adamw";  // the critic keeps fp32 moments whatever optimizer.name says
     critic_ = std::make_unique<TrainedCritic>(co, copt, ctx);
   }
   const int64_t Tm = cfg_.train.micro_batch_tokens;
@@ -331,11 +355,41 @@ void Trainer::load_models() {
   stats_ = OwnedTensor::make(DType::F32, dev_, {rl::kPolicyStats});
 }
 
-// The rollout engine, which takes its share of the memory that is left.
-void Trainer::make_engine() {
-  const ModelConfig& mc = policy_->config();
-  token_bytes_ = TokenBytesTable::build(*tok_, mc.vocab_size);
-  eos_ids_ = engine::stop_token_ids(mc, &*tok_);
+// What the memory plan is computed from (the policy's config is inspected first).
+MemoryPlanInputs Trainer::memory_inputs() const {
+  MemoryPlanInputs in;
+  in.cfg = cfg_;
+  in.device = dev_;
+  if (dev_ == Device::CUDA) in.free_bytes = ctx_->memory_info().free_bytes;
+  in.policy = policy_config_;
+  in.reference = spec_.use_reference;
+  if (spec_.traits.needs_critic) {
+    in.critic = true;
+    const std::string& init = cfg_.algorithm.critic_init;
+    in.critic_model = init == "policy" ? policy_config_ : Model::inspect(init, ModelOptions{});
+  }
+  if (cfg_.reward.model != 0) {
+    ModelOptions mo;
+    mo.sequence_classification = true;
+    in.reward_model = true;
+    in.reward = Model::inspect(cfg_.reward.model_path, mo);
+  }
+  in.engine = true;
+  in.engine_options = engine_options();
+  // logp_, entropy_, dlogp_, dentropy_, old_, ref_lp_, adv_, w_ (load_models), is_w_, seq_lr_
+  in.token_rows = 8 + (spec_.correction.mode != rl::RolloutCorrection::None ? 1 : 0) +
+                  (spec_.policy_loss == rl::PolicyLossKind::Gspo ? 1 : 0);
+  in.min_micro_batch_tokens = longest_prompt_ + cfg_.rollout.max_new_tokens;
+  if (cfg_.data.max_prompt_tokens > 0)  // the config check asks this much of train.micro_batch_tokens
+    in.min_micro_batch_tokens =
+        std::max(in.min_micro_batch_tokens, cfg_.data.max_prompt_tokens + cfg_.rollout.max_new_tokens);
+  return in;
+}
+
+// The rollout engine's options: sized for the longest prompts of the data (and of eval.data) plus their
+// completion lengths.
+engine::EngineOptions Trainer::engine_options() const {
+  const ModelConfig& mc = policy_config_;
   const int64_t longest_seq = longest_prompt_ + cfg_.rollout.max_new_tokens;
   engine::EngineOptions eo;
   eo.block_size = cfg_.rollout.block_size;
@@ -355,6 +409,18 @@ void Trainer::make_engine() {
   }
   eo.cuda_graphs = cfg_.rollout.cuda_graphs;
   eo.fp32_residual = cfg_.train.fp32_residual;
+  // With run.memory_limit_gib the pool is the plan's, not what the device happens to have free.
+  if (cfg_.run.memory_limit_gib > 0 && plan_.kv_blocks > 0) eo.max_kv_tokens = plan_.kv_blocks * eo.block_size;
+  return eo;
+}
+
+// The rollout engine, which takes its share of the memory that is left.
+void Trainer::make_engine() {
+  const ModelConfig& mc = policy_->config();
+  token_bytes_ = TokenBytesTable::build(*tok_, mc.vocab_size);
+  eos_ids_ = engine::stop_token_ids(mc, &*tok_);
+  const int64_t longest_seq = longest_prompt_ + cfg_.rollout.max_new_tokens;
+  const engine::EngineOptions eo = engine_options();
   try {
     engine_ = std::make_unique<engine::Engine>(*policy_, eo, *ctx_);
   } catch (const Error& e) {
@@ -647,6 +713,11 @@ void Trainer::policy_pass(const rl::RolloutBatch& batch, const std::vector<rl::M
 }
 
 int Trainer::run() {
+  if (dry_run_done_) {
+    fmt::print("{}", plan_.table());
+    std::fflush(stdout);
+    return 0;
+  }
   setup_outputs();
   install_stop_handlers();
   struct Uninstall {
@@ -684,6 +755,9 @@ int Trainer::run() {
       return sig ? 128 + sig : 0;
     }
   }
+  spdlog::info("memory: peak {} bytes ({:.3f} GiB) of buffers on {}, memory plan {} bytes ({:.3f} GiB)",
+               buffer_bytes_peak(dev_), static_cast<double>(buffer_bytes_peak(dev_)) / (1 << 30), device_name(dev_),
+               plan_.total(), static_cast<double>(plan_.total()) / (1 << 30));
   return 0;
 }
 

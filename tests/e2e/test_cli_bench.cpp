@@ -1,5 +1,5 @@
-// `rlcu bench train` end to end on the CPU with a tiny fixture model: runs, prints the table and a JSON line with
-// the measured figures; bad arguments exit 2, a bad model directory exits 1 naming it.
+// `rlcu bench train` end to end on the CPU with a tiny fixture model: runs (also with --optim adamw_8bit), prints the
+// table and a JSON line with the measured figures; bad arguments exit 2, a bad model directory exits 1 naming it.
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
@@ -19,6 +19,12 @@ TEST(CliBench, TrainOnCpuReportsThroughput) {
   EXPECT_EQ(j["micro_batch_seqs"], 2);  // 40-token budget holds two 17-token sequences
   EXPECT_GT(j["tokens_per_s"].get<double>(), 0.0);
   EXPECT_EQ(j["step_seconds"].size(), 2u);
+  EXPECT_EQ(j["optimizer"], "adamw");
+  r = run_cli("bench train --model " + model + " --device cpu --batch 2 --seq-len 9 --steps 1 --warmup 0 "
+              "--optim adamw_8bit");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(nlohmann::json::parse(r.out.substr(r.out.rfind('{')))["optimizer"], "adamw_8bit");
+  EXPECT_EQ(run_cli("bench train --model " + model + " --device cpu --optim sgd").code, 2);
 }
 
 TEST(CliBench, RolloutOnCpuReportsTheBound) {

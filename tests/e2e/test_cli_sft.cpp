@@ -4,7 +4,9 @@
 // sequences through Transformer::forward, next-token targets, completion rows picked from the record's mask);
 // --stop-after + --resume gives a byte-identical final model.safetensors and the same metrics; the final checkpoint
 // loads as a model for `rlcu eval` and `rlcu train`; chat-message records train; bad data names file:line; a run
-// directory that holds a run is refused and --overwrite starts over; a resume refuses changed training data.
+// directory that holds a run is refused and --overwrite starts over; a resume refuses changed training data;
+// --dry-run prints the memory plan, exits 0 and creates no run directory, and its total is within 5% of the peak of
+// the run's buffers; a plan over run.memory_limit_gib stops the run naming the settings that shrink it.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -290,4 +292,38 @@ TEST_F(CliSft, RunDirectoryRefusedOverwrittenAndInputsChecked) {
   write_text(data, text);
   r = run_rlcu("sft --resume " + quote(file("rundir_inputs")));
   EXPECT_EQ(r.code, 0) << r.err;
+}
+
+TEST_F(CliSft, DryRunPrintsThePlanWithinFivePercentOfThePeak) {
+  const std::string run = file("dry");
+  json c = config("dry", 3);
+  c["optimizer"]["name"] = "adamw_8bit";
+  const std::string cfg = write_config("dry.json", c);
+  CmdResult r = run_rlcu("sft " + quote(cfg) + " --dry-run");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_FALSE(std::filesystem::exists(run)) << "a dry run created " << run;
+  for (const char* item : {"memory plan (cpu, per device)", "| policy weights (f32) |", "| optimizer state (adamw_8bit) |",
+                           "| policy activations |", "| saved head softmax |", "| per-token rows |"})
+    EXPECT_NE(r.out.find(item), std::string::npos) << item << "\n" << r.out;
+  EXPECT_EQ(r.out.find("KV pool"), std::string::npos) << "sft has no rollout engine\n" << r.out;
+  const size_t t = r.out.find("| **total** |");
+  ASSERT_NE(t, std::string::npos) << r.out;
+  const size_t b = r.out.find(" bytes |", t);
+  const size_t a = r.out.rfind("| ", b);
+  const long long plan = std::stoll(r.out.substr(a + 2, b - a - 2));
+  r = run_rlcu("sft " + quote(cfg));
+  ASSERT_EQ(r.code, 0) << r.err;
+  const size_t at = r.err.find("memory: peak ");
+  ASSERT_NE(at, std::string::npos) << r.err;
+  const long long peak = std::stoll(r.err.substr(at + 13));
+  EXPECT_NEAR(static_cast<double>(plan), static_cast<double>(peak), 0.05 * peak);
+  r = run_rlcu("sft " + quote(write_config("nofit.json", config("nofit", 3))) + " --set run.memory_limit_gib=0.0001");
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("the memory plan needs"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("optimizer.name=adamw_8bit -> "), std::string::npos) << r.err;
+  if (std::filesystem::exists(file("nofit"))) {
+    for (const auto& e : std::filesystem::directory_iterator(file("nofit"))) {
+      EXPECT_EQ(e.path().filename(), "rlcu.lock") << e.path();
+    }
+  }
 }

@@ -8,12 +8,19 @@
 //     (mean |ratio - 1| ~ 0, no clipping); the checkpoint holds an HF model directory plus trainer state and
 //     reloads;
 //   - a run stopped with --stop-after 2 and resumed to step 4 ends with a model.safetensors (and trainer state)
-//     byte-identical to an uninterrupted 4-step run, for GRPO, PPO, RLOO and REINFORCE++. The reward there is an
+//     byte-identical to an uninterrupted 4-step run, for GRPO, PPO, RLOO and REINFORCE++, and GRPO with
+//     optimizer.name = adamw_8bit (whose resume with adamw is an error naming both). The reward there is an
 //     external /bin/sh command whose value depends on the completion's length, so every step has reward variance
 //     and non-zero gradients;
 //   - a shortened smoke run shows the reward rising (mean of the last 10% of steps over the first 10%); shorter
-//     RLOO and REINFORCE++ smoke runs too (mean of the last third of the steps over the first third);
+//     RLOO, REINFORCE++ and 8-bit AdamW smoke runs too (mean of the last third of the steps over the first third;
+//     the 8-bit run's trainer state is at least 1.6x smaller than plain AdamW's);
 //   - config mistakes (no data.path, unknown algorithm.name) exit 1 with a message naming the key.
+//   - the memory plan: --dry-run prints it (every item of the run), exits 0 and creates no run directory, and each
+//     shrinking setting lowers its total; the plan is within 5% of the measured peak of the run's buffers (GRPO with a
+//     reference model, checkpointing + 8-bit AdamW, PPO with its critic); a plan over run.memory_limit_gib stops the
+//     run before it allocates or writes anything but its lock file, naming the settings that shrink it with their
+//     figures.
 //   - the run directory: a new run refuses a directory that holds a run without touching a file (the message names
 //     --resume and --overwrite), --overwrite starts over, run.resume = auto resumes from a checkpoint and starts fresh
 //     without one; a second process exits 1 naming the holder's pid and host, and a SIGKILLed holder leaves no lock;
@@ -260,12 +267,15 @@ TEST(CliTrain, PpoShortRunWritesMetricsSamplesAndCheckpoint) {
 namespace {
 
 // Uninterrupted 4 steps vs --stop-after 2 then --resume: identical final model, trainer state and step metrics.
-void check_resume(const std::string& algo) {
-  const std::string full = fresh_dir(algo + "_full"), split = fresh_dir(algo + "_split");
-  const json cfg_full = short_config(algo, full, 4);
-  CliResult r = train(write_config(cfg_full, algo + "_full"));
+// `optim` is optimizer.name ("" = the config's default).
+void check_resume(const std::string& algo, const std::string& optim = "") {
+  const std::string tag = algo + (optim.empty() ? "" : "_" + optim);
+  const std::string full = fresh_dir(tag + "_full"), split = fresh_dir(tag + "_split");
+  json cfg_full = short_config(algo, full, 4), cfg_split = short_config(algo, split, 4);
+  if (!optim.empty()) cfg_full["optimizer"]["name"] = cfg_split["optimizer"]["name"] = optim;
+  CliResult r = train(write_config(cfg_full, tag + "_full"));
   ASSERT_EQ(r.code, 0) << r.err;
-  r = train(write_config(short_config(algo, split, 4), algo + "_split") + " --stop-after 2");
+  r = train(write_config(cfg_split, tag + "_split") + " --stop-after 2");
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_TRUE(fs::exists(split + "/checkpoints/step-000002/model.safetensors"));
   EXPECT_FALSE(fs::exists(split + "/checkpoints/step-000004"));
@@ -299,6 +309,20 @@ TEST(CliTrain, PpoResumeIsBitExact) { check_resume("ppo"); }
 TEST(CliTrain, RlooResumeIsBitExact) { check_resume("rloo"); }
 TEST(CliTrain, ReinforcePpResumeIsBitExact) { check_resume("reinforce_pp"); }
 
+// 8-bit AdamW: the quantised moments are checkpointed (U8 codes, F32 absmax per block) and the resume is bit-exact;
+// resuming with plain AdamW is an error naming both optimizers.
+TEST(CliTrain, Adamw8bitResumeIsBitExact) {
+  check_resume("grpo", "adamw_8bit");
+  const std::string split = temp_dir() + "/grpo_adamw_8bit_split";
+  const std::string ts = read_file(split + "/checkpoints/step-000004/trainer_state.safetensors");
+  for (const char* name : {"\"exp_avg.codes\":{\"dtype\":\"U8\"", "\"exp_avg_sq.absmax\":{\"dtype\":\"F32\"",
+                           "\"optimizer\":\"adamw_8bit\""})
+    EXPECT_NE(ts.find(name), std::string::npos) << name;
+  const CliResult r = train("--resume " + split + " --set optimizer.name=adamw --set train.steps=6");
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("optimizer state is adamw_8bit but optimizer.name is adamw"), std::string::npos) << r.err;
+}
+
 // A shortened smoke_cpu run: the reward of the last 10% of steps exceeds that of the first 10%.
 constexpr int kSmokeSteps = 60;
 constexpr double kSmokeLr = 0.01;
@@ -320,6 +344,43 @@ TEST(CliTrain, SmokeRewardRises) {
     last.push_back(m[m.size() - n + i]["reward"].get<double>());
   }
   EXPECT_GE(mean(last) - mean(first), 0.15) << "first " << mean(first) << ", last " << mean(last);
+}
+
+// configs/smoke_8bit_cpu.json shortened to 30 steps like the RLOO smoke test: the mean reward of the last third of
+// the steps exceeds the first third's by 0.1, and its trainer state is at least 1.6x smaller than plain AdamW's (a
+// 1-step run of the same config with optimizer.name = adamw).
+TEST(CliTrain, Adamw8bitSmokeRewardRisesWithASmallerTrainerState) {
+  const std::string dir = fresh_dir("smoke_8bit"), dir32 = fresh_dir("smoke_8bit_vs_adamw");
+  std::ifstream in(std::string(RLCU_SOURCE_DIR) + "/configs/smoke_8bit_cpu.json");
+  json cfg = json::parse(in);
+  ASSERT_EQ(cfg["optimizer"]["name"], "adamw_8bit");
+  cfg["model"]["path"] = kModel;
+  cfg["data"]["path"] = kData;
+  cfg["run"]["output_dir"] = dir;
+  const int steps = 30;
+  cfg["train"]["steps"] = steps;
+  cfg["train"]["log_samples"] = 0;
+  cfg["optimizer"]["lr"] = kSmokeLr;
+  CliResult r = train(write_config(cfg, "smoke_8bit"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  const std::vector<json> m = read_jsonl(dir + "/metrics.jsonl");
+  ASSERT_EQ(m.size(), static_cast<size_t>(steps));
+  const size_t n = m.size() / 3;
+  std::vector<double> first, last;
+  for (size_t i = 0; i < n; ++i) {
+    first.push_back(m[i]["reward"].get<double>());
+    last.push_back(m[m.size() - n + i]["reward"].get<double>());
+  }
+  EXPECT_GE(mean(last) - mean(first), 0.1) << "first " << mean(first) << ", last " << mean(last);
+  cfg["run"]["output_dir"] = dir32;
+  cfg["train"]["steps"] = 1;
+  cfg["optimizer"]["name"] = "adamw";
+  r = train(write_config(cfg, "smoke_8bit_vs_adamw"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  const double q8 = static_cast<double>(
+      fs::file_size(dir + "/checkpoints/step-" + fmt_step(steps) + "/trainer_state.safetensors"));
+  const double f32 = static_cast<double>(fs::file_size(dir32 + "/checkpoints/step-000001/trainer_state.safetensors"));
+  EXPECT_GE(f32 / q8, 1.6) << "adamw " << f32 << " bytes, adamw_8bit " << q8 << " bytes";
 }
 
 namespace {
@@ -450,6 +511,110 @@ TEST(CliTrain, ConfigMistakesExitOneNamingTheKey) {
   EXPECT_EQ(r.code, 1) << r.err;
   EXPECT_NE(r.err.find("algorithm.name"), std::string::npos) << r.err;
   EXPECT_FALSE(fs::exists(dir));  // nothing written before the config is valid
+}
+
+// ---- the memory plan: --dry-run, the plan against the run's peak, a plan that does not fit --------------------------
+
+namespace {
+
+// The bytes of the plan's total row ("| **total** | **G** | N bytes |") in a dry run's output; -1 when absent.
+int64_t plan_total_bytes(const std::string& out) {
+  const size_t t = out.find("| **total** |");
+  if (t == std::string::npos) return -1;
+  const size_t b = out.find(" bytes |", t);
+  const size_t a = out.rfind("| ", b);
+  return std::stoll(out.substr(a + 2, b - a - 2));
+}
+
+}  // namespace
+
+TEST(CliTrainMemory, DryRunPrintsThePlanAndCreatesNoRunDirectory) {
+  const std::string dir = fresh_dir("dry_run");
+  json cfg = smoke_config();
+  cfg["run"]["output_dir"] = dir;
+  cfg["algorithm"]["kl_coef"] = 0.04;
+  const std::string path = write_config(cfg, "dry_run");
+  CliResult r = train(path + " --dry-run");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_FALSE(fs::exists(dir)) << "a dry run created " << dir;
+  for (const char* item : {"memory plan (cpu, per device)", "| policy weights (f32) |", "| policy gradients (f32) |",
+                           "| optimizer state (adamw) |", "| policy activations |", "| saved head softmax |",
+                           "| reference model |", "| per-token rows |", "| rollout engine buffers |", "| KV pool |",
+                           "| **total** |", "| limit | none |"})
+    EXPECT_NE(r.out.find(item), std::string::npos) << item << "\n" << r.out;
+  const int64_t base = plan_total_bytes(r.out);
+  ASSERT_GT(base, 0) << r.out;
+  // Each setting that should shrink the plan does.
+  for (const char* set : {"train.checkpointing=true", "optimizer.name=adamw_8bit", "train.save_head_probs=false",
+                          "train.micro_batch_tokens=1536"}) {
+    r = train(path + " --dry-run --set " + set);
+    ASSERT_EQ(r.code, 0) << set << ": " << r.err;
+    EXPECT_LT(plan_total_bytes(r.out), base) << set << "\n" << r.out;
+  }
+  EXPECT_NE(r.out.find("1536 tokens per micro-batch"), std::string::npos) << r.out;
+  // The checks of a real start still run: a data file that is missing is an error, and still no directory.
+  r = train(path + " --dry-run --set data.path=" + temp_dir() + "/no_such.jsonl");
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_FALSE(fs::exists(dir));
+  // A limit the plan fits is shown as such.
+  r = train(path + " --dry-run --set run.memory_limit_gib=4");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("| limit (run.memory_limit_gib) | 4 | fits |"), std::string::npos) << r.out;
+}
+
+// The plan's total is within 5% of the peak of the run's buffers (CPU Buffers are counted like device ones), for
+// GRPO with a reference model, with and without checkpointing and 8-bit AdamW, and for PPO with its critic.
+TEST(CliTrainMemory, PlanIsWithinFivePercentOfTheMeasuredPeak) {
+  struct Case {
+    const char* tag;
+    std::vector<std::string> sets;
+  };
+  const std::vector<Case> cases = {
+      {"grpo_ref", {"algorithm.kl_coef=0.04"}},
+      {"grpo_ckpt_8bit", {"train.checkpointing=true", "optimizer.name=adamw_8bit"}},
+      {"ppo", {"algorithm.name=ppo", "train.save_head_probs=false"}}};
+  for (const Case& c : cases) {
+    const std::string dir = fresh_dir(std::string("plan_") + c.tag);
+    json cfg = smoke_config();
+    cfg["run"]["output_dir"] = dir;
+    cfg["train"]["steps"] = 2;
+    cfg["train"]["log_samples"] = 0;
+    std::string args = write_config(cfg, std::string("plan_") + c.tag);
+    for (const std::string& s : c.sets) args += " --set " + s;
+    CliResult r = train(args + " --dry-run");
+    ASSERT_EQ(r.code, 0) << c.tag << ": " << r.err;
+    const int64_t plan = plan_total_bytes(r.out);
+    r = train(args);
+    ASSERT_EQ(r.code, 0) << c.tag << ": " << r.err;
+    const size_t at = r.err.find("memory: peak ");
+    ASSERT_NE(at, std::string::npos) << r.err;
+    const int64_t peak = std::stoll(r.err.substr(at + 13));
+    const size_t pp = r.err.find("memory plan ", at);
+    ASSERT_NE(pp, std::string::npos);
+    EXPECT_EQ(std::stoll(r.err.substr(pp + 12)), plan) << c.tag << ": the run's plan differs from the dry run's";
+    std::printf("%s: plan %lld bytes, peak %lld bytes (%.2f%%)\n", c.tag, static_cast<long long>(plan),
+                static_cast<long long>(peak), 100.0 * (plan - peak) / peak);
+    EXPECT_NEAR(static_cast<double>(plan), static_cast<double>(peak), 0.05 * peak) << c.tag;
+  }
+}
+
+TEST(CliTrainMemory, APlanThatDoesNotFitStopsBeforeAllocatingAndNamesTheSettings) {
+  const std::string dir = fresh_dir("no_fit");
+  json cfg = smoke_config();
+  cfg["run"]["output_dir"] = dir;
+  cfg["run"]["memory_limit_gib"] = 0.001;
+  const CliResult r = train(write_config(cfg, "no_fit"));
+  EXPECT_EQ(r.code, 1) << r.err;
+  for (const char* s : {"the memory plan needs", "the limit (run.memory_limit_gib) is 0.00 GiB", "largest: ",
+                        "train.micro_batch_tokens=1032 -> ", "train.checkpointing=true -> ", "optimizer.name=adamw_8bit -> ",
+                        "train.save_head_probs=false -> "})
+    EXPECT_NE(r.err.find(s), std::string::npos) << s << "\n" << r.err;
+  // Nothing but the run's lock file (the directory is opened first, so that a busy one is refused at once).
+  if (fs::exists(dir)) {
+    for (const auto& e : fs::directory_iterator(dir)) {
+      EXPECT_EQ(e.path().filename(), "rlcu.lock") << e.path();
+    }
+  }
 }
 
 // ---- the run directory: refusal, --overwrite, run.resume = auto, the lock, error-exit checkpoints, inputs --------

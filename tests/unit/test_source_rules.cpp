@@ -78,6 +78,7 @@ const std::map<std::string, std::string>& owners() {
       {"metrics.h", "train"},
       {"optimizer.h", "train"},
       {"tensorboard.h", "train"},
+      {"memory_plan.h", "train"},
   };
   return m;
 }
