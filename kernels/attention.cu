@@ -23,7 +23,7 @@
 
 #include "attention_common.cuh"
 #include "attention_select.h"
-#include "ops_cuda.h"
+#include "backends.h"
 
 namespace rlcu::cuda {
 

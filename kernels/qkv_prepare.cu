@@ -40,7 +40,7 @@
 #include <type_traits>
 
 #include "cuda_common.cuh"
-#include "ops_cuda.h"
+#include "backends.h"
 #include "rmsnorm_common.cuh"
 #include "rope_common.cuh"
 
