@@ -202,8 +202,13 @@ class Transformer {
   // Copies a host batch into this driver's I32 staging buffers. Throws rlcu::Error when it exceeds the token
   // budget or holds an id outside the vocabulary.
   DeviceBatch upload(const PackedBatch& batch, Context& ctx);
+  // What a forward is for: a backward follows (training), or only its log-probs are read (scoring with a training
+  // driver, e.g. recomputed old log-probs: the head's softmax is not saved, and no backward may follow).
+  enum class ForwardUse { ForBackward, ScoreOnly };
   // logprob [T] F32 (overwrite); entropy [T] F32 or an empty Tensor. The batch must stay valid until backward.
-  void forward(const Tensor& logprob, const Tensor& entropy, const DeviceBatch& batch, Context& ctx);
+  // The log-probs are the same bits for either use.
+  void forward(const Tensor& logprob, const Tensor& entropy, const DeviceBatch& batch, Context& ctx,
+               ForwardUse use = ForwardUse::ForBackward);
   // Backward of the last forward (training only): dlogprob [T] F32, dentropy [T] F32 or empty. Parameter
   // gradients accumulate into model.grads().
   void backward(const Tensor& dlogprob, const Tensor& dentropy, Context& ctx);

@@ -117,11 +117,11 @@ struct Transformer::State {
   Tensor head_probs_T, head_stats_T;  // the first T rows of head_probs / head_stats, for head_params
 
   Tensor& x_in(int64_t l, bool training) { return resid[training ? l : l % 2]; }
-  // The log-prob head's parameters for T tokens: with the saved softmax when it has a buffer.
-  ops::LogprobParams head_params(float inv_temperature, int64_t T) {
+  // The log-prob head's parameters for T tokens: with the saved softmax when it has a buffer and save is set.
+  ops::LogprobParams head_params(float inv_temperature, int64_t T, bool save = true) {
     ops::LogprobParams p;
     p.inv_temperature = inv_temperature;
-    if (!head_probs.empty()) {
+    if (save && !head_probs.empty()) {
       head_probs_T = rows(head_probs, T);
       head_stats_T = rows(head_stats, T);
       p.probs = &head_probs_T;
@@ -286,7 +286,8 @@ void Transformer::State::run_layer(const Model& m, int64_t l, const Tensor& x, c
                 AttentionSpec::dense(b.cu_seqlens, b.num_seqs, b.max_seqlen), opt, ctx);
 }
 
-void Transformer::forward(const Tensor& logprob, const Tensor& entropy, const DeviceBatch& b, Context& ctx) {
+void Transformer::forward(const Tensor& logprob, const Tensor& entropy, const DeviceBatch& b, Context& ctx,
+                          ForwardUse use) {
   const ModelConfig& c = model_.config();
   const ModelWeights& W = model_.weights();
   const int64_t T = b.num_tokens, L = c.num_layers;
@@ -304,9 +305,9 @@ void Transformer::forward(const Tensor& logprob, const Tensor& entropy, const De
   ops::rmsnorm_fwd(rows(s_->h_f, T), rows(s_->rstd_f, T), rows(s_->x_in(L, opt_.training), T), W.final_norm,
                    static_cast<float>(c.rms_norm_eps), ctx);
   ops::logprob_fwd(logprob, entropy, rows(s_->lse_head, T), rows(s_->h_f, T), W.lm_head, b.targets,
-                   s_->head_params(opt_.inv_temperature, T), ctx);
+                   s_->head_params(opt_.inv_temperature, T, use == ForwardUse::ForBackward), ctx);
   s_->last = b;
-  s_->have_forward = true;
+  s_->have_forward = use == ForwardUse::ForBackward;
 }
 
 void Transformer::backward(const Tensor& dlogprob, const Tensor& dentropy, Context& ctx) {

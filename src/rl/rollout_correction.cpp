@@ -14,7 +14,7 @@ void score_completions(std::vector<float>& per_token, const RolloutBatch& batch,
                logprob_rows.numel(), T);
     const Tensor lp = logprob_rows.slice_rows(0, T);
     const DeviceBatch db = tf.upload(mb.batch, ctx);
-    tf.forward(lp, Tensor(), db, ctx);
+    tf.forward(lp, Tensor(), db, ctx, Transformer::ForwardUse::ScoreOnly);
     ctx.synchronize("scoring: read back");
     scatter_rows(per_token, mb, batch.offsets, to_host_f32(lp));
   }

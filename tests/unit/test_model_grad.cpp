@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <random>
 
 #include "parity/model_test_util.h"
@@ -193,6 +194,29 @@ TEST(ModelForward, PackingDoesNotChangeLogprobs) {
       EXPECT_NEAR(single[t], packed[all.cu_seqlens[s] + t], 1e-6) << "sequence " << s << " token " << t;
     EXPECT_EQ(single.back(), 0.0f);  // no target after the last token
   }
+}
+
+// A training driver's score-only forward (recomputed old log-probs) skips the head's saved softmax but gives the
+// log-probs of a forward for backward bit for bit, and no backward may follow it.
+TEST(ModelForward, ScoreOnlyGivesTheSameBitsAndNoBackward) {
+  Problem p = make_problem("qwen3-tiny", 5);
+  TransformerOptions opt;
+  opt.max_tokens = 32;
+  opt.training = true;
+  opt.save_head_probs = true;
+  Transformer tf(*p.model, opt, Context::cpu());
+  const int64_t T = p.batch.num_tokens();
+  auto lp = OwnedTensor::make(DType::F32, Device::CPU, {T});
+  const DeviceBatch b = tf.upload(p.batch, Context::cpu());
+  tf.forward(lp.t, Tensor(), b, Context::cpu(), Transformer::ForwardUse::ScoreOnly);
+  const std::vector<float> scored = to_host_f32(lp.t);
+  const Tensor d(p.w.data(), DType::F32, Device::CPU, {T});
+  EXPECT_THROW(tf.backward(d, Tensor(), Context::cpu()), Error);
+  tf.forward(lp.t, Tensor(), b, Context::cpu());
+  const std::vector<float> trained = to_host_f32(lp.t);
+  ASSERT_EQ(scored.size(), trained.size());
+  EXPECT_EQ(0, std::memcmp(scored.data(), trained.data(), scored.size() * sizeof(float)));
+  tf.backward(d, Tensor(), Context::cpu());  // a forward for backward allows one
 }
 
 TEST(ModelForward, BatchErrors) {
