@@ -7,7 +7,7 @@
 // only.
 #include "adamw8_common.h"
 #include "cuda_common.cuh"
-#include "ops_cuda.h"
+#include "backends.h"
 
 namespace rlcu::cuda {
 

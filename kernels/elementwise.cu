@@ -9,7 +9,7 @@
 #include <type_traits>
 
 #include "cuda_common.cuh"
-#include "ops_cuda.h"
+#include "backends.h"
 
 namespace rlcu::cuda {
 

@@ -9,7 +9,7 @@
 #include <cub/device/device_radix_sort.cuh>
 
 #include "cuda_common.cuh"
-#include "ops_cuda.h"
+#include "backends.h"
 
 namespace rlcu::cuda {
 

@@ -19,7 +19,7 @@
 #include <unordered_map>
 
 #include "cuda_common.cuh"
-#include "ops_cuda.h"
+#include "backends.h"
 #include "ops_cuda_internal.h"
 
 namespace rlcu::cuda {

@@ -35,7 +35,7 @@
 #include <utility>
 
 #include "cuda_common.cuh"
-#include "ops_cuda.h"
+#include "backends.h"
 #include "ops_cuda_internal.h"
 
 namespace rlcu::cuda {

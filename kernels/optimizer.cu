@@ -12,7 +12,7 @@
 #include <cmath>
 
 #include "cuda_common.cuh"
-#include "ops_cuda.h"
+#include "backends.h"
 
 namespace rlcu::cuda {
 

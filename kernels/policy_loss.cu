@@ -14,11 +14,9 @@
 #include <cmath>
 
 #include "cuda_common.cuh"
-#include "rlcu/rl_ops.h"
+#include "backends.h"
 
 namespace rlcu::cuda {
-#include "rl_op_list.inc"
-
 namespace {
 
 constexpr int kLossThreads = 256;

@@ -10,9 +10,9 @@
 //     the norm, after the rotation), with the same expressions: from_f32(to_f32(x) + to_f32(b)) as bias_add_kernel,
 //     from_f32(to_f32(x) * r * to_f32(w)) as rmsnorm_fwd_kernel;
 //   * the norm's sum of squares follows rmsnorm_fwd_kernel's order exactly: a row of hd elements is split into
-//     16-byte vectors of V elements; with nvec = hd / V, rmsnorm uses G = lanes_per_row(nvec) lanes, lane `sub`
-//     chaining fmaf over its vectors' elements in order (vectors sub, sub + G, ...), then the xor butterfly over G
-//     lanes (offsets G/2 .. 1); rstd = rsqrtf(ss / float(hd) + eps) with hd a runtime value (a constant divisor
+//     16-byte vectors of V elements; with nvec = hd / V, rmsnorm uses G = rmsnorm_lanes_per_row(nvec) lanes (the
+//     layout of rmsnorm_common.cuh), lane `sub` chaining fmaf over its vectors' elements in order (vectors sub,
+//     sub + G, ...), then the xor butterfly over G lanes (offsets G/2 .. 1); rstd = rsqrtf(ss / float(hd) + eps) with hd a runtime value (a constant divisor
 //     could turn into a contracted multiply-add);
 //   * the rotation is rope_rotate_pair (rope_common.cuh), the very helper rope_kernel calls, with the sign passed
 //     at run time as rope_fwd does.
@@ -40,7 +40,8 @@
 #include <type_traits>
 
 #include "cuda_common.cuh"
-#include "ops_cuda.h"
+#include "backends.h"
+#include "rmsnorm_common.cuh"
 #include "rope_common.cuh"
 
 namespace rlcu::cuda {
@@ -228,14 +229,6 @@ __global__ void __launch_bounds__(kWarps * 32) qkv_prepare_generic_kernel(const 
       if (cache != nullptr) cache[c] = buf[c];
     }
   }
-}
-
-// Lanes per row of rmsnorm_fwd's vector path: the power of two (4..32) covering the row's vectors. Must stay equal
-// to lanes_per_row in kernels/rmsnorm.cu.
-int norm_lanes_per_row(int64_t vectors) {
-  int g = 4;
-  while (g < 32 && g < vectors) g <<= 1;
-  return g;
 }
 
 // Calls f(P) for P = 2, 4, 8, 16 (the vector path's lanes per row).
@@ -674,7 +667,7 @@ void qkv_prepare(const Tensor& q_out, const Tensor& k_out, const Tensor& v_out, 
         auto layout = [&](const void* w, int& v, int& g) {
           const bool vec = hd % V == 0 && is_aligned(w, V * sizeof(Wt));
           v = vec ? V : 1;
-          g = vec ? norm_lanes_per_row(hd / V) : 32;
+          g = vec ? rmsnorm_lanes_per_row(hd / V) : 32;
         };
         layout(a.qn, a.vq, a.gq);
         layout(a.kn, a.vk, a.gk);

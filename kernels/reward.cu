@@ -1,4 +1,4 @@
-// CUDA reward ops (include/rlcu/reward.h; per-completion rules in kernels/reward_common.h, shared with the CPU twin
+// CUDA reward ops (include/rlcu/reward_ops.h; per-completion rules in kernels/reward_common.h, shared with the CPU twin
 // kernels/cpu/reward.cpp, so results are bit-identical).
 //   detokenize_offsets: one block per completion sums its tokens' byte lengths (fixed-order block reduction of
 //                       int64), then one block turns the N lengths into the exclusive scan byte_offsets [N+1].
@@ -6,6 +6,7 @@
 //                       token lengths gives each thread its output position, each thread copies its token's bytes.
 //   reward_*:           one thread per completion runs the shared scalar rule over its bytes.
 #include "cuda_common.cuh"
+#include "backends.h"
 #include "reward_common.h"
 
 namespace rlcu::cuda {

@@ -13,7 +13,6 @@
 #include <cstdint>
 
 #include "philox.h"  // RLCU_HD
-#include "rlcu/reward_ops.h"
 
 namespace rlcu::reward_detail {
 
@@ -323,23 +322,3 @@ RLCU_HD float length_value(int64_t n, int64_t L, int64_t C) {
 }
 
 }  // namespace rlcu::reward_detail
-
-// The two implementations of the ops in include/rlcu/reward_ops.h (validated arguments; table views already on the
-// op's device). namespace rlcu::cpu: kernels/cpu/reward.cpp; namespace rlcu::cuda: kernels/reward.cu.
-#define RLCU_REWARD_OP_DECLS                                                                                       \
-  void detokenize_offsets(const Tensor& byte_offsets, const Tensor& ids, const Tensor& id_offsets,                 \
-                          const Tensor& table_bytes, const Tensor& table_offsets, Context& ctx);                   \
-  void detokenize_bytes(const Tensor& bytes, const Tensor& byte_offsets, const Tensor& ids, const Tensor& id_offsets, \
-                        const Tensor& table_bytes, const Tensor& table_offsets, Context& ctx);                     \
-  void reward_math_answer(const Tensor& out, const TextBatch& text, const TextBatch& answers, Context& ctx);         \
-  void reward_exact_match(const Tensor& out, const TextBatch& text, const TextBatch& answers, Context& ctx);         \
-  void reward_contains(const Tensor& out, const TextBatch& text, const TextBatch& needles, Context& ctx);            \
-  void reward_format(const Tensor& out, const TextBatch& text, const TextBatch& tags, Context& ctx);                 \
-  void reward_length(const Tensor& out, const Tensor& id_offsets, const LengthPenalty& p, Context& ctx);
-
-namespace rlcu::cpu {
-RLCU_REWARD_OP_DECLS
-}  // namespace rlcu::cpu
-namespace rlcu::cuda {
-RLCU_REWARD_OP_DECLS
-}  // namespace rlcu::cuda

@@ -8,9 +8,10 @@
 // weight F32 or BF16; rstd F32. dx may alias dout. rmsnorm_bwd_add adds the gradient into dx (dx += ...; one
 // rounding), which fuses the residual-gradient add.
 //
-// Layout: G lanes per row (G = the power of two covering the row's 16-byte vectors, 4..32), so a warp holds 32/G
-// rows and narrow rows (QK-norm, hd = 128 in bf16: 16 lanes) keep every lane busy. When a row has no 16-byte path
-// (odd width, misalignment) a warp takes one row element by element.
+// Layout (kernels/rmsnorm_common.cuh, shared with the fused QK-norm of qkv_prepare.cu): G lanes per row (G = the
+// power of two covering the row's 16-byte vectors, 4..32), so a warp holds 32/G rows and narrow rows (QK-norm,
+// hd = 128 in bf16: 16 lanes) keep every lane busy. When a row has no 16-byte path (odd width, misalignment) a warp
+// takes one row element by element.
 // Backward, vector path with at most 4 vectors per lane (bf16 rows up to 1024 wide, f32 up to 512): one fused
 // kernel keeps the row in registers for dx and adds g x rstd into per-lane column sums across the rows it visits
 // (a grid of at most kFusedBlocks blocks, fixed for a given shape); each block reduces its warps in a fixed order
@@ -21,7 +22,8 @@
 #include <type_traits>
 
 #include "cuda_common.cuh"
-#include "ops_cuda.h"
+#include "backends.h"
+#include "rmsnorm_common.cuh"
 
 namespace rlcu::cuda {
 
@@ -218,13 +220,6 @@ bool vec_ok(int64_t dim, std::initializer_list<const void*> ts, std::initializer
   return true;
 }
 
-// Lanes per row: the power of two (4..32) covering the row's vectors.
-int lanes_per_row(int64_t vectors) {
-  int g = 4;
-  while (g < 32 && g < vectors) g <<= 1;
-  return g;
-}
-
 template <class F>
 void with_lanes(int g, F&& f) {
   switch (g) {
@@ -275,7 +270,7 @@ void rmsnorm_fwd(const Tensor& out, const Tensor& rstd, const Tensor& x, const T
           using W = decltype(tw);
           constexpr int V = vec16<T>();
           if (vec_ok<T, W>(dim, {x.data}, {weight.data}) && is_aligned(out.data, V * sizeof(O))) {
-            with_lanes(lanes_per_row(dim / V), [&](auto g) {
+            with_lanes(rmsnorm_lanes_per_row(dim / V), [&](auto g) {
               constexpr int G = decltype(g)::value;
               const unsigned grid = static_cast<unsigned>(ceil_div(rows, kWarpsPerBlock * (32 / G)));
               rmsnorm_fwd_kernel<T, O, W, V, G><<<grid, kWarpsPerBlock * 32, 0, s>>>(
@@ -321,7 +316,7 @@ void rmsnorm_bwd_impl(const Tensor& dx, const Tensor& dweight, const Tensor& dou
           using W = decltype(tw);
           constexpr int V = vec16<T>();
           const bool vec = vec_ok<T, W>(dim, {dx.data, dout.data}, {weight.data}) && is_aligned(x.data, V * sizeof(X));
-          const int g = lanes_per_row(dim / V);
+          const int g = rmsnorm_lanes_per_row(dim / V);
           const int64_t slots = ceil_div(dim / V, g);
           auto with_acc = [&](auto f) {
             if (acc) f(std::true_type{});

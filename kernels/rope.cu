@@ -9,7 +9,7 @@
 // when hd/2 is a multiple of the vector width. The element math is rope_rotate_pair (rope_common.cuh), shared with
 // the fused qkv_prepare so both round identically.
 #include "cuda_common.cuh"
-#include "ops_cuda.h"
+#include "backends.h"
 #include "rope_common.cuh"
 
 namespace rlcu::cuda {

@@ -18,7 +18,7 @@
 #include <climits>
 
 #include "cuda_common.cuh"
-#include "ops_cuda.h"
+#include "backends.h"
 #include "sample_common.h"
 
 namespace rlcu::cuda {

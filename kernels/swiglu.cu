@@ -6,7 +6,7 @@
 // All tensors F32 or BF16 of one dtype; fp32 math. One thread per V consecutive columns (16-byte accesses when I
 // is a multiple of the vector width). dgate_up may alias gate_up (each thread reads its elements before writing).
 #include "cuda_common.cuh"
-#include "ops_cuda.h"
+#include "backends.h"
 
 namespace rlcu::cuda {
 

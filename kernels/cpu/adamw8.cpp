@@ -7,7 +7,7 @@
 #include <cmath>
 
 #include "adamw8_common.h"
-#include "ops_cpu.h"
+#include "backends.h"
 #include "reference.h"
 
 namespace rlcu::cpu {

@@ -13,7 +13,7 @@
 #include <limits>
 #include <vector>
 
-#include "ops_cpu.h"
+#include "backends.h"
 #include "reference.h"
 
 namespace rlcu::cpu {

@@ -7,7 +7,7 @@
 // inputs, a scale multiplies dy by s).
 #include <cmath>
 
-#include "ops_cpu.h"
+#include "backends.h"
 #include "reference.h"
 
 namespace rlcu::cpu {

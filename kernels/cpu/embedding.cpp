@@ -1,7 +1,7 @@
 // CPU token embedding: out[T,H] = table[ids[t], :] (F32 table, I32 ids).
 // Backward: dtable[V,H] += dout[t,:] at row ids[t] for every t. dtable is a parameter gradient and ACCUMULATES
 // (+=); repeated ids add up, in token order. An id outside [0, V) throws rlcu::Error naming the position.
-#include "ops_cpu.h"
+#include "backends.h"
 #include "reference.h"
 
 namespace rlcu::cpu {

@@ -12,7 +12,7 @@
 #include <algorithm>
 #include <vector>
 
-#include "ops_cpu.h"
+#include "backends.h"
 #include "reference.h"
 
 namespace rlcu::cpu {

@@ -20,7 +20,7 @@
 #include <utility>
 #include <vector>
 
-#include "ops_cpu.h"
+#include "backends.h"
 #include "reference.h"
 
 namespace rlcu::cpu {

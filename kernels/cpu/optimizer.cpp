@@ -10,7 +10,7 @@
 // These ops consume gradients and produce none; master, m and v are optimizer state updated in place.
 #include <cmath>
 
-#include "ops_cpu.h"
+#include "backends.h"
 #include "reference.h"
 
 namespace rlcu::cpu {

@@ -13,11 +13,9 @@
 #include <cmath>
 
 #include "reference.h"
-#include "rlcu/rl_ops.h"
+#include "backends.h"
 
 namespace rlcu::cpu {
-#include "rl_op_list.inc"
-
 namespace {
 
 void need_f32(const char* op, const char* name, const Tensor& t, int64_t n) {

@@ -1,4 +1,4 @@
-// CPU reward ops (include/rlcu/reward.h; per-completion rules in kernels/reward_common.h, shared with
+// CPU reward ops (include/rlcu/reward_ops.h; per-completion rules in kernels/reward_common.h, shared with
 // kernels/reward.cu). Plain loops, one completion after another:
 //   detokenize_offsets: byte_offsets[0] = 0, byte_offsets[i+1] = byte_offsets[i] + sum over the completion's ids v
 //                       of (table_offsets[v+1] - table_offsets[v]) (ids outside [0, V) count 0)
@@ -6,6 +6,7 @@
 //   reward_*:           out[i] = <component>(completion i), F32, overwritten
 #include <cstring>
 
+#include "backends.h"
 #include "reward_common.h"
 
 namespace rlcu::cpu {

@@ -8,7 +8,7 @@
 #include <cmath>
 #include <vector>
 
-#include "ops_cpu.h"
+#include "backends.h"
 #include "reference.h"
 
 namespace rlcu::cpu {

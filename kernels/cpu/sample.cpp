@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "sample_common.h"
-#include "ops_cpu.h"
+#include "backends.h"
 #include "reference.h"
 
 namespace rlcu::cpu {

@@ -5,7 +5,7 @@
 // Computed in double per element.
 #include <cmath>
 
-#include "ops_cpu.h"
+#include "backends.h"
 #include "reference.h"
 
 namespace rlcu::cpu {

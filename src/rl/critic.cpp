@@ -46,7 +46,9 @@ void Critic::forward(const Micro& mb, Context& ctx) {
   const DeviceBatch db = tf_->upload(mb.batch, ctx);
   tf_->forward(rows(lp_.t, T), Tensor(), db, ctx);
   const Tensor w = head_w_.t.empty() ? head_master_.t : head_w_.t;
-  ops::gemm(rows(vals_.t, T).view({T, 1}), tf_->final_hidden(), w.view({1, H}), ops::GemmParams{false, true}, ctx);
+  ops::GemmParams head;  // values = h_f w_v^T
+  head.trans_b = true;
+  ops::gemm(rows(vals_.t, T).view({T, 1}), tf_->final_hidden(), w.view({1, H}), head, ctx);
 }
 
 void Critic::score(RolloutBatch& batch, const std::vector<Micro>& micros, Context& ctx) {
@@ -85,7 +87,10 @@ void Critic::accumulate_gradients(const RolloutBatch& batch, const std::vector<M
     ops::cast(dva, rows(dv_.t, T).view({T, 1}), ctx);
     const Tensor wv = (head_w_.t.empty() ? head_master_.t : head_w_.t).view({1, H});
     // dw_v += dV^T h_f (before the hidden-state gradient buffer is written)
-    ops::gemm(head_grad_.t.view({1, H}), dva, tf_->final_hidden(), ops::GemmParams{true, false, 1.0f, 1.0f}, ctx);
+    ops::GemmParams head_grad;
+    head_grad.trans_a = true;
+    head_grad.beta = 1.0f;
+    ops::gemm(head_grad_.t.view({1, H}), dva, tf_->final_hidden(), head_grad, ctx);
     const Tensor dh = tf_->final_hidden_grad_buffer();
     ops::gemm(dh, dva, wv, ops::GemmParams{}, ctx);
     tf_->backward_hidden(dh, ctx);

@@ -17,9 +17,8 @@
 #include <string>
 #include <vector>
 
-#include "cpu/ops_cpu.h"
+#include "backends.h"
 #include "ops/gpu_test_util.h"
-#include "ops_cuda.h"
 #include "rlcu/cuda_check.h"
 
 namespace rlcu {

@@ -8,8 +8,10 @@
 #include <ctime>
 #include <limits>
 #include <random>
+#include <utility>
 #include <vector>
 
+#include "attention_select.h"
 #include "rlcu/ops.h"
 
 using namespace rlcu;
@@ -313,6 +315,23 @@ TEST(OpsCpu, AttentionMatchesMaskedSoftmax) {
   naive_attention(want, want_lse, q, k, v, cu, T, nq, nkv, hd, p.scale);
   for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(out[i], want[i], 1e-6) << i;
   for (size_t i = 0; i < want_lse.size(); ++i) EXPECT_NEAR(lse[i], want_lse[i], 1e-6) << i;
+}
+
+// The CUDA attention op's path choice (kernels/attention_select.cpp): plain C++, so it is checked here.
+TEST(OpsCpu, AttentionPathSelection) {
+  using cuda::AttentionPath;
+  EXPECT_EQ(cuda::select_attention_path(DType::BF16, 64, true), AttentionPath::Fast);
+  EXPECT_EQ(cuda::select_attention_path(DType::BF16, 128, true), AttentionPath::Fast);
+  EXPECT_EQ(cuda::select_attention_path(DType::BF16, 128, false), AttentionPath::Generic);  // misaligned
+  for (int hd : {1, 32, 63, 65, 96, 127, 129, 256, 512})
+    EXPECT_EQ(cuda::select_attention_path(DType::BF16, hd, true), AttentionPath::Generic) << hd;
+  EXPECT_EQ(cuda::select_attention_path(DType::F32, 64, true), AttentionPath::Generic);
+  EXPECT_EQ(cuda::select_attention_path(DType::F32, 128, true), AttentionPath::Generic);
+  // elements per lane: the smallest of 1, 2, 4, 8, 16 with 32 lanes covering the head dim
+  const std::vector<std::pair<int, int>> per_lane = {{1, 1},   {32, 1},   {33, 2},   {64, 2},   {65, 4},  {128, 4},
+                                                     {129, 8}, {256, 8}, {257, 16}, {512, 16}};
+  for (const auto& [hd, n] : per_lane) EXPECT_EQ(cuda::generic_per_lane(hd), n) << hd;
+  EXPECT_EQ(cuda::kMaxGenericHeadDim, 32 * cuda::generic_per_lane(cuda::kMaxGenericHeadDim));
 }
 
 TEST(OpsCpu, AttentionRejectsBadPacking) {

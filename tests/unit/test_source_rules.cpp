@@ -12,9 +12,14 @@
 //
 // 2. No function in src/ longer than kMaxFunctionLines lines (a body a reader takes in at once). kLongFunctions
 //    lists the ones still waiting to be split; an entry that is no longer long fails too, so the list only shrinks.
+//
+// 3. Matrix-product parameters by name (DESIGN.md, conventions): no positional aggregate initialisation of
+//    ops::GemmParams (`GemmParams{false, true}`, `GemmParams p{true}`, `GemmParams p = {...}`) in src/, kernels/ or
+//    include/; set the fields by name (`p.trans_b = true`) or leave the braces empty.
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cctype>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -330,4 +335,69 @@ TEST(Layering, EverySourceFolderIsAModule) {
     if (e.is_directory()) {
       EXPECT_GE(level(e.path().filename().string()), 0) << e.path() << " is not a module";
     }
+}
+
+namespace {
+
+// The source text with comments and string literals blanked (line breaks kept, so offsets map to the same lines).
+std::string code_only(const std::string& text) {
+  std::string out = text;
+  for (size_t i = 0; i < out.size(); ++i) {
+    if (out[i] == '/' && i + 1 < out.size() && out[i + 1] == '/') {
+      for (; i < out.size() && out[i] != '\n'; ++i) out[i] = ' ';
+    } else if (out[i] == '/' && i + 1 < out.size() && out[i + 1] == '*') {
+      for (; i + 1 < out.size() && !(out[i] == '*' && out[i + 1] == '/'); ++i)
+        if (out[i] != '\n') out[i] = ' ';
+      if (i + 1 < out.size()) out[i] = out[i + 1] = ' ';
+      ++i;
+    } else if (out[i] == '"' || (out[i] == '\'' && !(i > 0 && std::isalnum(static_cast<unsigned char>(out[i - 1]))))) {
+      const char q = out[i];
+      for (++i; i < out.size() && out[i] != q && out[i] != '\n'; ++i) {
+        if (out[i] == '\\' && i + 1 < out.size()) out[i++] = ' ';
+        out[i] = ' ';
+      }
+    }
+  }
+  return out;
+}
+
+// Line numbers (1-based) of positional GemmParams initialisations in `text`: `GemmParams`, an optional variable
+// name and `=`, then braces whose content is not empty and does not start with a designator (`.field`).
+std::vector<int> positional_gemm_params(const std::string& text) {
+  static const std::regex re(R"((\bstruct\s+)?\bGemmParams\s*(\w+\s*)?(=\s*)?\{\s*([^}\s]))");
+  const std::string code = code_only(text);
+  std::vector<int> lines;
+  for (auto it = std::sregex_iterator(code.begin(), code.end(), re); it != std::sregex_iterator(); ++it) {
+    if ((*it)[1].matched || (*it)[4].str() == ".") continue;  // the definition, or designated initialisers
+    lines.push_back(1 + static_cast<int>(std::count(code.begin(), code.begin() + it->position(0), '\n')));
+  }
+  return lines;
+}
+
+}  // namespace
+
+TEST(SourceRules, GemmParamsAreSetByName) {
+  for (const char* dir : {"src", "kernels", "include"})
+    for (const auto& e : fs::recursive_directory_iterator(kRoot / dir)) {
+      if (!e.is_regular_file() || !is_source(e.path())) continue;
+      std::ifstream in(e.path());
+      const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      for (int line : positional_gemm_params(text))
+        ADD_FAILURE() << fs::relative(e.path(), kRoot).string() << ":" << line
+                      << ": positional GemmParams initialisation; set the fields by name (p.trans_b = true)";
+    }
+}
+
+TEST(SourceRules, PositionalGemmParamsAreFound) {
+  EXPECT_EQ(positional_gemm_params("gemm(o, a, b, ops::GemmParams{false, true}, ctx);"), std::vector<int>{1});
+  EXPECT_EQ(positional_gemm_params("x;\nops::GemmParams p{true};"), std::vector<int>{2});
+  EXPECT_EQ(positional_gemm_params("const GemmParams p = {\n  false, true};"), std::vector<int>{1});
+  EXPECT_EQ(positional_gemm_params("GemmParams{\n}"), std::vector<int>{});
+  EXPECT_EQ(positional_gemm_params("ops::GemmParams p;\np.trans_b = true;\ngemm(o, a, b, ops::GemmParams{}, c);"),
+            std::vector<int>{});
+  EXPECT_EQ(positional_gemm_params("GemmParams p{.trans_b = true};"), std::vector<int>{});
+  EXPECT_EQ(positional_gemm_params("// GemmParams{false, true}\nconst char* s = \"GemmParams{1}\";"),
+            std::vector<int>{});
+  EXPECT_EQ(positional_gemm_params("struct GemmParams {\n  bool trans_a = false;\n};"), std::vector<int>{});
+  EXPECT_EQ(positional_gemm_params("void f(const GemmParams& p) {\n  g(p);\n}"), std::vector<int>{});
 }

@@ -1,0 +1,26 @@
+// Argument contracts of the ops (the rows of kernels/op_table.inc with CONTRACT = 1), declared from that table:
+// contract::NAME(args) checks the shapes, dtypes and parameters every backend relies on and throws rlcu::Error
+// naming the op, the argument and what was expected. kernels/dispatch.cpp calls it once, after the device check
+// and before the backend. Definitions by op family: kernels/contract/attention.cpp, advantage.cpp, reward.cpp.
+#pragma once
+
+#include "backends.h"
+
+#define RLCU_CONTRACT_DECL_1(NAME, PARAMS) void NAME(RLCU_EXPAND PARAMS);
+#define RLCU_CONTRACT_DECL_0(NAME, PARAMS)
+#define RLCU_CONTRACT_DECL(NAME, DEVICE, PROFILE, CONTRACT, PARAMS, ARGS, TENSORS) \
+  RLCU_CONTRACT_DECL_##CONTRACT(NAME, PARAMS)
+#define RLCU_TRANSFORMER_OP RLCU_CONTRACT_DECL
+#define RLCU_RL_OP RLCU_CONTRACT_DECL
+#define RLCU_REWARD_OP RLCU_CONTRACT_DECL
+
+namespace rlcu::contract {
+#include "op_table.inc"
+}  // namespace rlcu::contract
+
+#undef RLCU_TRANSFORMER_OP
+#undef RLCU_RL_OP
+#undef RLCU_REWARD_OP
+#undef RLCU_CONTRACT_DECL
+#undef RLCU_CONTRACT_DECL_0
+#undef RLCU_CONTRACT_DECL_1
