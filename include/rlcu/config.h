@@ -134,6 +134,7 @@ std::vector<std::string> parse_stop_strings(const std::string& encoded, const st
 struct RewardSection {
   double math_answer = 1.0;
   double exact_match = 0.0;
+  double countdown = 0.0;
   double contains = 0.0;
   double format = 0.0;
   double length = 0.0;

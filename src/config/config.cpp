@@ -354,6 +354,9 @@ void add_reward(std::vector<FieldSpec>& s) {
                      "1 when the last `\\boxed{}`, else the number after `#### `, else the last number equals the "
                      "answer numerically, else 0"));
   s.push_back(weight("exact_match", &W::exact_match, "1 when the trimmed completion equals the trimmed answer, else 0"));
+  s.push_back(weight("countdown", &W::countdown,
+                     "1 when the completion's expression reaches the target of an answer `n1 n2 ... -> target` "
+                     "using + - * / and each given number at most once, else 0"));
   s.push_back(weight("contains", &W::contains,
                      "1 when the completion contains `reward.contains_text`, or the answer when that is empty"));
   s.push_back(weight("format", &W::format, "1 when the tags of `reward.format_tags` occur in order, else 0"));

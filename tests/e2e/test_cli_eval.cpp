@@ -79,6 +79,7 @@ TEST(EvalMetrics, CorrectnessRule) {
   EXPECT_EQ(correctness_component({"contains", "exact_match"}), "exact_match");
   EXPECT_EQ(correctness_component({"length", "contains"}), "contains");
   EXPECT_EQ(correctness_component({"format", "command"}), "");
+  EXPECT_EQ(correctness_component({"math_answer", "countdown"}), "countdown");
   EXPECT_TRUE(is_correct("math_answer", 1.0, 0.3));
   EXPECT_FALSE(is_correct("math_answer", 0.0, 5.0));
   EXPECT_TRUE(is_correct("", 0.0, 1.0 - 1e-7));
