@@ -100,6 +100,11 @@ struct ExactMatch {
     return rd::exact_match_value(a, x, b, y);
   }
 };
+struct Countdown {
+  __device__ float operator()(const uint8_t* a, rd::Span x, const uint8_t* b, rd::Span y) const {
+    return rd::countdown_value(a, x, b, y);
+  }
+};
 struct Contains {
   __device__ float operator()(const uint8_t* a, rd::Span x, const uint8_t* b, rd::Span y) const {
     return rd::contains_value(a, x, b, y);
@@ -175,6 +180,11 @@ void reward_math_answer(const Tensor& out, const TextBatch& text, const TextBatc
 
 void reward_exact_match(const Tensor& out, const TextBatch& text, const TextBatch& answers, Context& ctx) {
   launch_pairwise(out, text, answers, ctx, ExactMatch{});
+}
+
+// One thread per completion; the expression's stacks (kCountdownMaxStack entries) live in local memory.
+void reward_countdown(const Tensor& out, const TextBatch& text, const TextBatch& answers, Context& ctx) {
+  launch_pairwise(out, text, answers, ctx, Countdown{});
 }
 
 void reward_contains(const Tensor& out, const TextBatch& text, const TextBatch& needles, Context& ctx) {

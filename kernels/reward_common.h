@@ -5,6 +5,7 @@
 //   contains_value(text, needle)      byte substring search
 //   format_value(text, tags, K)       ordered, non-overlapping tag occurrence
 //   length_value(n, L, C)             DAPO overlong penalty
+//   countdown_value(text, answer)     the countdown expression check (parse, number use, exact integer value)
 // All functions read raw byte ranges [b, e) of one buffer, allocate nothing and use only integer arithmetic and
 // single correctly rounded fp64 operations (no expression that a compiler could contract into an FMA), so host and
 // device results are bit-identical. Plain C++ when not compiled by nvcc.
@@ -319,6 +320,203 @@ RLCU_HD float length_value(int64_t n, int64_t L, int64_t C) {
   if (n > L) return -1.0f;
   if (n <= L - C) return 0.0f;
   return static_cast<float>(static_cast<double>(L - C - n) / static_cast<double>(C));
+}
+
+// ---- countdown --------------------------------------------------------------------------------------------------
+constexpr int kCountdownMaxNumbers = 16;              // given numbers in a reference
+constexpr int kCountdownMaxStack = 64;                // pending operators / operands of an expression
+constexpr int64_t kCountdownLimit = 1000000000000000;  // |value| of every intermediate (10^15)
+
+// Reference "n1 n2 ... nk -> target": k in [1, 16] unsigned integers below 10^9 separated by spaces, tabs or
+// commas, `->`, then the target (an optional `-` and digits, below 10^15); whitespace around everything.
+RLCU_HD bool countdown_reference(const uint8_t* s, Span a, int64_t* nums, int* count, int64_t* target) {
+  a = trim(s, a);
+  int64_t i = a.b;
+  *count = 0;
+  for (;;) {
+    while (i < a.e && (is_space(s[i]) || s[i] == ',')) ++i;
+    if (i + 1 < a.e && s[i] == '-' && s[i + 1] == '>') break;
+    if (i >= a.e || !is_digit(s[i]) || *count == kCountdownMaxNumbers) return false;
+    int64_t v = 0;
+    int digits = 0;
+    while (i < a.e && is_digit(s[i])) {
+      if (++digits > 9) return false;
+      v = v * 10 + (s[i++] - '0');
+    }
+    nums[(*count)++] = v;
+  }
+  if (*count == 0) return false;
+  i += 2;
+  while (i < a.e && is_space(s[i])) ++i;
+  bool neg = false;
+  if (i < a.e && s[i] == '-') {
+    neg = true;
+    ++i;
+  }
+  if (i >= a.e || !is_digit(s[i])) return false;
+  int64_t v = 0;
+  int digits = 0;
+  while (i < a.e && is_digit(s[i])) {
+    if (++digits > 15) return false;
+    v = v * 10 + (s[i++] - '0');
+  }
+  if (i != a.e) return false;
+  *target = neg ? -v : v;
+  return true;
+}
+
+// The operator at s[i]: 1 `+`, 2 `-` or U+2212, 3 `*`, U+00D7, `\times` or `\cdot`, 4 `/`, U+00F7 or `\div`;
+// 0 when none. *len receives its byte length.
+RLCU_HD int countdown_operator(const uint8_t* s, int64_t i, int64_t e, int64_t* len) {
+  *len = 1;
+  if (s[i] == '+') return 1;
+  if (s[i] == '-') return 2;
+  if (s[i] == '*') return 3;
+  if (s[i] == '/') return 4;
+  *len = 2;
+  if (has_lit(s, i, e, "\xC3\x97")) return 3;
+  if (has_lit(s, i, e, "\xC3\xB7")) return 4;
+  *len = 3;
+  if (has_lit(s, i, e, "\xE2\x88\x92")) return 2;
+  *len = 6;
+  if (has_lit(s, i, e, "\\times")) return 3;
+  *len = 5;
+  if (has_lit(s, i, e, "\\cdot")) return 3;
+  *len = 4;
+  if (has_lit(s, i, e, "\\div")) return 4;
+  return 0;
+}
+
+// a op b with exact integers: false on division by zero, a division with a remainder or |result| > 10^15.
+RLCU_HD bool countdown_apply(int op, int64_t a, int64_t b, int64_t* out) {
+  const int64_t L = kCountdownLimit;
+  if (op == 1) {
+    *out = a + b;
+  } else if (op == 2) {
+    *out = a - b;
+  } else if (op == 3) {
+    const int64_t ua = a < 0 ? -a : a, ub = b < 0 ? -b : b;
+    if (ua != 0 && ub > L / ua) return false;
+    *out = a * b;
+  } else {
+    if (b == 0 || a % b != 0) return false;
+    *out = a / b;
+  }
+  return *out <= L && *out >= -L;
+}
+
+// Pops one operator and its two operands and pushes the result.
+RLCU_HD bool countdown_reduce(int* ops, int* nops, int64_t* vals, int* nvals) {
+  if (*nops == 0 || *nvals < 2 || ops[*nops - 1] == 0) return false;
+  const int op = ops[--*nops];
+  const int64_t b = vals[--*nvals], a = vals[*nvals - 1];
+  return countdown_apply(op, a, b, &vals[*nvals - 1]);
+}
+
+// Evaluates the expression s[x.b, x.e) (unsigned integers, + - * / in their usual precedence, left to right, and
+// parentheses; whitespace anywhere) with every integer literal taken from `nums` (each at most once: `used` marks
+// them). Shunting-yard with fixed stacks (no recursion on the device). False when it does not parse or any step
+// fails (countdown_apply).
+RLCU_HD bool countdown_eval(const uint8_t* s, Span x, const int64_t* nums, int count, int64_t* value) {
+  bool used[kCountdownMaxNumbers] = {};
+  int ops[kCountdownMaxStack];  // 0 = `(`, else countdown_operator's code
+  int64_t vals[kCountdownMaxStack];
+  int nops = 0, nvals = 0;
+  bool want_operand = true;
+  int64_t i = x.b;
+  while (i < x.e) {
+    const uint8_t c = s[i];
+    int64_t len = 0;
+    if (is_space(c)) {
+      ++i;
+    } else if (is_digit(c)) {
+      if (!want_operand || nvals == kCountdownMaxStack) return false;
+      int64_t v = 0;
+      int digits = 0;
+      while (i < x.e && is_digit(s[i])) {
+        if (++digits > 9) return false;
+        v = v * 10 + (s[i++] - '0');
+      }
+      int k = 0;
+      while (k < count && (used[k] || nums[k] != v)) ++k;
+      if (k == count) return false;  // not a given number, or all its copies are used
+      used[k] = true;
+      vals[nvals++] = v;
+      want_operand = false;
+    } else if (c == '(') {
+      if (!want_operand || nops == kCountdownMaxStack) return false;
+      ops[nops++] = 0;
+      ++i;
+    } else if (c == ')') {
+      if (want_operand) return false;
+      while (nops > 0 && ops[nops - 1] != 0)
+        if (!countdown_reduce(ops, &nops, vals, &nvals)) return false;
+      if (nops == 0) return false;
+      --nops;
+      ++i;
+    } else {
+      const int op = countdown_operator(s, i, x.e, &len);
+      if (op == 0 || want_operand) return false;
+      const int prec = op >= 3 ? 2 : 1;
+      while (nops > 0 && ops[nops - 1] != 0 && (ops[nops - 1] >= 3 ? 2 : 1) >= prec)
+        if (!countdown_reduce(ops, &nops, vals, &nvals)) return false;
+      if (nops == kCountdownMaxStack) return false;
+      ops[nops++] = op;
+      want_operand = true;
+      i += len;
+    }
+  }
+  if (want_operand) return false;
+  while (nops > 0)
+    if (!countdown_reduce(ops, &nops, vals, &nvals)) return false;
+  if (nvals != 1) return false;
+  *value = vals[0];
+  return true;
+}
+
+// The expression of a countdown completion: the content of the last balanced `\boxed{...}` when it holds an operator
+// (up to a `=` in it), else the text before the first `=` of the last line that has one; trimmed. {-1, -1} if none.
+RLCU_HD Span countdown_candidate(const uint8_t* s, Span t) {
+  for (int64_t p = find_last_lit(s, t.b, t.e, "\\boxed{"); p >= 0; p = find_last_lit(s, t.b, p, "\\boxed{")) {
+    const int64_t open = p + 7;
+    int depth = 1;
+    int64_t close = -1;
+    for (int64_t j = open; j < t.e && close < 0; ++j) {
+      if (s[j] == '{') ++depth;
+      if (s[j] == '}' && --depth == 0) close = j;
+    }
+    if (close < 0) continue;
+    int64_t end = close;
+    bool has_op = false;
+    for (int64_t j = open; j < close; ++j) {
+      int64_t len = 0;
+      if (s[j] == '=') {
+        end = j;
+        break;
+      }
+      if (countdown_operator(s, j, close, &len) != 0) has_op = true;
+    }
+    if (has_op) return trim(s, Span{open, end});
+    break;
+  }
+  for (int64_t line_end = t.e; line_end > t.b;) {
+    int64_t line_begin = line_end;
+    while (line_begin > t.b && s[line_begin - 1] != '\n') --line_begin;
+    for (int64_t j = line_begin; j < line_end; ++j)
+      if (s[j] == '=') return trim(s, Span{line_begin, j});
+    line_end = line_begin - 1;
+  }
+  return Span{-1, -1};
+}
+
+RLCU_HD float countdown_value(const uint8_t* text, Span t, const uint8_t* ans, Span a) {
+  int64_t nums[kCountdownMaxNumbers];
+  int count = 0;
+  int64_t target = 0, value = 0;
+  if (!countdown_reference(ans, a, nums, &count, &target)) return 0.0f;
+  const Span c = countdown_candidate(text, t);
+  if (c.b < 0 || c.b >= c.e) return 0.0f;
+  return countdown_eval(text, c, nums, count, &value) && value == target ? 1.0f : 0.0f;
 }
 
 }  // namespace rlcu::reward_detail

@@ -7,7 +7,8 @@ Columns:
   final reward    mean of `reward` over the last tenth of the steps that have it (at least one step)
   eval accuracy   the last `eval/accuracy` of the run; blank when it has none
   eval loss       the last `eval_loss` (SFT held-out loss); the column appears when some run has it
-  tokens/s        median of `tokens_per_s/step` (`rlcu train`), or of `tokens_per_s` (`rlcu sft`)
+  tokens/s        median of `tokens_per_s/step` (`rlcu train`), or of `tokens_per_s/train` (`rlcu sft`;
+                  `tokens_per_s` in runs of earlier rlcu versions)
   wall time (s)   sum of `time/step_s`
 A value a run does not have is left blank. Lines of metrics.jsonl that are not JSON (a torn last line) are skipped.
 
@@ -83,7 +84,7 @@ def summarize(records):
         v = values(records, key)
         if v:
             out[col] = v[-1]
-    tps = values(records, "tokens_per_s/step") or values(records, "tokens_per_s")
+    tps = values(records, "tokens_per_s/step") or values(records, "tokens_per_s/train") or values(records, "tokens_per_s")
     if tps:
         out["tokens/s"] = statistics.median(tps)
     steps = values(records, "time/step_s")

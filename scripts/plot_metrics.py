@@ -17,7 +17,7 @@ from a record (or null / not a number) is skipped for that step, and a group non
   completion_length.png  completions/mean_length and the other completions/*length* keys
   grad_norm.png          grad_norm
   loss.png               loss, policy_loss, value_loss as lines; eval_loss (SFT held-out loss) as points
-  lr.png                 lr
+  lr.png                 learning_rate (`lr` in runs of earlier rlcu versions)
   timing.png             every key starting with time/ (seconds)
   throughput.png         every key starting with tokens_per_s (and throughput/*)
 
@@ -122,7 +122,7 @@ def groups(keys):
          [k for k in ("completions/mean_length",) if k in keys] +
          [k for k in ks if k.startswith("completions/") and "length" in k and k != "completions/mean_length"]),
         ("grad_norm", "grad norm", [k for k in ("grad_norm",) if k in keys]),
-        ("lr", "learning rate", [k for k in ("lr",) if k in keys]),
+        ("lr", "learning rate", [k for k in ("learning_rate", "lr") if k in keys]),
         ("timing", "time per step (s)", [k for k in ks if k.startswith("time/")]),
         ("throughput", "throughput", [k for k in ks if k.startswith("tokens_per_s") or k.startswith("throughput/")]),
     ]

@@ -19,7 +19,7 @@ namespace rlcu {
 struct RunSection {
   int64_t seed = 0;                      // one seed for every random choice of the run
   std::string output_dir = "runs/rlcu";  // where a run writes its outputs
-  std::string device = "cuda";           // cpu | cuda | cuda:N
+  std::string device = "auto";           // auto | cpu | cuda | cuda:N
   int64_t save_every = 0;                // checkpoint every N steps; 0 = only at the end
   int64_t keep_checkpoints = 0;          // keep the newest N checkpoints; 0 = all
   bool tensorboard = true;               // also write TensorBoard event files next to metrics.jsonl
@@ -136,6 +136,7 @@ std::vector<std::string> parse_stop_strings(const std::string& encoded, const st
 struct RewardSection {
   double math_answer = 1.0;
   double exact_match = 0.0;
+  double countdown = 0.0;
   double contains = 0.0;
   double format = 0.0;
   double length = 0.0;
@@ -199,6 +200,9 @@ struct FieldSpec {
   double min = -1e300, max = 1e300;  // inclusive range for Int/Float
   bool min_exclusive = false;
   std::vector<std::string> choices;  // Enum
+  // A file or directory path: a relative value is made absolute against the config file's directory (from the
+  // file) or the current directory (from --set) when the config is loaded from a file.
+  bool is_path = false;
   // Extra validation for String fields: returns "" when valid, else what was expected.
   std::function<std::string(const std::string&)> check;
   std::function<nlohmann::json(const RunConfig&)> get;
@@ -210,8 +214,11 @@ const std::vector<FieldSpec>& config_schema();
 
 // Parses `text` (named `source` in messages), applies overrides ("a.b.c=value"; value parsed as JSON when it is
 // valid JSON, else taken as a string), validates and returns the config. Throws rlcu::Error.
+// With `base_dir` set, path keys (FieldSpec::is_path) become absolute: the file's relative values against
+// `base_dir`, the overrides' against the current directory, run.output_dir's default against the current directory.
 RunConfig parse_config(const std::string& text, const std::string& source,
-                       const std::vector<std::string>& overrides = {});
+                       const std::vector<std::string>& overrides = {}, const std::string& base_dir = "");
+// parse_config of the file at `path` with base_dir = the file's directory.
 RunConfig load_config(const std::string& path, const std::vector<std::string>& overrides = {});
 // The config of a training command (`rlcu train`, `rlcu sft`): `config` with the overrides, plus run.device = device
 // when set and, when resuming, run.output_dir = resume; with resume and no config file, RESUME/config.json (the

@@ -96,7 +96,10 @@ int cuda_runtime_version();
 int cuda_driver_version();  // 0 when there is no driver
 std::vector<GpuInfo> cuda_devices();
 
-// Parses "cpu", "cuda" or "cuda:N" (N >= 0). Throws UsageError naming `what` otherwise.
+// Parses "auto" (the first CUDA device when there is one, else the CPU), "cpu", "cuda" or "cuda:N" (N >= 0).
+// Throws UsageError naming `what` otherwise.
 Device parse_device(const std::string& s, const std::string& what, int* index = nullptr);
+// The log line of the device a command runs on: "device cpu (auto: no CUDA device found)", "device cuda:0".
+std::string device_note(const std::string& requested, Device d, int index);
 
 }  // namespace rlcu

@@ -95,10 +95,14 @@ struct StepSummary {
   std::optional<double> tokens_per_s;
   double step_seconds = 0;
   std::vector<std::pair<std::string, double>> phases;  // ("rollout", seconds), ("train", seconds), ...
+  std::optional<double> eta_seconds;                   // time left for the remaining steps
 };
 
+// "42 s", "3m07s", "2h05m": a duration for people.
+std::string format_duration(double seconds);
+
 // "step 12/100 | reward 0.4125 | kl 0.001234 | entropy 0.5321 | grad_norm 1.234 | lr 1.00e-06 | 1234 tok/s |
-//  3.21 s (rollout 2.10 s, reward 0.01 s, train 1.10 s)" (one line)
+//  3.21 s (rollout 2.10 s, reward 0.01 s, train 1.10 s) | ETA 5m20s" (one line)
 std::string format_step_line(const StepSummary& s);
 
 }  // namespace rlcu

@@ -2,7 +2,7 @@
 //
 //   total[i] = sum over enabled components c of weight_c * value_c[i]          (weight 0 = component off)
 //
-// The rule-based components (math_answer, exact_match, contains, format, length) are the reward ops of
+// The rule-based components (math_answer, exact_match, countdown, contains, format, length) are the reward ops of
 // rlcu/reward_ops.h, whose header gives their rules; the others are
 //   command      an external program (see RewardCommand);
 //   model        a sequence-classification reward model (see RewardModel).
@@ -98,7 +98,7 @@ struct RewardResult {
   std::map<std::string, std::vector<float>> components;    // name -> [N], enabled components only (unweighted)
 };
 
-// Names in evaluation order: math_answer, exact_match, contains, format, length, command, model.
+// Names in evaluation order: math_answer, exact_match, countdown, contains, format, length, command, model.
 const std::vector<std::string>& reward_component_names();
 
 // Throws rlcu::Error naming the `reward.*` key when an enabled component lacks a parameter or a parameter is out of

@@ -29,6 +29,18 @@
 //                The needle is reward.contains_text, or the trimmed answer when that is empty.
 //   format       1 if the tags t_1..t_K occur in this order without overlapping (t_{j+1} starts at or after the
 //                end of the earliest match of t_j found after t_{j-1}), else 0; K = 0 gives 1.
+//   countdown    1 if the completion's expression reaches the target with the given numbers, else 0.
+//     Reference (the answer field): "n1 n2 ... nk -> target", k in [1, 16] unsigned integers below 10^9 separated by
+//     spaces, tabs or commas, then `->` and the target (optionally negative, |target| < 10^15). A malformed
+//     reference scores 0.
+//     Expression: the content of the last balanced `\boxed{...}` when it holds an operator (cut at a `=` in it),
+//     else the text before the first `=` on the last line that has one (`3*5+7=22 \boxed{22}`); trimmed.
+//     It may hold unsigned integer literals, `+`, `-` (also U+2212), `*` (also U+00D7, `\times`, `\cdot`), `/`
+//     (also U+00F7, `\div`), parentheses and whitespace, nothing else (no unary minus, no decimals). Each literal
+//     must be one of the given numbers, each given number used at most once (a number given twice may be used
+//     twice). Usual precedence, left to right; integer arithmetic where every intermediate result is exact: a
+//     division with a remainder, a division by zero or an |intermediate| above 10^15 scores 0. 1 when the value
+//     equals the target.
 //   length       DAPO overlong penalty from the completion length in TOKENS n, max_len L, buffer C:
 //                0 if n <= L - C;  (L - C - n) / C if L - C < n <= L (fp64, rounded to F32);  -1 if n > L.
 //
@@ -63,6 +75,8 @@ void detokenize_bytes(const Tensor& bytes, const Tensor& byte_offsets, const Ten
 
 void reward_math_answer(const Tensor& out, const TextBatch& text, const TextBatch& answers, Context& ctx);
 void reward_exact_match(const Tensor& out, const TextBatch& text, const TextBatch& answers, Context& ctx);
+// answers: the countdown references "n1 n2 ... -> target".
+void reward_countdown(const Tensor& out, const TextBatch& text, const TextBatch& answers, Context& ctx);
 // needles: one per completion (N entries).
 void reward_contains(const Tensor& out, const TextBatch& text, const TextBatch& needles, Context& ctx);
 // tags: K entries shared by every completion.

@@ -5,16 +5,16 @@
 //               2: a, b in [0,99], results may be negative; 3: three operands in [0,99] with + - *;
 //               d >= 4: min(d-1, 5) operands in [0, 10^min(d-2, 3)) with + - *. Usual precedence (* first).
 //               SFT completion: the steps, products first, then left to right: "12*3=36, 36-45=-9 \boxed{-9}".
-//   countdown   "Use 3 5 7 to make 22" -> "22". The numbers (d1: 3 in [1,9]; d2: 4 in [1,9]; d3: 4 in [1,25];
-//               d4: 5 in [1,25]; d >= 5: 6 in [1,50]) are combined pairwise in a random order with + - * (and exact
-//               division from d4) keeping every intermediate a positive integer; the target is the result (<= 1000).
-//               The record's answer is the target, and it also carries "numbers", "target" and "solution" (one
-//               expression using every number once). SFT completion: "3*5+7=22 \boxed{22}".
-//               Checking: a number-comparing reward (math_answer) only checks the boxed target, which the prompt
-//               states; a faithful reward must also check the expression: countdown_expression(completion) takes
-//               the text before the first '=' of the completion's last line containing one, and
-//               check_countdown(expr, numbers, target) evaluates it (integers, + - * / and parentheses, exact
-//               division only) and requires it to use exactly the given numbers, each once.
+//   countdown   "Use 3 5 7 to make 22" -> "3 5 7 -> 22". The numbers (d1: 3 in [1,9]; d2: 4 in [1,9]; d3: 4 in
+//               [1,25]; d4: 5 in [1,25]; d >= 5: 6 in [1,50]) are combined pairwise in a random order with + - * (and
+//               exact division from d4) keeping every intermediate a positive integer; the target is the result
+//               (<= 1000). The record's answer is "NUMBERS -> TARGET", the reference of the `countdown` reward
+//               (include/rlcu/reward_ops.h), so that the reward checks the expression, not only a boxed target the
+//               prompt states; the record also carries "numbers", "target" and "solution" (one expression using every
+//               number once). SFT completion: "3*5+7=22 \boxed{22}".
+//               countdown_expression(completion) takes the text before the first '=' of the completion's last line
+//               containing one, and check_countdown(expr, numbers, target) evaluates it (integers, + - * / and
+//               parentheses, exact division only) and requires it to use exactly the given numbers, each once.
 //   linear      "3x+5=20, x=" -> "5": a*x+b=c or a*x-b=c with x in [0,9] (d1: a in [2,5], b in [0,9]; larger
 //               ranges and negative x with higher difficulty). SFT completion: "3x=15, x=5 \boxed{5}".
 //

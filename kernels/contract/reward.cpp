@@ -55,6 +55,7 @@ void detokenize_bytes(const Tensor& bytes, const Tensor& byte_offsets, const Ten
 
 RLCU_REWARD_PAIRWISE(reward_math_answer, answers)
 RLCU_REWARD_PAIRWISE(reward_exact_match, answers)
+RLCU_REWARD_PAIRWISE(reward_countdown, answers)
 RLCU_REWARD_PAIRWISE(reward_contains, needles)
 #undef RLCU_REWARD_PAIRWISE
 

@@ -91,6 +91,10 @@ void reward_exact_match(const Tensor& out, const TextBatch& text, const TextBatc
   pairwise(out, text, answers, "reward_exact_match", rd::exact_match_value);
 }
 
+void reward_countdown(const Tensor& out, const TextBatch& text, const TextBatch& answers, Context& ctx) {
+  pairwise(out, text, answers, "reward_countdown", rd::countdown_value);
+}
+
 void reward_contains(const Tensor& out, const TextBatch& text, const TextBatch& needles, Context& ctx) {
   pairwise(out, text, needles, "reward_contains", rd::contains_value);
 }

@@ -36,7 +36,7 @@ struct BenchTrainArgs {
   bool recompute_head = false;
   int steps = 3;
   int warmup = 1;
-  std::string device = "cuda";
+  std::string device = "auto";
   uint64_t seed = 0;
   bool profile = false;
   std::string optim = "adamw";
@@ -58,6 +58,7 @@ double bf16_peak_tflops(const std::string& name) {
 int run_bench_train(const BenchTrainArgs& a) {
   int dev_index = 0;
   const Device dev = parse_device(a.device, "--device", &dev_index);
+  spdlog::info("{}", device_note(a.device, dev, dev_index));
   if (a.batch < 1 || a.seq_len < 2) throw UsageError("--batch must be >= 1 and --seq-len >= 2");
   std::unique_ptr<Context> cuda_ctx;
   if (dev == Device::CUDA) cuda_ctx = Context::cuda(dev_index);
@@ -211,7 +212,7 @@ void add_bench_command(CLI::App& app, Action& action) {
                   "(train.save_head_probs = false)");
   train->add_option("--steps", a.steps, "Timed steps (the median is reported)")->capture_default_str();
   train->add_option("--warmup", a.warmup, "Untimed warm-up steps")->capture_default_str();
-  train->add_option("--device", a.device, "cpu, cuda or cuda:N")->capture_default_str();
+  train->add_option("--device", a.device, "auto, cpu, cuda or cuda:N")->capture_default_str();
   train->add_option("--seed", a.seed, "Seed of the random tokens")->capture_default_str();
   train->add_option("--optim", a.optim, "Optimizer: adamw (fp32 moments) or adamw_8bit (8-bit blockwise moments)")
       ->check(CLI::IsMember({"adamw", "adamw_8bit"}))

@@ -38,7 +38,7 @@ struct BenchRolloutArgs {
   int prompt_len = 128;
   int new_tokens = 256;
   int repeats = 3;
-  std::string device = "cuda";
+  std::string device = "auto";
   uint64_t seed = 0;
   int64_t max_batch = 256;
   double kv_fraction = 0.9;
@@ -309,6 +309,7 @@ int run_bench_rollout(const BenchRolloutArgs& a) {
     throw UsageError("--prompts, --samples, --prompt-len, --new-tokens and --repeats must be >= 1");
   int dev_index = 0;
   const Device dev = parse_device(a.device, "--device", &dev_index);
+  spdlog::info("{}", device_note(a.device, dev, dev_index));
   std::unique_ptr<Context> cuda_ctx;
   if (dev == Device::CUDA) cuda_ctx = Context::cuda(dev_index);
   Context& ctx = dev == Device::CUDA ? *cuda_ctx : Context::cpu();
@@ -355,12 +356,12 @@ void add_bench_rollout_command(CLI::App* bench, Action& action) {
   cmd->add_option("--new-tokens", a.new_tokens, "Tokens generated per sample")->capture_default_str();
   cmd->add_option("--repeats", a.repeats, "Timed runs (the median is reported) after one warm-up run")
       ->capture_default_str();
-  cmd->add_option("--device", a.device, "cpu, cuda or cuda:N")->capture_default_str();
+  cmd->add_option("--device", a.device, "auto, cpu, cuda or cuda:N")->capture_default_str();
   cmd->add_option("--seed", a.seed, "Seed of the random prompts and the sampler")->capture_default_str();
   cmd->add_option("--max-batch", a.max_batch, "Sequences decoded together at most")->capture_default_str();
   cmd->add_option("--kv-fraction", a.kv_fraction, "CUDA: share of free memory for the KV cache")
       ->capture_default_str()
-      ->check(CLI::Range(0.01, 1.0));
+      ->check(float_range(0.01, 1.0));
   cmd->add_flag("--no-graphs", a.no_graphs, "Launch decode steps eagerly instead of replaying CUDA graphs");
   cmd->add_flag("--bf16-residual", a.bf16_residual,
                 "Keep the residual stream in bf16 in the engine and the scoring forward (default: F32)");

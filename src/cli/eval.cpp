@@ -1,11 +1,11 @@
-// `rlcu eval --model DIR --data FILE.jsonl [--reward NAME[=WEIGHT]]... [--set reward.KEY=VALUE]... [--n K]
+// `rlcu eval --model DIR --data FILE.jsonl [--reward NAME[=WEIGHT]]... [--set reward.KEY=VALUE | data.KEY=VALUE]... [--n K]
 //   [--greedy] [--temperature T] [--max-new-tokens N] [--seed S] [--device cpu|cuda[:N]] [--output FILE.json]
 //   [--chat-template NAME|FILE] [--samples-out FILE.jsonl] [--stop STR]... [--max-batch N] [--kv-fraction F]`
 //
 // Generates n completions per prompt with the paged-KV engine, scores them with the reward set and reports the
 // metrics of include/rlcu/eval.h (mean reward, accuracy, pass@1, pass@k with k = n, mean length, per-component
-// means). Data records: {"prompt": text | messages} or {"messages": [...]} plus "answer" (the data.* defaults of
-// `rlcu train`: prompts rendered with the chat template and its generation prompt; every record is checked, with
+// means). Data records: {"prompt": text | messages} or {"messages": [...]} plus "answer" (read with the data.* keys of
+// `rlcu train`, given with --set data.KEY=VALUE: prompts rendered with the chat template and its generation prompt; every record is checked, with
 // file:line in messages, before the model loads). Rewards: default math_answer with weight 1; each --reward
 // replaces that default set (NAME one of reward_component_names(), WEIGHT default 1); component parameters come
 // from --set reward.KEY=VALUE (the config keys). Output: a table on stdout; --output writes the metrics as one JSON
@@ -39,7 +39,7 @@ namespace {
 using nlohmann::ordered_json;
 
 struct EvalArgs {
-  std::string model, data, output, samples_out, device = "cpu", chat_template = "auto";
+  std::string model, data, output, samples_out, device = "auto", chat_template = "auto";
   std::vector<std::string> rewards, sets, stop;
   int n = 1;
   bool greedy = false;
@@ -68,12 +68,34 @@ RewardSection reward_section(const EvalArgs& a) {
     }
   }
   for (const std::string& s : a.sets) {
+    if (s.rfind("data.", 0) == 0) continue;  // data_config
     if (s.rfind("reward.", 0) != 0)
-      throw UsageError(fmt::format("--set {}: only reward.* keys apply to eval, e.g. --set reward.format_tags=<a>,</a>",
+      throw UsageError(fmt::format("--set {}: only reward.* and data.* keys apply to eval, e.g. --set "
+                                   "reward.format_tags=<a>,</a> or --set data.prompt_field=question",
                                    s));
     ov.push_back(s);
   }
   return parse_config("{}", "eval", ov).reward;
+}
+
+// How --data is read: the data.* keys of `rlcu train` from --set (data.path is --data; no shuffling, no length
+// limit).
+DataConfig data_config(const EvalArgs& a) {
+  std::vector<std::string> ov;
+  for (const std::string& s : a.sets) {
+    if (s.rfind("data.", 0) != 0) continue;
+    const std::string key = s.substr(0, s.find('='));
+    if (key == "data.path" || key == "data.shuffle" || key == "data.max_prompt_tokens")
+      throw UsageError(fmt::format("--set {}: {} does not apply to eval (the prompts are --data, in file order, of any "
+                                   "length)",
+                                   s, key));
+    ov.push_back(s);
+  }
+  DataConfig dc = parse_config("{}", "eval", ov).data;
+  dc.path = a.data;
+  dc.max_prompt_tokens = 0;
+  dc.shuffle = false;
+  return dc;
 }
 
 std::string pct(double v) { return fmt::format("{:.2f}%", 100.0 * v); }
@@ -84,6 +106,7 @@ int run_eval(const EvalArgs& a) {
   if (!(a.temperature > 0)) throw UsageError("--temperature must be > 0");
   int device_index = 0;
   const Device device = parse_device(a.device, "--device", &device_index);
+  spdlog::info("{}", device_note(a.device, device, device_index));
   const RewardSection rs = reward_section(a);
   validate_reward_section(rs);
 
@@ -91,10 +114,7 @@ int run_eval(const EvalArgs& a) {
   const Tokenizer tok = Tokenizer::load(a.model);
   const PromptFormat format = make_prompt_format(tok, a.chat_template);
   const ModelConfig mc = ModelConfig::load(a.model);
-  DataConfig dc;
-  dc.path = a.data;
-  dc.max_prompt_tokens = 0;
-  dc.shuffle = false;
+  const DataConfig dc = data_config(a);
   const PromptDataset data = PromptDataset::load(dc, format);
   int64_t longest = 0;
   for (int64_t i = 0; i < data.size(); ++i) {
@@ -193,14 +213,17 @@ void add_eval_command(CLI::App& app, Action& action) {
   cmd->add_option("--data", a->data, "JSONL: {\"prompt\" or \"messages\", \"answer\"} per line")->required();
   cmd->add_option("--reward", a->rewards,
                   "Reward component NAME[=WEIGHT] (repeatable; replaces the default math_answer=1)");
-  cmd->add_option("--set", a->sets, "Reward parameter as a config key: --set reward.format_tags=<a>,</a> (repeatable)");
+  cmd->add_option("--set", a->sets,
+                  "A reward.* or data.* config key: --set reward.format_tags=<a>,</a>, --set data.prompt_field=question, "
+                  "data.answer_field, data.messages_field, data.prompt_template, data.system_prompt, data.tools_field, "
+                  "data.skip_malformed, data.max_samples (repeatable)");
   cmd->add_option("--n", a->n, "Samples per prompt (pass@k uses k = n)")->capture_default_str();
   cmd->add_flag("--greedy", a->greedy, "Pick the most likely token");
   cmd->add_option("--temperature", a->temperature, "Sampling temperature (> 0)")->capture_default_str();
   cmd->add_option("--max-new-tokens", a->max_new_tokens, "Tokens generated at most per sample")
       ->capture_default_str();
   cmd->add_option("--seed", a->seed, "Sampling seed")->capture_default_str();
-  cmd->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
+  cmd->add_option("--device", a->device, "auto, cpu, cuda or cuda:N")->capture_default_str();
   cmd->add_option("--output", a->output, "Write the metrics as JSON to this file");
   cmd->add_option("--chat-template", a->chat_template,
                   "auto (the model's template), none, chatml, qwen2, qwen2.5, qwen3, llama3, llama3.1, or a Jinja file")
@@ -209,10 +232,10 @@ void add_eval_command(CLI::App& app, Action& action) {
   cmd->add_option("--stop", a->stop, "Stop string (repeatable)");
   cmd->add_option("--max-batch", a->max_batch, "Sequences decoded together at most")
       ->capture_default_str()
-      ->check(CLI::Range(int64_t{1}, int64_t{4096}));
+      ->check(int_range(1, 4096));
   cmd->add_option("--kv-fraction", a->kv_fraction, "CUDA: share of free memory for the KV cache")
       ->capture_default_str()
-      ->check(CLI::Range(0.01, 1.0));
+      ->check(float_range(0.01, 1.0));
   cmd->callback([&action, a] { action = [a] { return run_eval(*a); }; });
 }
 

@@ -38,7 +38,7 @@ namespace {
 using nlohmann::json;
 
 struct GenerateArgs {
-  std::string model, input, output, device = "cpu", chat_template = "auto";
+  std::string model, input, output, device = "auto", chat_template = "auto";
   int n = 1;
   int64_t max_new_tokens = 256;
   bool greedy = false, ignore_eos = false;
@@ -139,6 +139,7 @@ int run_generate(const GenerateArgs& a) {
   if (a.top_k < 0) throw UsageError("--top-k must be >= 0");
   int device_index = 0;
   const Device device = parse_device(a.device, "--device", &device_index);
+  spdlog::info("{}", device_note(a.device, device, device_index));
 
   const ModelConfig cfg = ModelConfig::load(a.model);
   std::optional<Tokenizer> tok;
@@ -219,13 +220,13 @@ void add_generate_command(CLI::App& app, Action& action) {
   cmd->add_option("--seed", a->seed, "Sampling seed")->capture_default_str();
   cmd->add_flag("--ignore-eos", a->ignore_eos, "Do not stop at EOS tokens");
   cmd->add_option("--stop", a->stop, "Stop string (repeatable); the completion keeps the token that completes it");
-  cmd->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
+  cmd->add_option("--device", a->device, "auto, cpu, cuda or cuda:N")->capture_default_str();
   cmd->add_option("--max-batch", a->max_batch, "Sequences decoded together at most")
       ->capture_default_str()
-      ->check(CLI::Range(int64_t{1}, int64_t{4096}));
+      ->check(int_range(1, 4096));
   cmd->add_option("--kv-fraction", a->kv_fraction, "CUDA: share of free memory for the KV cache")
       ->capture_default_str()
-      ->check(CLI::Range(0.01, 1.0));
+      ->check(float_range(0.01, 1.0));
   cmd->add_option("--chat-template", a->chat_template,
                   "Chat template for \"messages\" inputs: auto (the model's), none, chatml, qwen2, qwen2.5, qwen3, "
                   "llama3, llama3.1, or a Jinja file")

@@ -21,7 +21,7 @@ void add_init_model_command(CLI::App& app, Action& action) {
   cmd->add_option("--arch", o->arch, "Model type: qwen3, qwen2 or llama")
       ->required()
       ->check(CLI::IsMember({"qwen3", "qwen2", "llama"}));
-  const CLI::Range positive(int64_t{1}, int64_t{1} << 40);
+  const CLI::Validator positive = int_range(1, int64_t{1} << 40);
   cmd->add_option("--hidden", o->hidden, "hidden_size")->required()->check(positive);
   cmd->add_option("--layers", o->layers, "num_hidden_layers")->required()->check(positive);
   cmd->add_option("--heads", o->heads, "num_attention_heads")->required()->check(positive);

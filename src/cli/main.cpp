@@ -1,6 +1,7 @@
 // rlcu entry point: parses the command line (CLI11), runs the chosen subcommand and maps failures to exit codes:
 // 0 success, 1 error (bad input file/config/data, runtime failure), 2 usage error. Errors are one line on stderr.
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 
 #include <spdlog/sinks/stdout_color_sinks.h>
@@ -15,8 +16,12 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string("rlcu ") + RLCU_VERSION);
   app.require_subcommand(1);
   app.fallthrough(false);
-  // Logs go to stderr so that commands writing results to stdout (score, tokenize, config show) stay clean.
-  spdlog::set_default_logger(spdlog::stderr_color_mt("rlcu"));
+  // Logs go to stderr so that commands writing results to stdout (score, tokenize, config show) stay clean; colour
+  // only on a terminal, never with NO_COLOR set to anything non-empty (no-color.org).
+  const char* no_color = std::getenv("NO_COLOR");
+  const bool colour_off = no_color != nullptr && no_color[0] != '\0';
+  spdlog::set_default_logger(
+      spdlog::stderr_color_mt("rlcu", colour_off ? spdlog::color_mode::never : spdlog::color_mode::automatic));
   spdlog::set_pattern("[%H:%M:%S] %^%l%$ %v");
 
   rlcu::cli::Action action;
@@ -32,6 +37,10 @@ int main(int argc, char** argv) {
   rlcu::cli::add_sft_command(app, action);
   rlcu::cli::add_eval_command(app, action);
 
+  if (argc == 1) {  // `rlcu` alone: the commands (a usage error: no command given)
+    std::fputs(app.help().c_str(), stdout);
+    return 2;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -32,7 +32,7 @@ struct ScoreArgs {
   std::string model;
   std::string input;
   std::string output;
-  std::string device = "cpu";
+  std::string device = "auto";
   int64_t max_tokens = 4096;
 };
 
@@ -102,6 +102,7 @@ int run_score(const ScoreArgs& a) {
   const auto seqs = read_sequences(a.input, cfg, a.max_tokens);
   Output out(a.output);
   const auto model = Model::load(a.model, ModelOptions{}, ctx);
+  spdlog::info("{}", device_note(a.device, device, device_index));  // after the inputs: errors stay one line
   int64_t total = 0;
   for (const auto& s : seqs) total += static_cast<int64_t>(s.size());
   TransformerOptions topt;
@@ -146,10 +147,10 @@ void add_score_command(CLI::App& app, Action& action) {
   cmd->add_option("--model", args->model, "Hugging Face model directory (config.json + safetensors)")->required();
   cmd->add_option("--input", args->input, "JSONL input, one {\"ids\": [...]} per line")->required();
   cmd->add_option("--output", args->output, "JSONL output, one {\"logprobs\": [...]} per input line (default: stdout)");
-  cmd->add_option("--device", args->device, "cpu, cuda or cuda:N")->capture_default_str();
+  cmd->add_option("--device", args->device, "auto, cpu, cuda or cuda:N")->capture_default_str();
   cmd->add_option("--max-tokens", args->max_tokens, "Token budget of one packed micro-batch")
       ->capture_default_str()
-      ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
+      ->check(int_range(1, int64_t{1} << 30));
   cmd->callback([&action, args] { action = [args] { return run_score(*args); }; });
 }
 

@@ -19,9 +19,9 @@ void add_train_command(CLI::App& app, Action& action) {
   cmd->add_option("--resume", a->resume, "Continue the run in this directory from its latest checkpoint");
   cmd->add_flag("--overwrite", a->overwrite,
                 "Start over in a run directory that holds a run (deletes its metrics, samples and checkpoints)");
-  cmd->add_option("--device", a->device, "cpu, cuda or cuda:N (overrides run.device)");
+  cmd->add_option("--device", a->device, "auto, cpu, cuda or cuda:N (overrides run.device)");
   cmd->add_option("--stop-after", a->stop_after, "Save a checkpoint and stop after N steps of this invocation")
-      ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
+      ->check(int_range(1, int64_t{1} << 40));
   cmd->add_flag("--dry-run", a->dry_run,
                 "Check the config, model headers, tokenizer, data and rewards, print the memory plan and exit "
                 "without creating the run directory");

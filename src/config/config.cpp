@@ -36,6 +36,11 @@ FieldSpec range(FieldSpec f, double lo, double hi, bool lo_exclusive = false) {
   return f;
 }
 
+FieldSpec path_field(FieldSpec f) {
+  f.is_path = true;
+  return f;
+}
+
 FieldSpec choices(FieldSpec f, std::vector<std::string> c) {
   f.choices = std::move(c);
   return f;
@@ -54,18 +59,22 @@ std::vector<FieldSpec> build_schema() {
   s.push_back(range(bind_field("run.seed", &RunConfig::run, &RunSection::seed, K::Int,
                          "Seed for every random choice of the run (sampling, shuffling, initialisation)."),
                     0, 9007199254740991.0));
-  s.push_back(bind_field("run.output_dir", &RunConfig::run, &RunSection::output_dir, K::String,
-                   "Directory a run writes its outputs to; `{section.key}` placeholders are filled with the resolved "
-                   "values (`runs/lr{optimizer.lr}`), `{{` and `}}` are literal braces."));
+  s.push_back(path_field(bind_field(
+      "run.output_dir", &RunConfig::run, &RunSection::output_dir, K::String,
+      "Directory a run writes its outputs to; `{section.key}` placeholders are filled with the resolved values "
+      "(`runs/lr{optimizer.lr}`), `{{` and `}}` are literal braces. Relative to the config file's directory (from "
+      "`--set` or by default: to the current directory).")));
   {
     FieldSpec f = bind_field("run.device", &RunConfig::run, &RunSection::device, K::String,
-                       "Where to run: `cpu`, `cuda` or `cuda:N`.");
+                       "Where to run: `auto` (the first CUDA device when there is one, else the CPU; the "
+                       "first log line says which), `cpu`, `cuda` or `cuda:N`.");
     f.check = [](const std::string& v) -> std::string {
+      if (v == "auto") return "";
       try {
         parse_device(v, "run.device");
         return "";
       } catch (const Error&) {
-        return "cpu, cuda or cuda:N";
+        return "auto, cpu, cuda or cuda:N";
       }
     };
     s.push_back(f);
@@ -89,23 +98,23 @@ std::vector<FieldSpec> build_schema() {
                                "them; 0 = the device's free memory (on the CPU: no limit)."),
                     0, 1e6));
   // model
-  s.push_back(bind_field("model.path", &RunConfig::model, &ModelSection::path, K::String,
-                   "Hugging Face model directory (config.json and *.safetensors)."));
-  s.push_back(bind_field("model.tokenizer", &RunConfig::model, &ModelSection::tokenizer, K::String,
-                   "Tokenizer directory (tokenizer.json, tokenizer_config.json); empty means `model.path`."));
+  s.push_back(path_field(bind_field("model.path", &RunConfig::model, &ModelSection::path, K::String,
+                   "Hugging Face model directory (config.json and *.safetensors).")));
+  s.push_back(path_field(bind_field("model.tokenizer", &RunConfig::model, &ModelSection::tokenizer, K::String,
+                   "Tokenizer directory (tokenizer.json, tokenizer_config.json); empty means `model.path`.")));
   s.push_back(choices(bind_field("model.chat_template", &RunConfig::model, &ModelSection::chat_template, K::Enum,
                            "Chat template: `auto` is the model's own (tokenizer_config.json `chat_template` or "
                            "`chat_template.jinja`), `none` the raw prompt plus the tokenizer's BOS, the others built-in "
                            "copies of those models' templates for models without one."),
                       {"auto", "none", "chatml", "qwen2", "qwen2.5", "qwen3", "llama3", "llama3.1"}));
-  s.push_back(bind_field("model.chat_template_file", &RunConfig::model, &ModelSection::chat_template_file, K::String,
+  s.push_back(path_field(bind_field("model.chat_template_file", &RunConfig::model, &ModelSection::chat_template_file, K::String,
                    "A Jinja chat template file used instead of the model's (`model.chat_template` stays `auto`); "
-                   "empty = none."));
+                   "empty = none.")));
   s.push_back(bind_field("model.enable_thinking", &RunConfig::model, &ModelSection::enable_thinking, K::Bool,
                    "Passed to the chat template as `enable_thinking` (Qwen3, SmolLM3: false switches thinking off)."));
   // data
-  s.push_back(bind_field("data.path", &RunConfig::data, &DataConfig::path, K::String,
-                         "Prompt file: JSONL, or a JSON array of objects."));
+  s.push_back(path_field(bind_field("data.path", &RunConfig::data, &DataConfig::path, K::String,
+                         "Prompt file: JSONL, or a JSON array of objects.")));
   s.push_back(choices(bind_field("data.format", &RunConfig::data, &DataConfig::format, K::Enum,
                                  "File format; `auto`: a file starting with `[` is a JSON array, else JSONL."),
                       {"auto", "jsonl", "json"}));
@@ -293,6 +302,7 @@ void add_algorithm_train_rollout(std::vector<FieldSpec>& s) {
     f.check = [](const std::string& v) -> std::string {
       return v.empty() ? "`policy` or a model directory" : "";
     };
+    f.is_path = true;  // except the word `policy` (resolve_path)
     s.push_back(f);
   }
   add_policy_loss_keys(s);
@@ -364,6 +374,9 @@ void add_reward(std::vector<FieldSpec>& s) {
                      "1 when the last `\\boxed{}`, else the number after `#### `, else the last number equals the "
                      "answer numerically, else 0"));
   s.push_back(weight("exact_match", &W::exact_match, "1 when the trimmed completion equals the trimmed answer, else 0"));
+  s.push_back(weight("countdown", &W::countdown,
+                     "1 when the completion's expression reaches the target of an answer `n1 n2 ... -> target` "
+                     "using + - * / and each given number at most once, else 0"));
   s.push_back(weight("contains", &W::contains,
                      "1 when the completion contains `reward.contains_text`, or the answer when that is empty"));
   s.push_back(weight("format", &W::format, "1 when the tags of `reward.format_tags` occur in order, else 0"));
@@ -388,8 +401,9 @@ void add_reward(std::vector<FieldSpec>& s) {
   s.push_back(range(rew("command_timeout_s", &W::command_timeout_s, K::Float,
                         "Seconds the command may take to answer one batch."),
                     0, 1e6, true));
-  s.push_back(rew("model_path", &W::model_path, K::String,
-                  "Reward model directory (Hugging Face sequence classification, `score.weight` of one label)."));
+  s.push_back(path_field(rew("model_path", &W::model_path, K::String,
+                             "Reward model directory (Hugging Face sequence classification, `score.weight` of one "
+                             "label).")));
 }
 
 // sft section (`rlcu sft`; src/train/sft.cpp gives the data format and the loss).
@@ -399,11 +413,11 @@ void add_sft(std::vector<FieldSpec>& s) {
   const auto sft = [](const std::string& key, auto mem, FieldKind kind, const std::string& doc) {
     return bind_field("sft." + key, &RunConfig::sft, mem, kind, doc);
   };
-  s.push_back(sft("path", &F::path, K::String,
+  s.push_back(path_field(sft("path", &F::path, K::String,
                   "SFT data (JSONL): {\"prompt\", \"completion\"} or {\"messages\": [...]} records; the loss covers "
-                  "the completion / the assistant turns."));
-  s.push_back(sft("eval_path", &F::eval_path, K::String,
-                  "Held-out SFT data (JSONL); empty = hold out `sft.eval_fraction` of `sft.path`."));
+                  "the completion / the assistant turns.")));
+  s.push_back(path_field(sft("eval_path", &F::eval_path, K::String,
+                             "Held-out SFT data (JSONL); empty = hold out `sft.eval_fraction` of `sft.path`.")));
   s.push_back(range(sft("eval_fraction", &F::eval_fraction, K::Float,
                         "Share of `sft.path` held out (a seeded choice) when `sft.eval_path` is empty; 0 = none."),
                     0, 0.9));
@@ -431,9 +445,9 @@ void add_eval(std::vector<FieldSpec>& s) {
   const auto ev = [](const std::string& key, auto mem, FieldKind kind, const std::string& doc) {
     return bind_field("eval." + key, &RunConfig::eval, mem, kind, doc);
   };
-  s.push_back(ev("data", &E::data, K::String,
-                 "Held-out prompts (the format of `data.path`, read with the `data.*` field keys); empty = no "
-                 "evaluation during training."));
+  s.push_back(path_field(ev("data", &E::data, K::String,
+                            "Held-out prompts (the format of `data.path`, read with the `data.*` field keys); empty = "
+                            "no evaluation during training.")));
   s.push_back(range(ev("every", &E::every, K::Int,
                        "Evaluate every N steps and after the last step; 0 = after the last step only."),
                     0, 1e12));
@@ -637,9 +651,25 @@ bool is_group(const std::string& path) {
   return false;
 }
 
-// `overridden` holds the keys set with --set, so that their errors name the option rather than the file.
+// A path key's value made absolute against `base` (empty values, absolute paths and critic_init's `policy` stay).
+std::string resolve_path(const FieldSpec& f, const std::string& v, const std::filesystem::path& base) {
+  namespace fs = std::filesystem;
+  if (v.empty() || fs::path(v).is_absolute()) return v;
+  if (f.path == "algorithm.critic_init" && v == "policy") return v;
+  return (base / v).lexically_normal().string();
+}
+
+std::filesystem::path current_dir() {
+  std::error_code ec;
+  const std::filesystem::path p = std::filesystem::current_path(ec);
+  if (ec) throw Error(fmt::format("cannot read the current directory: {}", ec.message()));
+  return p;
+}
+
+// `overridden` holds the keys set with --set, so that their errors name the option rather than the file. With
+// `base_dir` set, relative path values become absolute (resolve_path); run.output_dir waits for its placeholders.
 void walk(const json& obj, const std::string& prefix, const std::string& file, const std::set<std::string>& overridden,
-          RunConfig& cfg) {
+          const std::string& base_dir, RunConfig& cfg) {
   static const std::set<std::string> sections = section_names();
   for (auto it = obj.begin(); it != obj.end(); ++it) {
     const std::string path = prefix.empty() ? it.key() : prefix + "." + it.key();
@@ -647,13 +677,18 @@ void walk(const json& obj, const std::string& prefix, const std::string& file, c
     if ((prefix.empty() && sections.count(it.key())) || (!prefix.empty() && is_group(path))) {
       if (!it.value().is_object())
         throw Error(fmt::format("{}: `{}` must be an object of settings, got {}", source, path, short_json(it.value())));
-      walk(it.value(), path, file, overridden, cfg);
+      walk(it.value(), path, file, overridden, base_dir, cfg);
       continue;
     }
     const FieldSpec* f = find_field(path);
     if (!f) unknown_key(source, path);
     const std::string err = validate_value(*f, it.value());
     if (!err.empty()) throw Error(fmt::format("{}: `{}`: {}, got {}", source, path, err, short_json(it.value())));
+    if (f->is_path && !base_dir.empty() && f->path != "run.output_dir") {
+      const std::filesystem::path base = overridden.count(path) ? current_dir() : std::filesystem::path(base_dir);
+      apply_field(*f, cfg, json(resolve_path(*f, it.value().get<std::string>(), base)));
+      continue;
+    }
     apply_field(*f, cfg, it.value());
   }
 }
@@ -773,7 +808,8 @@ std::string suggest_key(const std::string& unknown) {
   return best_d <= limit ? best : "";
 }
 
-RunConfig parse_config(const std::string& text, const std::string& source, const std::vector<std::string>& overrides) {
+RunConfig parse_config(const std::string& text, const std::string& source, const std::vector<std::string>& overrides,
+                       const std::string& base_dir) {
   json doc;
   try {
     doc = json::parse(text);
@@ -788,10 +824,16 @@ RunConfig parse_config(const std::string& text, const std::string& source, const
   std::set<std::string> overridden;
   for (const std::string& ov : overrides) overridden.insert(apply_override(doc, ov));
   RunConfig cfg;
-  walk(doc, "", source, overridden, cfg);
+  walk(doc, "", source, overridden, base_dir, cfg);
   if (!cfg.eval.reward_given) cfg.eval.reward = cfg.reward;  // evaluation scores with the run's rewards
   check_cross_fields(cfg, source);
   fill_output_dir(cfg, overridden.count("run.output_dir") ? "--set run.output_dir" : source);
+  if (!base_dir.empty()) {
+    const bool from_file = !overridden.count("run.output_dir") && doc.contains("run") && doc["run"].is_object() &&
+                           doc["run"].contains("output_dir");
+    cfg.run.output_dir = resolve_path(*find_field("run.output_dir"), cfg.run.output_dir,
+                                      from_file ? std::filesystem::path(base_dir) : current_dir());
+  }
   return cfg;
 }
 
@@ -823,7 +865,10 @@ RunConfig load_config(const std::string& path, const std::vector<std::string>& o
   if (!in) throw Error(fmt::format("{}: cannot open config file", path));
   std::stringstream ss;
   ss << in.rdbuf();
-  return parse_config(ss.str(), path, overrides);
+  std::error_code ec;
+  const std::filesystem::path abs = std::filesystem::absolute(path, ec);
+  if (ec) throw Error(fmt::format("{}: cannot make the path absolute: {}", path, ec.message()));
+  return parse_config(ss.str(), path, overrides, abs.parent_path().lexically_normal().string());
 }
 
 nlohmann::ordered_json config_to_json(const RunConfig& cfg) {

@@ -134,6 +134,7 @@ std::vector<GpuInfo> cuda_devices() { return cuda_rt::devices(); }
 
 Device parse_device(const std::string& s, const std::string& what, int* index) {
   if (index) *index = 0;
+  if (s == "auto") return cuda_device_count() > 0 ? Device::CUDA : Device::CPU;
   if (s == "cpu") return Device::CPU;
   if (s == "cuda") return Device::CUDA;
   if (s.rfind("cuda:", 0) == 0 && s.size() > 5) {
@@ -144,7 +145,16 @@ Device parse_device(const std::string& s, const std::string& what, int* index) {
       return Device::CUDA;
     }
   }
-  throw UsageError(fmt::format("{}: expected cpu, cuda or cuda:N, got '{}'", what, s));
+  throw UsageError(fmt::format("{}: expected auto, cpu, cuda or cuda:N, got '{}'", what, s));
+}
+
+std::string device_note(const std::string& requested, Device d, int index) {
+  const std::string chosen = d == Device::CPU ? "cpu" : fmt::format("cuda:{}", index);
+  if (requested != "auto") return fmt::format("device {}", chosen);
+  if (d == Device::CPU)
+    return fmt::format("device cpu (auto: {})", built_with_cuda() ? "no CUDA device found" : "a build without CUDA");
+  return fmt::format("device {} (auto: the first of {} CUDA device{})", chosen, cuda_device_count(),
+                     cuda_device_count() == 1 ? "" : "s");
 }
 
 }  // namespace rlcu

@@ -132,11 +132,13 @@ SynthExample make_countdown(KeyedRng& rng, int d, bool sft) {
     e.prompt = "Use";
     for (int64_t x : numbers) e.prompt += " " + str(x);
     e.prompt += " to make " + str(pool[0].value);
-    e.answer = str(pool[0].value);
+    // The answer names the numbers and the target, the reference of the countdown reward ("3 5 7 -> 22").
+    for (int64_t x : numbers) e.answer += str(x) + " ";
+    e.answer += "-> " + str(pool[0].value);
     e.extra["numbers"] = numbers;
     e.extra["target"] = pool[0].value;
     e.extra["solution"] = pool[0].expr;
-    if (sft) e.completion = pool[0].expr + "=" + e.answer + " " + boxed(e.answer);
+    if (sft) e.completion = pool[0].expr + "=" + str(pool[0].value) + " " + boxed(str(pool[0].value));
     return e;
   }
 }

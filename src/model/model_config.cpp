@@ -227,7 +227,8 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
 ModelConfig ModelConfig::load(const std::string& dir) {
   const std::string path = (fs::path(dir) / "config.json").string();
   std::error_code ec;
-  if (!fs::is_directory(dir, ec)) throw Error(fmt::format("{}: not a directory", dir));
+  if (!fs::exists(dir, ec)) throw Error(fmt::format("{}: the model directory does not exist", dir));
+  if (!fs::is_directory(dir, ec)) throw Error(fmt::format("{}: not a directory (expected a model directory)", dir));
   if (!fs::exists(path, ec)) throw Error(fmt::format("{}: missing (not a Hugging Face model directory?)", path));
   ModelConfig c = from_json(read_json_file(path), path);
   const std::string gen_path = (fs::path(dir) / "generation_config.json").string();

@@ -17,7 +17,7 @@ double pass_at_k(int64_t n, int64_t c, int64_t k) {
 }
 
 std::string correctness_component(const std::vector<std::string>& enabled) {
-  for (const char* name : {"math_answer", "exact_match", "contains"})
+  for (const char* name : {"countdown", "math_answer", "exact_match", "contains"})
     if (std::find(enabled.begin(), enabled.end(), name) != enabled.end()) return name;
   return "";
 }

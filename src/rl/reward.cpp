@@ -19,8 +19,8 @@
 namespace rlcu {
 
 const std::vector<std::string>& reward_component_names() {
-  static const std::vector<std::string> names{"math_answer", "exact_match", "contains", "format",
-                                              "length",      "command",     "model"};
+  static const std::vector<std::string> names{"math_answer", "exact_match", "countdown", "contains",
+                                              "format",      "length",      "command",   "model"};
   return names;
 }
 
@@ -57,8 +57,8 @@ void validate_reward_section(const RewardSection& s) {
   }
   if (s.model != 0 && s.model_path.empty())
     fail("model_path", "`reward.model` is enabled but no reward model directory is given");
-  if (s.math_answer == 0 && s.exact_match == 0 && s.contains == 0 && s.format == 0 && s.length == 0 &&
-      s.command == 0 && s.model == 0)
+  if (s.math_answer == 0 && s.exact_match == 0 && s.countdown == 0 && s.contains == 0 && s.format == 0 &&
+      s.length == 0 && s.command == 0 && s.model == 0)
     throw Error("`reward`: every component weight is 0; enable at least one (e.g. `reward.math_answer` = 1)");
 }
 
@@ -67,6 +67,7 @@ namespace {
 double weight_of(const RewardSection& s, const std::string& name) {
   if (name == "math_answer") return s.math_answer;
   if (name == "exact_match") return s.exact_match;
+  if (name == "countdown") return s.countdown;
   if (name == "contains") return s.contains;
   if (name == "format") return s.format;
   if (name == "length") return s.length;
@@ -239,12 +240,13 @@ RewardResult RewardSet::score(const RewardBatch& batch) {
     if (d == Device::CUDA) copy_bytes(host_view(v, DType::F32), o);
     values[name] = std::move(v);
   };
-  if (m.cfg.math_answer != 0 || m.cfg.exact_match != 0) {
+  if (m.cfg.math_answer != 0 || m.cfg.exact_match != 0 || m.cfg.countdown != 0) {
     const TextBatch ans = m.stage(answers, m.answers, m.answer_offsets);
     if (m.cfg.math_answer != 0)
       run_op("math_answer", [&](const Tensor& o) { reward_math_answer(o, text, ans, ctx); });
     if (m.cfg.exact_match != 0)
       run_op("exact_match", [&](const Tensor& o) { reward_exact_match(o, text, ans, ctx); });
+    if (m.cfg.countdown != 0) run_op("countdown", [&](const Tensor& o) { reward_countdown(o, text, ans, ctx); });
   }
   if (m.cfg.contains != 0) {
     const TextBatch nd = m.stage(needles, m.needles, m.needle_offsets);

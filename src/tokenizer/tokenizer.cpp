@@ -8,6 +8,7 @@
 #include "rlcu/tokenizer.h"
 
 #include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -457,6 +458,9 @@ Tokenizer Tokenizer::from_json(const std::string& tokenizer_json, const std::str
 Tokenizer Tokenizer::load(const std::string& dir) {
   const std::string base = dir.empty() || dir.back() == '/' ? dir : dir + "/";
   const std::string tj = base + "tokenizer.json";
+  std::error_code ec;
+  if (!std::filesystem::exists(dir, ec)) throw Error(fmt::format("{}: the tokenizer directory does not exist", dir));
+  if (!std::filesystem::is_directory(dir, ec)) throw Error(fmt::format("{}: not a directory (expected a tokenizer directory)", dir));
   if (!file_exists(tj))
     throw Error(fmt::format("{}: no tokenizer.json (rlcu reads the Hugging Face fast-tokenizer file)", dir));
   auto t = build(read_text_file(tj), tj);

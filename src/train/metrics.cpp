@@ -124,6 +124,13 @@ void write_run_config(const std::string& run_dir, const nlohmann::ordered_json& 
   write_atomic(p, config.dump(2) + "\n");
 }
 
+std::string format_duration(double seconds) {
+  const int64_t t = static_cast<int64_t>(seconds + 0.5);
+  if (t < 60) return fmt::format("{} s", t);
+  if (t < 3600) return fmt::format("{}m{:02d}s", t / 60, t % 60);
+  return fmt::format("{}h{:02d}m", t / 3600, (t % 3600) / 60);
+}
+
 std::string format_step_line(const StepSummary& s) {
   std::string out = fmt::format("step {}/{}", s.step, s.total_steps);
   const auto add = [&](const char* name, const std::optional<double>& v, const char* spec) {
@@ -142,6 +149,7 @@ std::string format_step_line(const StepSummary& s) {
       out += fmt::format("{}{} {:.2f} s", i ? ", " : "", s.phases[i].first, s.phases[i].second);
     out += ")";
   }
+  if (s.eta_seconds) out += " | ETA " + format_duration(*s.eta_seconds);
   return out;
 }
 

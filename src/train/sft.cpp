@@ -8,7 +8,7 @@
 //   4. one AdamW step (global-norm clipping, optimizer.lr_schedule over the schedule's step count).
 // Loss = -(1/N) sum of the target rows' log-probs (fp64 sum on the host). The held-out loss is the same token mean
 // over every completion token of the eval set, from forward passes only, at step 0, every sft.eval_every steps and
-// at the end. Outputs as `rlcu train`: metrics.jsonl (step, loss, lr, grad_norm, tokens_per_s, epoch[, eval_loss]),
+// at the end. Outputs as `rlcu train`: metrics.jsonl (step, loss, learning_rate, grad_norm, tokens_per_s/train, epoch[, eval_loss]),
 // TensorBoard events (run.tensorboard), config.json, checkpoints (save_checkpoint: the checkpoint directory is a
 // loadable Hugging Face model directory); SIGINT/SIGTERM and --stop-after save a checkpoint and stop. The run
 // directory is locked and its inputs recorded as for `rlcu train` (include/rlcu/run_dir.h). A step that fails (a
@@ -349,6 +349,9 @@ SftTrainer::SftTrainer(const SftArgs& args) : args_(args) {
   // ---- config --------------------------------------------------------------------------------------------------
   std::string config_path;
   cfg_ = load_run_config("sft", args.config, args.overrides, args.resume, args.device, &config_path);
+  int dev_index = 0;
+  dev_ = parse_device(cfg_.run.device, "run.device", &dev_index);
+  spdlog::info("{}", device_note(cfg_.run.device, dev_, dev_index));
   run_dir_ = cfg_.run.output_dir;
   const SftSection& sc = cfg_.sft;
   if (cfg_.model.path.empty()) throw Error(fmt::format("{}: model.path is not set", config_path));
@@ -373,8 +376,6 @@ SftTrainer::SftTrainer(const SftArgs& args) : args_(args) {
     if (rundir_.resuming) verify_run_inputs(run_dir_, inputs_);
   }
 
-  int dev_index = 0;
-  dev_ = parse_device(cfg_.run.device, "run.device", &dev_index);
   if (dev_ == Device::CUDA) {
     if (cuda_device_count() == 0) throw Error("run.device is cuda but no CUDA device is available (use --device cpu)");
     cuda_ctx_ = Context::cuda(dev_index);
@@ -590,9 +591,9 @@ void SftTrainer::step(int64_t s) {
   ordered_json m;
   m["step"] = s;
   m["loss"] = targets > 0 ? nll / static_cast<double>(targets) : 0.0;
-  m["lr"] = lr;
+  m["learning_rate"] = lr;
   m["grad_norm"] = os.grad_norm;
-  m["tokens_per_s"] = secs > 0 ? static_cast<double>(tokens) / secs : 0.0;
+  m["tokens_per_s/train"] = secs > 0 ? static_cast<double>(tokens) / secs : 0.0;
   m["epoch"] = static_cast<double>(sp.epoch) +
                static_cast<double>(sp.position) / static_cast<double>(std::max<size_t>(train_.size(), 1));
   m["tokens"] = tokens;
@@ -604,7 +605,7 @@ void SftTrainer::step(int64_t s) {
   std::string line = fmt::format("step {}/{} | loss {:.4f}", s, total, m["loss"].get<double>());
   if (eval_point) line += fmt::format(" | eval_loss {:.4f}", m["eval_loss"].get<double>());
   line += fmt::format(" | grad_norm {:.3f} | lr {:.2e} | {:.0f} tok/s | epoch {:.2f}", os.grad_norm, lr,
-                      m["tokens_per_s"].get<double>(), m["epoch"].get<double>());
+                      m["tokens_per_s/train"].get<double>(), m["epoch"].get<double>());
   spdlog::info("{}", line);
 }
 

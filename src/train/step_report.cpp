@@ -27,13 +27,16 @@ double std_of(const std::vector<float>& v) {
   return std::sqrt(s / static_cast<double>(v.size() - 1));
 }
 
-// reward, reward_std, rewards/<name>/mean, frac_reward_zero_std.
+// reward, reward_std, rewards/<name>/mean, rewards/<name>/std, frac_reward_zero_std.
 void reward_metrics(ordered_json& m, const StepRecord& r) {
   const rl::RolloutBatch& b = *r.batch;
   const int64_t groups = b.num_groups();
   m["reward"] = mean_of(b.rewards);
   m["reward_std"] = std_of(b.rewards);
-  for (const auto& [name, vals] : b.reward_components) m["rewards/" + name + "/mean"] = mean_of(vals);
+  for (const auto& [name, vals] : b.reward_components) {
+    m["rewards/" + name + "/mean"] = mean_of(vals);
+    m["rewards/" + name + "/std"] = std_of(vals);
+  }
   m["frac_reward_zero_std"] =
       groups > 0 ? static_cast<double>(r.advantage.zero_std_groups) / static_cast<double>(groups) : 0.0;
 }
@@ -46,7 +49,9 @@ void policy_metrics(ordered_json& m, const StepRecord& r) {
   if (tokens > 0) {
     m["entropy"] = st[rl::kPsEntropySum] / tokens;
     m["clip_ratio/low_mean"] = st[rl::kPsClipLow] / tokens;
+    if (r.update.clip_low_min >= 0) m["clip_ratio/low_min"] = r.update.clip_low_min;
     m["clip_ratio/high_mean"] = st[rl::kPsClipHigh] / tokens;
+    if (r.update.clip_high_max >= 0) m["clip_ratio/high_max"] = r.update.clip_high_max;
     m["clip_ratio/region_mean"] = (st[rl::kPsClipLow] + st[rl::kPsClipHigh]) / tokens;
     if (r.loss.dual_clip > 0) m["clip_ratio/dual_mean"] = st[rl::kPsDualClip] / tokens;
     m["loss"] = st[rl::kPsLoss];
@@ -89,25 +94,47 @@ void speed_metrics(ordered_json& m, const StepRecord& r) {
   if (r.cuda) m["memory/peak_gib"] = static_cast<double>(device_bytes_peak()) / (1 << 30);
 }
 
+// completions/*: lengths of all completions and of those that ended on their own (EOS or a stop string), as TRL.
+void completion_metrics(ordered_json& m, const rl::RolloutBatch& b) {
+  const int64_t N = b.num_seqs();
+  double sum = 0, term_sum = 0, clipped = 0;
+  int64_t lo = 0, hi = 0, term_lo = 0, term_hi = 0, terminated = 0;
+  for (int64_t i = 0; i < N; ++i) {
+    const int64_t len = b.lengths[static_cast<size_t>(i)];
+    sum += static_cast<double>(len);
+    lo = i == 0 ? len : std::min(lo, len);
+    hi = i == 0 ? len : std::max(hi, len);
+    if (!b.stopped[static_cast<size_t>(i)]) {
+      clipped += 1.0;
+      continue;
+    }
+    term_sum += static_cast<double>(len);
+    term_lo = terminated == 0 ? len : std::min(term_lo, len);
+    term_hi = terminated == 0 ? len : std::max(term_hi, len);
+    ++terminated;
+  }
+  m["completions/mean_length"] = N ? sum / static_cast<double>(N) : 0.0;
+  m["completions/min_length"] = lo;
+  m["completions/max_length"] = hi;
+  m["completions/clipped_ratio"] = N ? clipped / static_cast<double>(N) : 0.0;
+  m["completions/mean_terminated_length"] = terminated ? term_sum / static_cast<double>(terminated) : 0.0;
+  m["completions/min_terminated_length"] = term_lo;
+  m["completions/max_terminated_length"] = term_hi;
+}
+
 }  // namespace
 
 ordered_json step_metrics(const StepRecord& r) {
   const rl::RolloutBatch& b = *r.batch;
-  const int64_t N = b.num_seqs();
   ordered_json m;
   m["step"] = r.step;
   reward_metrics(m, r);
   policy_metrics(m, r);
   sampling_metrics(m, r);
-  double mean_len = 0, clipped = 0;
-  for (int64_t i = 0; i < N; ++i) {
-    mean_len += static_cast<double>(b.lengths[static_cast<size_t>(i)]);
-    clipped += b.stopped[static_cast<size_t>(i)] ? 0.0 : 1.0;
-  }
-  m["completions/mean_length"] = N ? mean_len / static_cast<double>(N) : 0.0;
-  m["completions/clipped_ratio"] = N ? clipped / static_cast<double>(N) : 0.0;
+  m["num_tokens"] = r.num_tokens;
+  completion_metrics(m, b);
   if (r.update.updated) m["grad_norm"] = r.update.optimizer.grad_norm;
-  m["lr"] = r.update.lr;
+  m["learning_rate"] = r.update.lr;
   if (!r.update.updated) m["skipped_update"] = true;
   for (auto it = r.update.critic.begin(); it != r.update.critic.end(); ++it) m[it.key()] = it.value();
   speed_metrics(m, r);
@@ -148,6 +175,7 @@ std::string step_line(const StepRecord& r, const ordered_json& m) {
                {"reward", r.times.reward},
                {"reference", r.times.reference},
                {"train", r.times.train}};
+  if (r.eta_seconds >= 0) ss.eta_seconds = r.eta_seconds;
   return format_step_line(ss);
 }
 

@@ -32,6 +32,9 @@ struct UpdateResult {
   OptimizerStepStats optimizer;     // of the last pass
   nlohmann::ordered_json critic;    // the critic's metrics (PPO), or null
   int64_t train_tokens = 0;         // tokens of the micro-batches of one pass
+  // The smallest low-clip and largest high-clip token fraction over the last pass's micro-batches (TRL gathers them
+  // over processes; here one process trains the batch in micro-batches); negative = no micro-batch had tokens.
+  double clip_low_min = -1, clip_high_max = -1;
 };
 
 // Everything one step's report reads.
@@ -52,6 +55,8 @@ struct StepRecord {
   int64_t num_iterations = 1;  // passes over the batch
   bool cuda = false;           // report memory/peak_gib
   int64_t epoch = 0;           // the data loader's epoch after this step's prompts
+  int64_t num_tokens = 0;      // prompt + completion tokens of all steps so far, this one included
+  double eta_seconds = -1;     // time left for the remaining steps (the mean step time so far); < 0 = unknown
 };
 
 // The metrics.jsonl record (keys in a fixed order).

@@ -46,6 +46,7 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <optional>
 
 #include "rlcu/advantage.h"
@@ -191,9 +192,13 @@ class Trainer {
   // The policy's per-token rows of one micro-batch [train.micro_batch_tokens] and the loss statistics.
   OwnedTensor logp_, entropy_, dlogp_, dentropy_, old_, ref_lp_, adv_, w_, stats_;
   OwnedTensor is_w_, seq_lr_;  // rollout-correction weights and GSPO's sequence log-ratio rows
+  OwnedTensor stats_after_;    // [max micro-batches * kPolicyStats]: stats_ after each micro-batch of a pass
   int64_t start_step_ = 0;
   int64_t steps_done_ = 0;
   int64_t last_saved_ = 0;  // the step of the newest checkpoint this run has (0 = none)
+  int64_t num_tokens_ = 0;  // prompt + completion tokens of the completed steps (metric num_tokens; checkpointed)
+  Clock::time_point started_ = Clock::now();  // when this invocation's first step began (ETA, summary)
+  void summary(double wall_seconds) const;
   StepProgress progress_ = StepProgress::Clean;
   ModelConfig policy_config_;  // Model::inspect of model.path, before loading
   MemoryPlan plan_;
@@ -203,6 +208,9 @@ class Trainer {
 Trainer::Trainer(const TrainArgs& args) : args_(args) {
   std::string config_path;
   cfg_ = load_run_config("train", args.config, args.overrides, args.resume, args.device, &config_path);
+  int dev_index = 0;
+  dev_ = parse_device(cfg_.run.device, "run.device", &dev_index);
+  spdlog::info("{}", device_note(cfg_.run.device, dev_, dev_index));
   run_dir_ = cfg_.run.output_dir;
   const AlgorithmSection& al = cfg_.algorithm;
   spec_ = rl::parse_algorithm_spec(al);
@@ -229,8 +237,6 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
     if (rundir_.resuming) verify_run_inputs(run_dir_, inputs_);
   }
 
-  int dev_index = 0;
-  dev_ = parse_device(cfg_.run.device, "run.device", &dev_index);
   if (dev_ == Device::CUDA) {
     if (cuda_device_count() == 0) throw Error("run.device is cuda but no CUDA device is available (use --device cpu)");
     cuda_ctx_ = Context::cuda(dev_index);
@@ -353,6 +359,9 @@ void Trainer::load_models() {
   if (spec_.correction.mode != rl::RolloutCorrection::None) is_w_ = OwnedTensor::make(DType::F32, dev_, {Tm});
   if (spec_.policy_loss == rl::PolicyLossKind::Gspo) seq_lr_ = OwnedTensor::make(DType::F32, dev_, {Tm});
   stats_ = OwnedTensor::make(DType::F32, dev_, {rl::kPolicyStats});
+  // A micro-batch holds at least one sequence of the step's P x G.
+  stats_after_ =
+      OwnedTensor::make(DType::F32, dev_, {cfg_.train.prompts_per_step * cfg_.rollout.group_size * rl::kPolicyStats});
 }
 
 // What the memory plan is computed from (the policy's config is inspected first).
@@ -448,6 +457,7 @@ void Trainer::restore() {
   if (critic_) critic_->restore(ck, *ctx_);
   if (!ck.data_cursor.is_null()) loader_->restore(DataCursor::from_json(ck.data_cursor));
   start_step_ = last_saved_ = ck.step;
+  num_tokens_ = ck.extra.is_object() ? ck.extra.value("num_tokens", int64_t{0}) : 0;
   spdlog::info("resumed {} at step {}", ck.dir, ck.step);
 }
 
@@ -474,6 +484,7 @@ void Trainer::save(int64_t step) {
   w.seed = cfg_.run.seed;
   w.data_cursor = loader_->cursor().to_json();
   w.config = config_to_json(cfg_);
+  w.extra["num_tokens"] = num_tokens_;
   w.keep = cfg_.run.keep_checkpoints;
   if (critic_) critic_->append_state(w.extra_tensors, w.extra_metadata);
   const std::string dir = save_checkpoint(w);
@@ -564,9 +575,16 @@ void Trainer::step(int64_t step, bool eval_after) {
   rec.num_iterations = cfg_.algorithm.num_iterations;
   rec.cuda = dev_ == Device::CUDA;
   rec.epoch = loader_->epoch();
+  for (int64_t i = 0; i < batch.num_seqs(); ++i)
+    rec.num_tokens += static_cast<int64_t>(batch.prompts[static_cast<size_t>(batch.prompt_of[static_cast<size_t>(i)])].ids.size()) +
+                      batch.lengths[static_cast<size_t>(i)];
+  rec.num_tokens += num_tokens_;
+  const int64_t done_here = steps_done_ + 1;  // steps of this invocation, this one included
+  rec.eta_seconds = since(started_) / static_cast<double>(done_here) * static_cast<double>(cfg_.train.steps - step);
   const ordered_json m = step_metrics(rec);
   metrics_->write(m);
   write_samples(*samples_, rec, cfg_.train.log_samples);
+  num_tokens_ = rec.num_tokens;
   spdlog::info("{}", step_line(rec, m));
 }
 
@@ -679,6 +697,18 @@ UpdateResult Trainer::update(const rl::RolloutBatch& batch, const std::vector<rl
     const std::vector<float> s = to_host_f32(stats_.t);
     for (int k = 0; k < rl::kPolicyStats; ++k) r.stats[static_cast<size_t>(k)] = s[static_cast<size_t>(k)];
     if (it == 0) r.first_stats = r.stats;
+    // Per micro-batch clip fractions from the running sums (token and clip counts: integers, exact in F32).
+    const std::vector<float> after = to_host_f32(stats_after_.t);
+    r.clip_low_min = r.clip_high_max = -1;
+    for (size_t i = 0; i < micros.size(); ++i) {
+      const auto at = [&](size_t row, int k) { return row == 0 ? 0.0 : double(after[(row - 1) * rl::kPolicyStats + k]); };
+      const double tokens = at(i + 1, rl::kPsTokens) - at(i, rl::kPsTokens);
+      if (tokens <= 0) continue;
+      const double low = (at(i + 1, rl::kPsClipLow) - at(i, rl::kPsClipLow)) / tokens;
+      const double high = (at(i + 1, rl::kPsClipHigh) - at(i, rl::kPsClipHigh)) / tokens;
+      r.clip_low_min = r.clip_low_min < 0 ? low : std::min(r.clip_low_min, low);
+      r.clip_high_max = std::max(r.clip_high_max, high);
+    }
   }
   if (critic_ && r.updated)
     r.critic = critic_->update(batch, micros, cfg_.algorithm.num_iterations, step, cfg_.train.steps, ctx);
@@ -692,6 +722,9 @@ void Trainer::policy_pass(const rl::RolloutBatch& batch, const std::vector<rl::M
   Context& ctx = *ctx_;
   const bool kl = loss_.kl_coef > 0, ent = loss_.ent_coef != 0;
   const bool is = !batch.is_weights.empty(), gspo = loss_.kind == rl::PolicyLossKind::Gspo;
+  RLCU_CHECK(static_cast<int64_t>(micros.size()) * rl::kPolicyStats <= stats_after_.t.numel(),
+             "trainer: {} micro-batches exceed the {} sequences of a step", micros.size(),
+             stats_after_.t.numel() / rl::kPolicyStats);
   for (const rl::Micro& mb : micros) {
     const int64_t T = mb.batch.num_tokens();
     const Tensor lp = logp_.t.slice_rows(0, T), en = entropy_.t.slice_rows(0, T);
@@ -708,6 +741,8 @@ void Trainer::policy_pass(const rl::RolloutBatch& batch, const std::vector<rl::M
     tf_->forward(lp, en, db, ctx);
     if (gspo) rl::sequence_log_ratio(st, lp, ot, wt, db.cu_seqlens, ctx);
     rl::policy_loss(dl, ent ? de : Tensor(), stats_.t, lp, ot, kl ? rt : Tensor(), at, wt, en, it, st, loss_, ctx);
+    const int64_t row = static_cast<int64_t>(&mb - micros.data()) * rl::kPolicyStats;
+    ops::scale(stats_after_.t.slice_rows(row, row + rl::kPolicyStats), stats_.t, 1.0f, ctx);  // a copy
     tf_->backward(dl, ent ? de : Tensor(), ctx);
   }
 }
@@ -735,6 +770,7 @@ int Trainer::run() {
     for (auto it = e.begin(); it != e.end(); ++it) m[it.key()] = it.value();
     metrics_->write(m);
   }
+  started_ = Clock::now();
   for (int64_t s = start_step_ + 1; s <= total; ++s) {
     const DataCursor before = loader_->cursor();
     const bool eval_after = eval_data_ && ((cfg_.eval.every > 0 && s % cfg_.eval.every == 0) || s == total);
@@ -758,7 +794,42 @@ int Trainer::run() {
   spdlog::info("memory: peak {} bytes ({:.3f} GiB) of buffers on {}, memory plan {} bytes ({:.3f} GiB)",
                buffer_bytes_peak(dev_), static_cast<double>(buffer_bytes_peak(dev_)) / (1 << 30), device_name(dev_),
                plan_.total(), static_cast<double>(plan_.total()) / (1 << 30));
+  summary(since(started_));
   return 0;
+}
+
+// The end of a run: steps, wall time, the reward's first and last tenth (from metrics.jsonl, so a resumed run
+// counts all its steps), the last evaluation and the final checkpoint.
+void Trainer::summary(double wall_seconds) const {
+  std::vector<double> rewards;
+  std::optional<double> accuracy;
+  int64_t eval_step = 0;
+  std::ifstream in(fs::path(run_dir_) / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    const nlohmann::json m = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (!m.is_object()) continue;
+    if (m.contains("reward") && m["reward"].is_number()) rewards.push_back(m["reward"].get<double>());
+    if (m.contains("eval/accuracy") && m["eval/accuracy"].is_number()) {
+      accuracy = m["eval/accuracy"].get<double>();
+      eval_step = m.value("step", int64_t{0});
+    }
+  }
+  std::string text = fmt::format("done: {} steps ({} in this invocation, {})", cfg_.train.steps, steps_done_,
+                                 format_duration(wall_seconds));
+  if (!rewards.empty()) {
+    const size_t tenth = std::max<size_t>(1, rewards.size() / 10);
+    double first = 0, last = 0;
+    for (size_t i = 0; i < tenth; ++i) {
+      first += rewards[i];
+      last += rewards[rewards.size() - tenth + i];
+    }
+    text += fmt::format(" | reward {:.4f} -> {:.4f} (mean of the first and last {} steps)",
+                        first / static_cast<double>(tenth), last / static_cast<double>(tenth), tenth);
+  }
+  if (accuracy) text += fmt::format(" | eval accuracy {:.4f} at step {}", *accuracy, eval_step);
+  text += fmt::format(" | final checkpoint {}",
+                      (fs::path(run_dir_) / "checkpoints" / checkpoint_dir_name(cfg_.train.steps)).string());
+  spdlog::info("{}", text);
 }
 
 }  // namespace

@@ -79,6 +79,7 @@ TEST(EvalMetrics, CorrectnessRule) {
   EXPECT_EQ(correctness_component({"contains", "exact_match"}), "exact_match");
   EXPECT_EQ(correctness_component({"length", "contains"}), "contains");
   EXPECT_EQ(correctness_component({"format", "command"}), "");
+  EXPECT_EQ(correctness_component({"math_answer", "countdown"}), "countdown");
   EXPECT_TRUE(is_correct("math_answer", 1.0, 0.3));
   EXPECT_FALSE(is_correct("math_answer", 0.0, 5.0));
   EXPECT_TRUE(is_correct("", 0.0, 1.0 - 1e-7));
@@ -161,6 +162,35 @@ TEST_F(CliEval, KnownRewardsGiveKnownMetrics) {
   const std::vector<json> s = read_jsonl(file("b.jsonl"));
   ASSERT_EQ(s.size(), 18u);
   for (size_t i = 0; i < s.size(); ++i) EXPECT_EQ(s[i]["correct"].get<bool>(), i % 4 == 0) << i;
+}
+
+// The data.* keys of `rlcu train` read eval's --data: other field names, a prompt template and a system prompt (seen
+// in the rendered prompt of --samples-out), malformed records skipped; keys that make no sense for eval are refused.
+TEST_F(CliEval, DataOptionsOfTrain) {
+  write_text(file("fields.jsonl"),
+             "{\"question\": \"2+2\", \"solution\": \"4\"}\nnot json\n{\"question\": \"3+3\", \"solution\": \"6\"}\n");
+  write_text(file("plain.jinja"),
+             "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}{% if add_generation_prompt %}A:{% endif %}");
+  const CmdResult r = run_rlcu("eval --model " + quote(model()) + " --data " + quote(file("fields.jsonl")) +
+                               " --greedy --max-new-tokens 4 --chat-template " + quote(file("plain.jinja")) +
+                               " --set data.prompt_field=question --set data.answer_field=solution" +
+                               " --set data.skip_malformed=true " + quote("--set=data.prompt_template={question}=") +
+                               " " + quote("--set=data.system_prompt=Be brief.") + " --samples-out " +
+                               quote(file("fields_out.jsonl")));
+  ASSERT_EQ(r.code, 0) << r.err;
+  const std::vector<json> s = read_jsonl(file("fields_out.jsonl"));
+  ASSERT_EQ(s.size(), 2u);
+  EXPECT_EQ(s[0]["prompt"], "[system] Be brief.\n[user] 2+2=\nA:");
+  EXPECT_EQ(s[0]["answer"], "4");
+  EXPECT_EQ(s[1]["answer"], "6");
+  const CmdResult bad = run_rlcu("eval --model " + quote(model()) + " --data " + quote(file("fields.jsonl")) +
+                                 " --set data.shuffle=true");
+  EXPECT_EQ(bad.code, 2) << bad.err;
+  EXPECT_NE(bad.err.find("data.shuffle does not apply to eval"), std::string::npos) << bad.err;
+  const CmdResult strict = run_rlcu("eval --model " + quote(model()) + " --data " + quote(file("fields.jsonl")) +
+                                    " --set data.prompt_field=question --set data.answer_field=solution");
+  EXPECT_EQ(strict.code, 1);
+  EXPECT_NE(strict.err.find("fields.jsonl:2"), std::string::npos) << strict.err;
 }
 
 // --chat-template of eval and generate: the model's template by default, `none`, a Jinja file; a file that raises

@@ -121,9 +121,10 @@ TEST_F(CliSft, HeldOutLossFallsAndMetricsAreComplete) {
     ASSERT_EQ(m[i]["step"], static_cast<int64_t>(i));
     if (m[i].contains("eval_loss")) eval[static_cast<int64_t>(i)] = m[i]["eval_loss"].get<double>();
     if (i == 0) continue;
-    for (const char* k : {"loss", "lr", "grad_norm", "tokens_per_s", "epoch"})
+    for (const char* k : {"loss", "learning_rate", "grad_norm", "tokens_per_s/train", "epoch"})
       ASSERT_TRUE(m[i].contains(k) && m[i][k].is_number()) << k << " at step " << i;
-    EXPECT_DOUBLE_EQ(m[i]["lr"].get<double>(), 3e-3);
+    EXPECT_FALSE(m[i].contains("lr") || m[i].contains("tokens_per_s"));
+    EXPECT_DOUBLE_EQ(m[i]["learning_rate"].get<double>(), 3e-3);
     EXPECT_TRUE(std::isfinite(m[i]["loss"].get<double>()));
   }
   ASSERT_EQ(eval.size(), 5u);  // steps 0, 10, 20, 30, 40

@@ -28,6 +28,10 @@
 //     byte-identical to an uninterrupted one; an overflowing gradient saves the step before and a half-applied step
 //     (PPO's critic after its policy) is never saved; SIGINT while the reward command hangs saves, exits 130 at once
 //     and ends the command's children; a resume refuses changed, deleted or moved model files.
+//   - paths: run from `/` with the committed configs/smoke_cpu.json (its relative paths are the config file's), a
+//     relative --set run.output_dir lands under the current directory, config.json holds absolute paths and the
+//     printed `rlcu train --resume DIR` continues the run from /tmp; a missing model directory "does not exist";
+//   - run.device defaults to auto, which the first log line resolves (to the CPU on a machine without a GPU).
 #include <gtest/gtest.h>
 
 #include <signal.h>
@@ -139,9 +143,13 @@ void check_run(const std::string& dir, const json& cfg, bool ppo, bool with_kl) 
   ASSERT_EQ(metrics.size(), static_cast<size_t>(steps));
   ASSERT_EQ(samples.size(), static_cast<size_t>(steps * P * G));  // log_samples covers every completion
 
-  std::vector<std::string> keys = {"step", "reward", "reward_std", "rewards/command/mean", "frac_reward_zero_std",
-                                   "entropy", "clip_ratio/low_mean", "clip_ratio/high_mean",
-                                   "completions/mean_length", "completions/clipped_ratio", "grad_norm", "lr",
+  std::vector<std::string> keys = {"step", "reward", "reward_std", "rewards/command/mean", "rewards/command/std",
+                                   "frac_reward_zero_std", "entropy", "clip_ratio/low_mean", "clip_ratio/low_min",
+                                   "clip_ratio/high_mean", "clip_ratio/high_max", "num_tokens",
+                                   "completions/mean_length", "completions/min_length", "completions/max_length",
+                                   "completions/clipped_ratio", "completions/mean_terminated_length",
+                                   "completions/min_terminated_length", "completions/max_terminated_length",
+                                   "grad_norm", "learning_rate",
                                    "ratio/first_update_mean_abs_dev", "time/rollout_s", "time/reward_s",
                                    "time/train_s", "time/step_s", "tokens_per_s/rollout", "tokens_per_s/train",
                                    "tokens_per_s/step"};
@@ -164,6 +172,7 @@ void check_run(const std::string& dir, const json& cfg, bool ppo, bool with_kl) 
     // The step's rewards as logged per completion; groups are G consecutive completions.
     std::vector<double> r;
     int truncated = 0, zero_std_groups = 0;
+    EXPECT_FALSE(m.contains("lr")) << "TRL's name is learning_rate";
     for (int i = 0; i < P * G; ++i) {
       const json& smp = samples[static_cast<size_t>(s * P * G + i)];
       EXPECT_EQ(smp["step"].get<int>(), s + 1);
@@ -181,22 +190,41 @@ void check_run(const std::string& dir, const json& cfg, bool ppo, bool with_kl) 
     EXPECT_NEAR(m["reward"].get<double>(), mean(r), 1e-6);
     EXPECT_NEAR(m["rewards/command/mean"].get<double>(), mean(r), 1e-6);
     EXPECT_NEAR(m["reward_std"].get<double>(), sample_std(r), 1e-6);
+    EXPECT_NEAR(m["rewards/command/std"].get<double>(), sample_std(r), 1e-6);
     EXPECT_GT(m["reward_std"].get<double>(), 0.0);  // the command reward has variance from the first step
     EXPECT_NEAR(m["frac_reward_zero_std"].get<double>(), static_cast<double>(zero_std_groups) / P, 1e-12);
     EXPECT_NEAR(m["completions/clipped_ratio"].get<double>(), static_cast<double>(truncated) / (P * G), 1e-12);
     const double len = m["completions/mean_length"].get<double>();
     EXPECT_GT(len, 0.0);
     EXPECT_LE(len, cfg["rollout"]["max_new_tokens"].get<double>());
-
+    EXPECT_LE(m["completions/min_length"].get<double>(), len);
+    EXPECT_GE(m["completions/max_length"].get<double>(), len);
+    if (truncated > 0) {
+      EXPECT_EQ(m["completions/max_length"], cfg["rollout"]["max_new_tokens"]);
+    }
+    if (truncated < P * G) {
+      EXPECT_GT(m["completions/mean_terminated_length"].get<double>(), 0.0);
+      EXPECT_LE(m["completions/min_terminated_length"].get<double>(),
+                m["completions/mean_terminated_length"].get<double>());
+      EXPECT_GE(m["completions/max_terminated_length"].get<double>(),
+                m["completions/mean_terminated_length"].get<double>());
+    }
+    // num_tokens: prompt + completion tokens of all steps so far (TRL's counter), growing every step.
+    if (s > 0) {
+      EXPECT_GT(m["num_tokens"].get<double>(), metrics[static_cast<size_t>(s - 1)]["num_tokens"].get<double>());
+    }
+    EXPECT_GE(m["num_tokens"].get<double>(), len * P * G * (s + 1));
     // One update per rollout batch on the CPU: the policy that is trained is the one that sampled.
     EXPECT_LT(m["ratio/first_update_mean_abs_dev"].get<double>(), 1e-5);
     EXPECT_EQ(m["clip_ratio/low_mean"].get<double>(), 0.0);
     EXPECT_EQ(m["clip_ratio/high_mean"].get<double>(), 0.0);
+    EXPECT_EQ(m["clip_ratio/low_min"].get<double>(), 0.0);
+    EXPECT_EQ(m["clip_ratio/high_max"].get<double>(), 0.0);
     const double ent = m["entropy"].get<double>();
     EXPECT_GT(ent, 0.0);
     EXPECT_LE(ent, std::log(320.0) + 1e-3);  // at most uniform over the model's vocabulary
     EXPECT_GT(m["grad_norm"].get<double>(), 0.0);
-    EXPECT_DOUBLE_EQ(m["lr"].get<double>(), lr);
+    EXPECT_DOUBLE_EQ(m["learning_rate"].get<double>(), lr);
     for (const char* k : {"time/rollout_s", "time/train_s", "time/step_s", "tokens_per_s/rollout",
                           "tokens_per_s/train", "tokens_per_s/step"})
       EXPECT_GT(m[k].get<double>(), 0.0) << k;
@@ -924,4 +952,79 @@ TEST(CliTrainRunDir, ResumeRefusesChangedOrMissingInputs) {
   r = train("--resume " + dir);  // restored: the run continues
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(read_jsonl(dir + "/metrics.jsonl").size(), 2u);
+}
+
+TEST(CliTrainPaths, RunsFromRootAndThePrintedResumeWorksFromTmp) {
+  const std::string dir = fresh_dir("from_root");
+  ASSERT_EQ(dir[0], '/');
+  // From `/`: the config's relative model and data paths are the config file's; a relative --set is the current
+  // directory's (here `/`).
+  CliResult r = run_cli("train " + kSmoke + " --set run.output_dir=" + dir.substr(1) +
+                            " --set train.steps=3 --set train.prompts_per_step=2 --set rollout.group_size=2 "
+                            "--stop-after 1",
+                        "/");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const json resolved = json::parse(read_file(dir + "/config.json"));
+  EXPECT_EQ(resolved["run"]["output_dir"], dir);
+  EXPECT_EQ(resolved["model"]["path"], fs::path(kModel).lexically_normal().string());
+  EXPECT_EQ(resolved["data"]["path"], fs::path(kData).lexically_normal().string());
+  const std::string marker = "rlcu train --resume ";
+  const size_t at = r.err.rfind(marker);
+  ASSERT_NE(at, std::string::npos) << r.err;
+  std::string resume_dir = r.err.substr(at + marker.size());
+  resume_dir = resume_dir.substr(0, resume_dir.find_first_of("` \n"));
+  EXPECT_EQ(resume_dir, dir);
+  r = run_cli("train --resume " + resume_dir, "/tmp");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(fs::exists(dir + "/checkpoints/step-" + fmt_step(3) + "/model.safetensors")) << r.err;
+  EXPECT_EQ(read_jsonl(dir + "/metrics.jsonl").size(), 3u);
+}
+
+TEST(CliTrainPaths, MissingModelDirectoryDoesNotExist) {
+  json cfg = smoke_config();
+  cfg["model"]["path"] = "no_such_model_dir";  // relative: the config file's directory
+  cfg["run"]["output_dir"] = fresh_dir("missing_model");
+  const CliResult r = train(write_config(cfg, "missing_model"));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find(temp_dir() + "/no_such_model_dir: the "), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("directory does not exist"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("tokenizer.json"), std::string::npos) << r.err;
+}
+
+TEST(CliTrainDevice, AutoIsTheDefaultAndTheFirstLogLineSaysWhich) {
+  json cfg = smoke_config();
+  cfg["run"].erase("device");
+  cfg["run"]["output_dir"] = fresh_dir("device_auto");
+  cfg["train"]["steps"] = 1;
+  cfg["train"]["prompts_per_step"] = 2;
+  cfg["rollout"]["group_size"] = 2;
+  const CliResult r = train(write_config(cfg, "device_auto"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  const std::string first = r.err.substr(0, r.err.find('\n'));
+  if (rlcu::cuda_device_count() == 0) {
+    EXPECT_NE(first.find("device cpu (auto: "), std::string::npos) << r.err;
+  } else {
+    EXPECT_NE(first.find("device cuda:0 (auto: "), std::string::npos) << r.err;
+  }
+  EXPECT_EQ(json::parse(read_file(cfg["run"]["output_dir"].get<std::string>() + "/config.json"))["run"]["device"],
+            "auto");
+  // The step line's ETA and the summary at the end.
+  EXPECT_NE(r.err.find("step 1/1 | reward "), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(" | ETA 0 s"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("done: 1 steps (1 in this invocation, "), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("(mean of the first and last 1 steps) | final checkpoint " +
+                       cfg["run"]["output_dir"].get<std::string>() + "/checkpoints/step-000001"),
+            std::string::npos)
+      << r.err;
+}
+
+TEST(CliData, SynthToStdout) {
+  const CliResult r = run_cli("data synth --task countdown --n 3 --out -");
+  ASSERT_EQ(r.code, 0) << r.err;
+  std::istringstream in(r.out);
+  int lines = 0;
+  for (std::string line; std::getline(in, line); ++lines)
+    EXPECT_NE(json::parse(line)["answer"].get<std::string>().find(" -> "), std::string::npos) << line;
+  EXPECT_EQ(lines, 3);
+  EXPECT_NE(r.err.find("to stdout"), std::string::npos) << r.err;
 }

@@ -59,9 +59,9 @@ def main():
         recs_b[9]["eval/accuracy"] = 0.25
         recs_b[24]["eval/accuracy"] = 0.75
         write_run(b, base_config(0.003, 4, b), recs_b, torn=True)
-        # SFT: tokens_per_s, eval_loss at steps 0 and 4.
+        # SFT: tokens_per_s/train, eval_loss at steps 0 and 4.
         recs_s = [{"step": 0, "eval_loss": 2.0}] + [
-            {"step": i, "loss": 2.0 - i / 10, "tokens_per_s": 1000.0 * i, "time/step_s": 1.25} for i in range(1, 5)]
+            {"step": i, "loss": 2.0 - i / 10, "tokens_per_s/train": 1000.0 * i, "time/step_s": 1.25} for i in range(1, 5)]
         recs_s[-1]["eval_loss"] = 1.5
         write_run(s, base_config(0.001, 8, s), recs_s)
 

@@ -158,15 +158,56 @@ TEST(RewardCuda, DetokenizeMatchesCpu) {
   }
 }
 
+// A countdown case: 1-5 numbers and a left-nested expression over them, ((n1 op n2) op n3)..., whose value (exact
+// integers) is the target most of the time; now and then a foreign number, a decimal point, an operator that is not
+// allowed or a missing parenthesis; in the `=` line form or boxed.
+std::pair<std::string, std::string> random_countdown(std::mt19937_64& g) {
+  const int k = 1 + static_cast<int>(g() % 5);
+  std::vector<int64_t> nums;
+  std::string ref;
+  for (int i = 0; i < k; ++i) {
+    nums.push_back(static_cast<int64_t>(g() % (g() % 8 == 0 ? 1000000000 : 30)));
+    ref += std::to_string(nums.back()) + (g() % 3 ? " " : ", ");
+  }
+  static const char* kOps[] = {"+", "-", "*", "/", "\\times", "\u00f7", "\u2212", "^", "%"};
+  static const int kCode[] = {1, 2, 3, 4, 3, 4, 2, 0, 0};
+  std::string expr = std::to_string(nums[0]);
+  int64_t value = nums[0];
+  bool ok = true;
+  for (int i = 1; i < k; ++i) {
+    const size_t o = g() % (g() % 10 == 0 ? 9 : 7);
+    const int64_t x = g() % 12 == 0 ? static_cast<int64_t>(g() % 30) : nums[static_cast<size_t>(i)];
+    expr = (i > 1 ? "(" + expr + ")" : expr) + kOps[o] + std::to_string(x);
+    const int c = kCode[o];
+    if (c == 1) value += x;
+    if (c == 2) value -= x;
+    if (c == 3 && __builtin_mul_overflow(value, x, &value)) ok = false;
+    if (c == 4) {
+      if (x == 0 || value % x != 0) ok = false;
+      value = x == 0 ? 0 : value / x;
+    }
+    if (c == 0) ok = false;
+  }
+  if (g() % 20 == 0) expr += ".5";
+  if (g() % 20 == 0) expr = "(" + expr;
+  const int64_t target = ok && g() % 5 != 0 ? value : static_cast<int64_t>(g() % 50);
+  const std::string t = std::to_string(target);
+  const std::string text = g() % 2 ? expr + "=" + t + " \\boxed{" + t + "}" : "so \\boxed{" + expr + "}";
+  return {text, ref + "-> " + t};
+}
+
 TEST(RewardCuda, ComponentsMatchCpuBitForBit) {
   RLCU_REQUIRE_CUDA();
   const uint64_t seed = fresh_seed();
   std::mt19937_64 g(seed);
   for (int64_t N : {1, 2, 37, 1000, 4097}) {
     const std::string what = "seed " + std::to_string(seed) + " N " + std::to_string(N);
-    HostText text, answers, needles;
+    HostText text, answers, needles, cd_text, cd_answers;
     std::vector<int64_t> id_off{0};
     for (int64_t i = 0; i < N; ++i) {
+      const auto [cd_t, cd_a] = random_countdown(g);
+      cd_text.add(cd_t);
+      cd_answers.add(cd_a);
       std::string t = random_text(g, g() % 5 == 0 ? 400 : 30);
       std::string a = random_text(g, 4);
       if (g() % 2 == 0) {  // a well-formed answer the completion may match
@@ -182,7 +223,7 @@ TEST(RewardCuda, ComponentsMatchCpuBitForBit) {
     const int K = static_cast<int>(g() % 4);
     for (int k = 0; k < K; ++k) tags.add(random_piece(g));
 
-    DevText d_text(text), d_ans(answers), d_needles(needles), d_tags(tags);
+    DevText d_text(text), d_ans(answers), d_needles(needles), d_tags(tags), d_cd_text(cd_text), d_cd_ans(cd_answers);
     DevCopy d_id_off(id_off, DType::I64);
     std::vector<float> want(static_cast<size_t>(N));
     const Tensor h_out = host_view(want, DType::F32);
@@ -201,6 +242,16 @@ TEST(RewardCuda, ComponentsMatchCpuBitForBit) {
     GuardedTensor o2 = make_guarded(DType::F32, Device::CUDA, {N});
     reward_exact_match(o2.t, d_text.view(), d_ans.view(), gpu());
     expect_same_bits(o2, want, what + " exact_match");
+
+    reward_countdown(h_out, text.host(), cd_answers.host(), Context::cpu());
+    size_t cd_ones = 0;
+    for (float v : want) cd_ones += v == 1.0f;
+    if (N >= 37) {
+      EXPECT_GT(cd_ones, 0u) << what << ": no countdown case scores 1 (test inputs too weak)";
+    }
+    GuardedTensor o6 = make_guarded(DType::F32, Device::CUDA, {N});
+    reward_countdown(o6.t, d_cd_text.view(), d_cd_ans.view(), gpu());
+    expect_same_bits(o6, want, what + " countdown");
 
     reward_contains(h_out, text.host(), needles.host(), Context::cpu());
     GuardedTensor o3 = make_guarded(DType::F32, Device::CUDA, {N});

@@ -1,9 +1,12 @@
 // RunConfig: defaults, types, ranges, enums, unknown keys with suggestions, syntax errors with line/column,
 // --set overrides, the resolved dump, and run.output_dir's `{section.key}` placeholders.
+// Path keys: relative values from a config file are its directory's, from --set the current directory's.
 #include <gtest/gtest.h>
 
 #include <filesystem>
 #include <fstream>
+
+#include <unistd.h>
 
 #include "rlcu/config.h"
 #include "rlcu/error.h"
@@ -27,7 +30,7 @@ TEST(Config, DefaultsAndValues) {
   EXPECT_DOUBLE_EQ(c.optimizer.lr, 3e-6);
   EXPECT_EQ(c.optimizer.lr_schedule, "cosine");
   EXPECT_DOUBLE_EQ(c.optimizer.beta2, 0.999);  // default kept
-  EXPECT_EQ(c.run.device, "cuda");
+  EXPECT_EQ(c.run.device, "auto");
 }
 
 TEST(Config, EmptyObjectIsValid) { EXPECT_NO_THROW(parse_config("{}", "cfg.json")); }
@@ -315,4 +318,33 @@ TEST(Config, ResumeDirectoryBracesAreNotPlaceholders) {
   const RunConfig c = load_run_config("train", "", {}, run, "", nullptr);
   EXPECT_EQ(c.run.output_dir, run);
   std::filesystem::remove_all(tmpl);
+}
+
+TEST(Config, RelativePathsResolveAgainstTheConfigFileOrTheCurrentDirectory) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("rlcu_cfg_paths_" + std::to_string(::getpid()));
+  fs::create_directories(dir / "sub");
+  const fs::path file = dir / "sub" / "run.json";
+  std::ofstream(file) << R"({"run": {"output_dir": "../runs/{run.seed}"}, "model": {"path": "models/m"},
+    "data": {"path": "/abs/data.jsonl"}, "reward": {"model_path": "rm"}, "algorithm": {"critic_init": "policy"},
+    "eval": {"data": "../held.jsonl"}})";
+  const fs::path cwd = fs::current_path();
+  RunConfig c = load_config(file.string(), {"model.tokenizer=tok", "sft.path=./s.jsonl"});
+  EXPECT_EQ(c.run.output_dir, (dir / "runs" / "0").string());
+  EXPECT_EQ(c.model.path, (dir / "sub" / "models" / "m").string());
+  EXPECT_EQ(c.data.path, "/abs/data.jsonl");
+  EXPECT_EQ(c.reward.model_path, (dir / "sub" / "rm").string());
+  EXPECT_EQ(c.eval.reward.model_path, (dir / "sub" / "rm").string());
+  EXPECT_EQ(c.algorithm.critic_init, "policy");
+  EXPECT_EQ(c.eval.data, (dir / "held.jsonl").string());
+  EXPECT_EQ(c.model.tokenizer, (cwd / "tok").string());
+  EXPECT_EQ(c.sft.path, (cwd / "s.jsonl").string());
+  EXPECT_EQ(c.model.chat_template_file, "");  // empty stays empty
+  // --set run.output_dir and the default are the current directory's.
+  EXPECT_EQ(load_config(file.string(), {"run.output_dir=out"}).run.output_dir, (cwd / "out").string());
+  std::ofstream(file) << "{}";
+  EXPECT_EQ(load_config(file.string()).run.output_dir, (cwd / "runs" / "rlcu").string());
+  // Text parsed without a file keeps the values as written.
+  EXPECT_EQ(parse_config(R"({"model": {"path": "models/m"}})", "cfg.json").model.path, "models/m");
+  fs::remove_all(dir);
 }

@@ -137,6 +137,57 @@ TEST(RewardRules, ExactMatchTrims) {
   EXPECT_EQ(v, (std::vector<float>{1, 1, 0, 1, 0}));
 }
 
+float countdown(const std::string& completion, const std::string& answer = "3 5 7 -> 22") {
+  return run_pair(reward_countdown, {completion}, {answer})[0];
+}
+
+TEST(RewardCountdown, ValidExpressions) {
+  EXPECT_EQ(countdown("3*5+7=22 \\boxed{22}"), 1.0f);           // the synth SFT format
+  EXPECT_EQ(countdown("Let me think.\n5*3 + 7 = 22\nSo \\boxed{22}"), 1.0f);  // last line with a `=`
+  EXPECT_EQ(countdown("\\boxed{(7 + 5) * 3 - 14}", "3 5 7 14 -> 22"), 1.0f);  // boxed expression
+  EXPECT_EQ(countdown("\\boxed{3 \\times 5 + 7 = 22}"), 1.0f);
+  EXPECT_EQ(countdown("3\u00d75+7=22"), 1.0f);                     // U+00D7
+  EXPECT_EQ(countdown("7\u22123=4", "3 5 7 -> 4"), 1.0f);          // U+2212
+  EXPECT_EQ(countdown("\\boxed{35 \u00f7 7 \\div 5}", "5, 7, 35 -> 1"), 1.0f);
+  EXPECT_EQ(countdown("5+7=12", "3 5 7 -> 12"), 1.0f);             // each number at most once: 3 unused
+  EXPECT_EQ(countdown("3+3+5=11", "3 3 5 -> 11"), 1.0f);           // a number given twice may be used twice
+  EXPECT_EQ(countdown("7-5-3=-1", "3 5 7 -> -1"), 1.0f);           // left to right; a negative target
+  EXPECT_EQ(countdown("7-(5-3)=5", "3 5 7 -> 5"), 1.0f);
+  EXPECT_EQ(countdown("5*7/(3+4)", "3 4 5 7 -> 5"), 0.0f);         // no `=` line and no boxed expression
+}
+
+TEST(RewardCountdown, InvalidExpressionsScoreZero) {
+  EXPECT_EQ(countdown("\\boxed{22}"), 0.0f);              // the target alone uses no given number
+  EXPECT_EQ(countdown("22=22 \\boxed{22}"), 0.0f);        // 22 is not a given number
+  EXPECT_EQ(countdown("3*5+7+7=29", "3 5 7 -> 29"), 0.0f);  // 7 used twice
+  EXPECT_EQ(countdown("3*5+8=23", "3 5 7 -> 23"), 0.0f);    // 8 is not given
+  EXPECT_EQ(countdown("3*5+7=23 \\boxed{23}", "3 5 7 -> 23"), 0.0f);  // wrong value for the target
+  EXPECT_EQ(countdown("3*5+7=22", "3 5 7 -> 23"), 0.0f);    // wrong target
+  EXPECT_EQ(countdown("3^5=243", "3 5 -> 243"), 0.0f);      // other operators
+  EXPECT_EQ(countdown("3%5+7=10", "3 5 7 -> 10"), 0.0f);
+  EXPECT_EQ(countdown("-3+5+7=9"), 0.0f);                   // no unary minus
+  EXPECT_EQ(countdown("3.0*5+7=22"), 0.0f);                 // no decimals
+  EXPECT_EQ(countdown("7/(5-5)=0", "5 5 7 -> 0"), 0.0f);    // division by zero
+  EXPECT_EQ(countdown("7/3*3=7", "3 3 7 -> 7"), 0.0f);      // 7/3 is not an integer
+  EXPECT_EQ(countdown("(3+5=8", "3 5 -> 8"), 0.0f);         // unbalanced parentheses
+  EXPECT_EQ(countdown("3+5)=8", "3 5 -> 8"), 0.0f);
+  EXPECT_EQ(countdown("3 5=8", "3 5 -> 8"), 0.0f);          // two numbers without an operator
+  EXPECT_EQ(countdown("3+=3", "3 -> 3"), 0.0f);
+  EXPECT_EQ(countdown("=22"), 0.0f);                        // empty expression
+  EXPECT_EQ(countdown(""), 0.0f);
+  // Overflow: 999999999^2 exceeds 10^15.
+  EXPECT_EQ(countdown("999999999*999999999=0", "999999999 999999999 -> 0"), 0.0f);
+  // Malformed references.
+  EXPECT_EQ(countdown("3*5+7=22", "22"), 0.0f);
+  EXPECT_EQ(countdown("3*5+7=22", "3 5 7 ->"), 0.0f);
+  EXPECT_EQ(countdown("3*5+7=22", "-> 22"), 0.0f);
+  EXPECT_EQ(countdown("3*5+7=22", "3 5 x -> 22"), 0.0f);
+  EXPECT_EQ(countdown("3*5+7=22", "3 5 7 -> 22 extra"), 0.0f);
+  // The batch form: one answer per completion.
+  EXPECT_EQ(run_pair(reward_countdown, {"1+2=3", "1+2=3", "2*2=4"}, {"1 2 -> 3", "1 2 -> 4", "2 2 -> 4"}),
+            (std::vector<float>{1, 0, 1}));
+}
+
 TEST(RewardRules, Contains) {
   const auto v = run_pair(reward_contains, {"a foo b", "f o o", "foo", "anything", "fofoo"},
                           {"foo", "foo", "foo", "", "foo"});

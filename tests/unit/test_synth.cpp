@@ -186,10 +186,13 @@ TEST(Synth, CountdownSolutionsCheckOut) {
       const auto numbers = e.extra.at("numbers").get<std::vector<int64_t>>();
       const int64_t target = e.extra.at("target").get<int64_t>();
       const std::string sol = e.extra.at("solution").get<std::string>();
-      EXPECT_EQ(e.answer, std::to_string(target));
-      std::string want_prompt = "Use";
-      for (int64_t x : numbers) want_prompt += " " + std::to_string(x);
-      EXPECT_EQ(e.prompt, want_prompt + " to make " + e.answer);
+      std::string want_prompt = "Use", want_answer;
+      for (int64_t x : numbers) {
+        want_prompt += " " + std::to_string(x);
+        want_answer += std::to_string(x) + " ";
+      }
+      EXPECT_EQ(e.answer, want_answer + "-> " + std::to_string(target));
+      EXPECT_EQ(e.prompt, want_prompt + " to make " + std::to_string(target));
       EXPECT_TRUE(std::is_sorted(numbers.begin(), numbers.end()));
       std::vector<int64_t> used;
       EXPECT_EQ(shunting_yard(sol, &used), static_cast<double>(target)) << sol;
@@ -197,7 +200,7 @@ TEST(Synth, CountdownSolutionsCheckOut) {
       EXPECT_EQ(used, numbers) << sol;
       EXPECT_GE(target, 1);
       EXPECT_LE(target, 1000);
-      EXPECT_EQ(e.completion, sol + "=" + e.answer + " \\boxed{" + e.answer + "}");
+      EXPECT_EQ(e.completion, sol + "=" + std::to_string(target) + " \\boxed{" + std::to_string(target) + "}");
       EXPECT_EQ(countdown_expression(e.completion), sol);
       std::string why;
       EXPECT_TRUE(check_countdown(sol, numbers, target, &why)) << sol << ": " << why;
@@ -338,7 +341,7 @@ TEST(Synth, JsonlRecords) {
     EXPECT_EQ(j.at("prompt").get<std::string>(), ex[n].prompt);
     EXPECT_EQ(j.at("answer").get<std::string>(), ex[n].answer);
     EXPECT_EQ(j.at("completion").get<std::string>(), ex[n].completion);
-    EXPECT_EQ(j.at("target").get<int64_t>(), std::stoll(ex[n].answer));
+    EXPECT_EQ(j.at("target").get<int64_t>(), std::stoll(ex[n].answer.substr(ex[n].answer.find("-> ") + 3)));
     EXPECT_EQ(line.rfind("{\"prompt\":", 0), 0u) << line;
     ++n;
   }
