@@ -234,20 +234,47 @@ const SafetensorsEntry* SafetensorsFile::find(const std::string& name) const {
 
 namespace {
 
-// Exponent all ones: inf or NaN, by the bits of the stored or converted value.
-inline bool nonfinite_f32_bits(uint32_t u) { return (u & 0x7f800000u) == 0x7f800000u; }
-inline bool nonfinite_16(uint16_t h, uint16_t exp_mask) { return (h & exp_mask) == exp_mask; }
-
-// Converts n elements with `conv(i) -> DstBits`, OR-ing `bad(out bits)` into one flag the loop never branches on.
-template <typename Out, typename Conv, typename Bad>
-bool convert_checked(Out* o, size_t n, Conv conv, Bad bad) {
-  bool any = false;
+// Non-finite check by bits, branch-free so that it vectorises: the exponent field is all ones (inf or NaN) exactly
+// when adding one unit of the exponent carries into the sign bit. OR-ing these sums over a block leaves the sign
+// bit set when any value of the block is not finite.
+inline bool any_nonfinite_f32(const float* v, size_t n) {
+  uint32_t acc = 0;
   for (size_t i = 0; i < n; ++i) {
-    const Out v = conv(i);
-    o[i] = v;
-    any |= bad(v);
+    uint32_t u;
+    std::memcpy(&u, v + i, 4);
+    acc |= (u & 0x7f800000u) + 0x00800000u;
   }
-  return any;
+  return (acc & 0x80000000u) != 0;
+}
+inline bool any_nonfinite_bf16(const uint16_t* v, size_t n) {
+  uint16_t acc = 0;
+  for (size_t i = 0; i < n; ++i) acc |= static_cast<uint16_t>((v[i] & 0x7f80u) + 0x0080u);
+  return (acc & 0x8000u) != 0;
+}
+
+// Converts n elements with `conv(i)` in blocks that stay in cache, checking each converted block as it is written.
+template <typename Out, typename Conv, typename Any>
+bool convert_checked(Out* o, size_t n, Conv conv, Any any_bad) {
+  constexpr size_t kBlock = 8192;
+  bool bad = false;
+  for (size_t b = 0; b < n; b += kBlock) {
+    const size_t e = std::min(n, b + kBlock);
+    for (size_t i = b; i < e; ++i) o[i] = conv(i);
+    bad |= any_bad(o + b, e - b);
+  }
+  return bad;
+}
+
+// The same for a stored dtype equal to the destination's: block copies.
+inline bool copy_checked_bf16(uint16_t* o, const uint8_t* src, size_t n) {
+  constexpr size_t kBlock = 8192;
+  bool bad = false;
+  for (size_t b = 0; b < n; b += kBlock) {
+    const size_t e = std::min(n, b + kBlock);
+    std::memcpy(o + b, src + 2 * b, 2 * (e - b));
+    bad |= any_nonfinite_bf16(o + b, e - b);
+  }
+  return bad;
 }
 
 }  // namespace
@@ -281,11 +308,7 @@ void SafetensorsFile::read_converted(const SafetensorsEntry& e, void* dst, DType
   bool bad = false;
   if (dst_dtype == DType::F32) {
     float* o = static_cast<float*>(dst);
-    const auto bad_f = [](float f) {
-      uint32_t u;
-      std::memcpy(&u, &f, 4);
-      return nonfinite_f32_bits(u);
-    };
+    const auto bad_f = any_nonfinite_f32;
     if (st == Src::F32)
       bad = convert_checked(o, n, load32, bad_f);
     else if (st == Src::BF16)
@@ -294,9 +317,9 @@ void SafetensorsFile::read_converted(const SafetensorsEntry& e, void* dst, DType
       bad = convert_checked(o, n, [&](size_t i) { return f16_to_f32(load16(i)); }, bad_f);
   } else {
     uint16_t* o = static_cast<uint16_t*>(dst);
-    const auto bad_b = [](uint16_t h) { return nonfinite_16(h, 0x7f80); };
+    const auto bad_b = any_nonfinite_bf16;
     if (st == Src::BF16)
-      bad = convert_checked(o, n, load16, bad_b);
+      bad = copy_checked_bf16(o, src, n);
     else if (st == Src::F32)
       bad = convert_checked(o, n, [&](size_t i) { return f32_to_bf16(load32(i)); }, bad_b);
     else
