@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "rlcu/json_error.h"
 #include "rlcu/model.h"
 
 namespace rlcu {
@@ -102,7 +103,7 @@ json read_json_file(const std::string& path) {
   try {
     return json::parse(ss.str());
   } catch (const json::parse_error& e) {
-    throw Error(fmt::format("{}: not valid JSON: {}", path, e.what()));
+    throw Error(json_parse_error(path, ss.str(), e));
   }
 }
 
