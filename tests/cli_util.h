@@ -38,11 +38,13 @@ inline void write_file(const std::string& path, const std::string& text) {
   out << text;
 }
 
-// `args` is appended to the binary path as is (shell syntax: quote what needs quoting).
-inline CliResult run_cli(const std::string& args) {
+// `args` is appended to the binary path as is (shell syntax: quote what needs quoting). With `stdout_to`, stdout goes
+// there (e.g. /dev/full) and CliResult::out stays empty.
+inline CliResult run_cli(const std::string& args, const std::string& stdout_to = "") {
   static int counter = 0;
   const std::string base = temp_dir() + "/cli_" + std::to_string(getpid()) + "_" + std::to_string(counter++);
-  const std::string cmd = std::string(RLCU_BIN) + " " + args + " >" + base + ".out 2>" + base + ".err </dev/null";
+  const std::string cmd = std::string(RLCU_BIN) + " " + args + " >" + (stdout_to.empty() ? base + ".out" : stdout_to) +
+                          " 2>" + base + ".err </dev/null";
   const int status = std::system(cmd.c_str());
   CliResult r;
   r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
