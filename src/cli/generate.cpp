@@ -73,7 +73,7 @@ std::vector<InputLine> read_inputs(const std::string& path, const ModelConfig& c
     nlohmann::ordered_json j;
     try {
       j = nlohmann::ordered_json::parse(line);
-    } catch (const nlohmann::ordered_json::parse_error& e) {
+    } catch (const nlohmann::ordered_json::exception& e) {
       throw Error(json_line_error(path, lineno, e));
     }
     if (!j.is_object())

@@ -52,7 +52,7 @@ std::vector<std::vector<int32_t>> read_sequences(const std::string& path, const 
     json j;
     try {
       j = json::parse(line);
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {
       throw Error(json_line_error(path, lineno, e));
     }
     if (!j.is_object() || !j.contains("ids"))

@@ -762,7 +762,7 @@ RunConfig parse_config(const std::string& text, const std::string& source, const
   json doc;
   try {
     doc = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     throw Error(json_parse_error(source, text, e));
   }
   if (!doc.is_object()) throw Error(fmt::format("{}: expected a JSON object at the top level", source));

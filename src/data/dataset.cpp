@@ -253,7 +253,7 @@ PromptDataset PromptDataset::parse(const std::string& text, const std::string& s
       ojson rec;
       try {
         rec = ojson::parse(l);
-      } catch (const ojson::parse_error& e) {
+      } catch (const ojson::exception& e) {
         ++ds.stats_.records;
         malformed(line, fmt::format("invalid JSON: {}", json_error_text(e)));
         continue;
@@ -264,7 +264,7 @@ PromptDataset PromptDataset::parse(const std::string& text, const std::string& s
     ojson arr;
     try {
       arr = ojson::parse(text);
-    } catch (const ojson::parse_error& e) {
+    } catch (const ojson::exception& e) {
       throw Error(json_parse_error(source, text, e));
     }
     if (!arr.is_array()) throw Error(fmt::format("{}: expected a JSON array of records (data.format = json)", source));

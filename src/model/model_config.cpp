@@ -102,7 +102,7 @@ json read_json_file(const std::string& path) {
   ss << in.rdbuf();
   try {
     return json::parse(ss.str());
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     throw Error(json_parse_error(path, ss.str(), e));
   }
 }

@@ -149,7 +149,7 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
   json h;
   try {
     h = json::parse(hb, hb + n, cb);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     throw Error(fmt::format("{}: header is not valid JSON: {}", path, json_error_text(e)));
   }
   if (!h.is_object()) throw Error(fmt::format("{}: header is not a JSON object", path));
@@ -363,7 +363,7 @@ SafetensorsSet SafetensorsSet::open_dir(const std::string& dir) {
   json idx;
   try {
     idx = json::parse(text.str());
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     throw Error(json_parse_error(index_path, text.str(), e));
   }
   if (!idx.is_object() || !idx.contains("weight_map") || !idx["weight_map"].is_object())

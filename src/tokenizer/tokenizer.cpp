@@ -162,7 +162,7 @@ bool file_exists(const std::string& path) { return std::ifstream(path).good(); }
 json parse_json(const std::string& text, const std::string& source) {
   try {
     return json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     throw Error(json_parse_error(source, text, e));
   }
 }

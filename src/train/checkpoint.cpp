@@ -285,7 +285,7 @@ CheckpointRead load_checkpoint_dir(const std::string& dir) {
   if (!fs::is_regular_file(file)) throw Error(fmt::format("{}: missing (not a complete checkpoint)", file));
   try {
     ck.state = nlohmann::json::parse(read_text(file));
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {
     throw Error(json_parse_error(file, read_text(file), e));
   }
   if (!ck.state.is_object()) throw Error(fmt::format("{}: expected a JSON object", file));

@@ -217,7 +217,7 @@ std::vector<SftExample> load_sft_examples(const std::string& path, const DataCon
       ojson rec;
       try {
         rec = ojson::parse(l);
-      } catch (const ojson::parse_error& e) {
+      } catch (const ojson::exception& e) {
         throw Error(fmt::format("not valid JSON: {}", json_error_text(e)));
       }
       ex = sft_example_from_record(rec, data, completion_field, format, eos_id);

@@ -215,6 +215,15 @@ TEST(CliFailures, JsonErrorsNameFileLineAndColumnWithoutTheLibrarysText) {
   expect_error(run_cli("score --model " + kModel + " --input " + in), 1, {where});
   expect_error(run_cli("generate --model " + kModel + " --input " + in), 1, {where});
   expect_error(run_cli("tokenize --tokenizer " + kModel + " --decode --input " + in), 1, {where});
+  // Found by fuzz_jsonl and fuzz_safetensors: a number too large for a double is the library's out_of_range, not a
+  // parse_error, and escaped as "[json.exception.out_of_range.406] number overflow parsing '1e999'".
+  write_file(in, "{\"ids\": [1]}\n{\"ids\": [1e999]}\n");
+  expect_error(run_cli("score --model " + kModel + " --input " + in), 1,
+               {in + ":2: invalid JSON: number overflow parsing '1e999'"});
+  const std::string cfg = temp_dir() + "/overflow.json";
+  write_file(cfg, "{\"train\": {\"steps\": 1e999}}");
+  expect_error(run_cli("config check " + cfg), 1, {cfg + ": invalid JSON: number overflow parsing '1e999'"});
+  write_file(in, "{\"ids\": [1]}\n{\"ids\": [1,]}\n");
   // A sharded index and a tokenizer.json with the wrong structure.
   const std::string idx = fresh_dir("bad_index");
   fs::create_directories(idx);
