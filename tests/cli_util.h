@@ -39,12 +39,12 @@ inline void write_file(const std::string& path, const std::string& text) {
 }
 
 // `args` is appended to the binary path as is (shell syntax: quote what needs quoting). With `cwd` set, the binary
-// runs in that directory.
-inline CliResult run_cli(const std::string& args, const std::string& cwd = "") {
+// runs in that directory. With `stdout_to`, stdout goes there (e.g. /dev/full) and CliResult::out stays empty.
+inline CliResult run_cli(const std::string& args, const std::string& cwd = "", const std::string& stdout_to = "") {
   static int counter = 0;
   const std::string base = temp_dir() + "/cli_" + std::to_string(getpid()) + "_" + std::to_string(counter++);
   const std::string cmd = (cwd.empty() ? "" : "cd '" + cwd + "' && ") + std::string(RLCU_BIN) + " " + args + " >" +
-                          base + ".out 2>" + base + ".err </dev/null";
+                          (stdout_to.empty() ? base + ".out" : stdout_to) + " 2>" + base + ".err </dev/null";
   const int status = std::system(cmd.c_str());
   CliResult r;
   r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);

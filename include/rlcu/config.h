@@ -212,14 +212,21 @@ struct FieldSpec {
 
 const std::vector<FieldSpec>& config_schema();
 
+// Which command a config is for: the checks between RL keys (algorithm, rollout, data.max_prompt_tokens against
+// train.micro_batch_tokens) apply to `rlcu train` (and `config check|show`), not to `rlcu sft`, which reads none of
+// those keys.
+enum class ConfigUse { Rl, Sft };
+
 // Parses `text` (named `source` in messages), applies overrides ("a.b.c=value"; value parsed as JSON when it is
 // valid JSON, else taken as a string), validates and returns the config. Throws rlcu::Error.
 // With `base_dir` set, path keys (FieldSpec::is_path) become absolute: the file's relative values against
 // `base_dir`, the overrides' against the current directory, run.output_dir's default against the current directory.
 RunConfig parse_config(const std::string& text, const std::string& source,
-                       const std::vector<std::string>& overrides = {}, const std::string& base_dir = "");
+                       const std::vector<std::string>& overrides = {}, const std::string& base_dir = "",
+                       ConfigUse use = ConfigUse::Rl);
 // parse_config of the file at `path` with base_dir = the file's directory.
-RunConfig load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+RunConfig load_config(const std::string& path, const std::vector<std::string>& overrides = {},
+                      ConfigUse use = ConfigUse::Rl);
 // The config of a training command (`rlcu train`, `rlcu sft`): `config` with the overrides, plus run.device = device
 // when set and, when resuming, run.output_dir = resume; with resume and no config file, RESUME/config.json (the
 // run's resolved config). `*source` receives the file read. `command` names the command in a usage error.

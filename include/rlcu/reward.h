@@ -29,12 +29,16 @@ struct RewardSection;
 // ---- external command ------------------------------------------------------------------------------------------
 // Runs `/bin/sh -c <command>` once (started at the first batch), and per batch writes one JSON line per completion
 //   {"prompt": ..., "completion": ..., "answer": ..., "index": i}
-// (invalid UTF-8 replaced by U+FFFD) and reads one reply line per completion, in order: a JSON number or an object
-// {"reward": number}. Its stderr is passed through. The process is reused across batches and closed on
-// destruction (stdin closed, then SIGTERM after 2 s, then SIGKILL). An exit/EOF before all replies, no complete
-// reply set within timeout_s seconds of the batch's start, or a malformed reply is an rlcu::Error naming the
-// command and the reply line number within the batch; after an error the process is stopped and the next batch
-// starts it anew. SIGPIPE is ignored process-wide once a command is started (a dead command is seen as EPIPE).
+// (invalid UTF-8 replaced by U+FFFD) and reads exactly one reply line per completion, matched by position: a JSON
+// number or an object {"reward": number} (an object may also give "index", which must then equal the request's).
+// Its stderr is passed through. The process is reused across batches and closed on destruction (stdin closed, then
+// SIGTERM after 2 s, then SIGKILL). Each of these is an rlcu::Error naming the command and the reply line (its
+// number within the batch and the start of its text): an exit/EOF before all replies, a last line with no newline,
+// no complete reply set within timeout_s seconds of the batch's start, a malformed reply, a line longer than
+// kMaxReplyLine bytes (so a runaway command cannot grow rlcu's memory), and an extra line: output past the batch's
+// last reply that has arrived when the batch ends or before the next batch is written. After an error the process
+// is stopped and the next batch starts it anew. SIGPIPE is ignored process-wide once a command is started (a dead
+// command is seen as EPIPE).
 class RewardCommand {
  public:
   RewardCommand(std::string command, double timeout_s);
@@ -49,13 +53,22 @@ class RewardCommand {
  private:
   void start();
   void stop();
+  // Reads what the command has written so far without waiting; fails on anything (output nobody asked for).
+  void check_no_output(const std::string& when);
   std::string command_;
   double timeout_s_;
   int pid_ = -1;
   int to_child_ = -1;
   int from_child_ = -1;
   std::string pending_;  // bytes read past the last complete line
+  size_t scan_ = 0;      // pending_[0, scan_) holds no newline: the next search starts there
 };
+
+inline constexpr size_t kMaxReplyLine = size_t{1} << 20;  // bytes of one reward-command reply line
+
+// One reward-command reply line (no newline): a JSON number or {"reward": number[, "index": expected_index]}.
+// Returns "" and sets *out, or says what is wrong.
+std::string parse_reward_reply(const std::string& line, size_t expected_index, float* out);
 
 // ---- reward model ----------------------------------------------------------------------------------------------
 // A directory saved by Hugging Face AutoModelForSequenceClassification (Qwen2/Qwen3/Llama decoder tensors plus

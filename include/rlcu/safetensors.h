@@ -48,7 +48,8 @@ class SafetensorsFile {
   const uint8_t* data(const SafetensorsEntry& e) const { return data_ + e.begin; }
 
   // Converts the entry (F32, BF16 or F16) into `dst` (host memory of numel elements of `dst_dtype`, F32 or BF16).
-  // Any other stored dtype is an error naming the file and the tensor.
+  // Any other stored dtype is an error naming the file and the tensor, and so is a value that is not finite once
+  // converted (NaN or inf in the file, or an F32 value beyond the bf16 range): the message gives its index.
   void read_converted(const SafetensorsEntry& e, void* dst, DType dst_dtype) const;
 
  private:

@@ -63,7 +63,8 @@ std::vector<std::string> synth_task_names();
 std::vector<SynthExample> synth_generate(const SynthOptions& opts);
 // Whether a prompt belongs to the test split (see the file header).
 bool synth_is_test_problem(const std::string& prompt);
-// Writes the records as JSONL to PATH (through PATH.tmp and a rename). Throws rlcu::Error on I/O failure.
+// Writes the records as JSONL to PATH (rlcu::OutputFile: a temporary file and a rename, or directly to a device).
+// Throws rlcu::Error naming PATH on I/O failure.
 void write_synth_jsonl(const std::string& path, const std::vector<SynthExample>& examples);
 
 // Evaluates an integer expression (+ - * /, parentheses, unary minus not allowed) using each of `numbers` exactly

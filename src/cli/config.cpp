@@ -6,6 +6,7 @@
 
 #include "commands.h"
 #include "rlcu/config.h"
+#include "rlcu/output_file.h"
 
 namespace rlcu::cli {
 
@@ -45,7 +46,7 @@ void add_config_command(CLI::App& app, Action& action) {
   check->callback([&action] {
     action = [] {
       load_config(check_args.path, check_args.sets);
-      fmt::print("{}: ok\n", check_args.path);
+      OutputFile::write_stdout(fmt::format("{}: ok\n", check_args.path));
       return 0;
     };
   });
@@ -55,7 +56,7 @@ void add_config_command(CLI::App& app, Action& action) {
   show->callback([&action] {
     action = [] {
       const RunConfig c = load_config(show_args.path, show_args.sets);
-      std::cout << config_to_json(c).dump(2) << "\n";
+      OutputFile::write_stdout(config_to_json(c).dump(2) + "\n");
       return 0;
     };
   });
@@ -66,16 +67,18 @@ void add_config_command(CLI::App& app, Action& action) {
   keys->callback([&action] {
     action = [] {
       const RunConfig defaults;
-      if (markdown) fmt::print("| key | type | default | meaning |\n|---|---|---|---|\n");
+      std::string text;
+      if (markdown) text += fmt::format("| key | type | default | meaning |\n|---|---|---|---|\n");
       for (const FieldSpec& f : config_schema()) {
         const std::string def = f.get(defaults).dump();
         std::string type = kind_name(f);
         if (f.kind != FieldKind::String && f.kind != FieldKind::Bool) type = f.expectation();
         if (markdown)
-          fmt::print("| `{}` | {} | `{}` | {} |\n", f.path, type, def, f.doc);
+          text += fmt::format("| `{}` | {} | `{}` | {} |\n", f.path, type, def, f.doc);
         else
-          fmt::print("{:<28} {:<40} default {}\n    {}\n", f.path, type, def, f.doc);
+          text += fmt::format("{:<28} {:<40} default {}\n    {}\n", f.path, type, def, f.doc);
       }
+      OutputFile::write_stdout(text);
       return 0;
     };
   });

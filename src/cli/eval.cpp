@@ -16,6 +16,8 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstdlib>
 #include <memory>
 #include <nlohmann/json.hpp>
 
@@ -64,7 +66,13 @@ RewardSection reward_section(const EvalArgs& a) {
         for (const std::string& n : names) all += (all.empty() ? "" : ", ") + n;
         throw UsageError(fmt::format("--reward {}: unknown reward `{}` (expected one of {})", r, name, all));
       }
-      ov.push_back("reward." + name + "=" + (eq == std::string::npos ? std::string("1") : r.substr(eq + 1)));
+      const std::string weight = eq == std::string::npos ? std::string("1") : r.substr(eq + 1);
+      char* end = nullptr;
+      const double w = std::strtod(weight.c_str(), &end);
+      if (weight.empty() || end != weight.c_str() + weight.size() || !std::isfinite(w))
+        throw UsageError(fmt::format("--reward {}: the weight `{}` is not a number (expected NAME or NAME=WEIGHT)", r,
+                                     weight));
+      ov.push_back("reward." + name + "=" + weight);
     }
   }
   for (const std::string& s : a.sets) {
@@ -198,8 +206,8 @@ int run_eval(const EvalArgs& a) {
   table += fmt::format("{:<16} {}\n", fmt::format("pass@{}", s.k), pct(s.pass_at_k));
   table += fmt::format("{:<16} {:.1f} tokens\n", "mean_length", s.mean_length);
   for (const auto& [name, v] : s.component_means) table += fmt::format("{:<16} {:.4f}\n", "rewards/" + name, v);
-  std::fputs(table.c_str(), stdout);
-  std::fflush(stdout);
+  OutputFile::write_stdout(table);
+  OutputFile::check_stdout();
   spdlog::info("generated {} tokens in {:.2f} s", eng.stats().generated_tokens, gen_s);
   return 0;
 }

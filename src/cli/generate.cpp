@@ -27,6 +27,8 @@
 #include "rlcu/context.h"
 #include "rlcu/data.h"
 #include "rlcu/engine.h"
+#include "rlcu/input_file.h"
+#include "rlcu/json_error.h"
 #include "rlcu/model.h"
 #include "rlcu/token_bytes.h"
 #include "rlcu/tokenizer.h"
@@ -58,6 +60,7 @@ struct InputLine {
 // `format` gives the chat format on first use (a model without a template is only an error for "messages" lines).
 std::vector<InputLine> read_inputs(const std::string& path, const ModelConfig& cfg, const Tokenizer* tok,
                                    const std::function<const PromptFormat&()>& format) {
+  require_not_directory(path, "a JSONL file (--input)");
   std::ifstream in(path);
   if (!in) throw Error(fmt::format("{}: cannot open: {}", path, std::strerror(errno)));
   std::vector<InputLine> out;
@@ -70,8 +73,8 @@ std::vector<InputLine> read_inputs(const std::string& path, const ModelConfig& c
     nlohmann::ordered_json j;
     try {
       j = nlohmann::ordered_json::parse(line);
-    } catch (const nlohmann::ordered_json::parse_error& e) {
-      throw Error(fmt::format("{}: not valid JSON: {}", where, e.what()));
+    } catch (const nlohmann::ordered_json::exception& e) {
+      throw Error(json_line_error(path, lineno, e));
     }
     if (!j.is_object())
       throw Error(fmt::format("{}: expected an object with \"ids\", \"prompt\" or \"messages\"", where));

@@ -1,14 +1,21 @@
 // rlcu entry point: parses the command line (CLI11), runs the chosen subcommand and maps failures to exit codes:
 // 0 success, 1 error (bad input file/config/data, runtime failure), 2 usage error. Errors are one line on stderr.
+// Whatever a command printed to stdout is flushed and checked before a success exit: a failed write (a full disk,
+// a closed pipe) exits 1 naming stdout instead of 0 with the output lost.
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <filesystem>
+#include <iostream>
+#include <new>
 
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include "commands.h"
 #include "rlcu/error.h"
+#include "rlcu/json_error.h"
+#include "rlcu/output_file.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"rlcu: reinforcement-learning post-training of LLMs in C++/CUDA"};
@@ -55,10 +62,24 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
-    return action ? action() : 0;
+    const int code = action ? action() : 0;
+    std::cout.flush();
+    if (!std::cout.good()) throw rlcu::Error("stdout: write failed");
+    rlcu::OutputFile::check_stdout();
+    return code;
   } catch (const rlcu::UsageError& e) {
     std::fprintf(stderr, "rlcu: error: %s\n", e.what());
     return 2;
+  } catch (const std::filesystem::filesystem_error& e) {
+    // A filesystem call that was not given its own message: name the path and the reason, not the library's text.
+    std::fprintf(stderr, "rlcu: error: %s: %s\n", e.path1().string().c_str(), e.code().message().c_str());
+    return 1;
+  } catch (const nlohmann::json::exception& e) {
+    std::fprintf(stderr, "rlcu: error: unexpected JSON value: %s\n", rlcu::json_error_text(e).c_str());
+    return 1;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "rlcu: error: out of host memory (an input, batch or model larger than this machine holds)\n");
+    return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "rlcu: error: %s\n", e.what());
     return 1;

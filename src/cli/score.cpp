@@ -20,6 +20,8 @@
 #include "commands.h"
 #include "output.h"
 #include "rlcu/context.h"
+#include "rlcu/input_file.h"
+#include "rlcu/json_error.h"
 #include "rlcu/model.h"
 
 namespace rlcu::cli {
@@ -37,6 +39,7 @@ struct ScoreArgs {
 };
 
 std::vector<std::vector<int32_t>> read_sequences(const std::string& path, const ModelConfig& cfg, int64_t max_tokens) {
+  require_not_directory(path, "a JSONL file (--input)");
   std::ifstream in(path);
   if (!in) throw Error(fmt::format("{}: cannot open: {}", path, std::strerror(errno)));
   std::vector<std::vector<int32_t>> seqs;
@@ -49,8 +52,8 @@ std::vector<std::vector<int32_t>> read_sequences(const std::string& path, const 
     json j;
     try {
       j = json::parse(line);
-    } catch (const json::parse_error& e) {
-      throw Error(fmt::format("{}:{}: not valid JSON: {}", path, lineno, e.what()));
+    } catch (const json::exception& e) {
+      throw Error(json_line_error(path, lineno, e));
     }
     if (!j.is_object() || !j.contains("ids"))
       throw Error(fmt::format("{}:{}: expected an object with \"ids\": [token ids]", path, lineno));

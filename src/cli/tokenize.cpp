@@ -5,6 +5,7 @@
 //             goes to the template; --template picks the template: auto, none, a built-in name or a Jinja file)
 //   --decode  {"ids": [...]}                 -> {"text": ...}
 // A bad line is an error naming the file and line (exit 1).
+#include <cstdint>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -16,6 +17,9 @@
 #include "rlcu/chat.h"
 #include "rlcu/data.h"
 #include "rlcu/error.h"
+#include "rlcu/input_file.h"
+#include "rlcu/json_error.h"
+#include "rlcu/output_file.h"
 #include "rlcu/tokenizer.h"
 
 namespace rlcu::cli {
@@ -41,9 +45,13 @@ std::string process_line(const std::string& line, const TokenizeOptions& o, cons
   if (o.decode) {
     if (!in.contains("ids") || !in["ids"].is_array()) throw Error("expected {\"ids\": [...]}");
     std::vector<int32_t> ids;
-    for (const auto& v : in["ids"]) {
-      if (!v.is_number_integer()) throw Error("\"ids\" must hold integers");
-      ids.push_back(v.get<int32_t>());
+    for (size_t i = 0; i < in["ids"].size(); ++i) {
+      const auto& v = in["ids"][i];
+      // An id beyond int32 would wrap to another token: the range is checked before the conversion. Ids the
+      // vocabulary lacks are skipped by decode(), as Hugging Face tokenizers does.
+      if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > INT32_MAX)
+        throw Error(fmt::format("ids[{}] = {}: expected a token id (an integer in [0, 2^31))", i, v.dump()));
+      ids.push_back(static_cast<int32_t>(v.get<int64_t>()));
     }
     DecodeOptions d;
     d.skip_special = o.skip_special;
@@ -75,6 +83,7 @@ int run_tokenize(const TokenizeOptions& o) {
   std::ifstream file;
   std::istream* in = &std::cin;
   if (o.input != "-") {
+    require_not_directory(o.input, "a JSONL file (--input)");
     file.open(o.input, std::ios::binary);
     if (!file) throw Error(fmt::format("--input: cannot read {}", o.input));
     in = &file;
@@ -87,17 +96,20 @@ int run_tokenize(const TokenizeOptions& o) {
     std::string out;
     try {
       out = process_line(line, o, tok, format.get());
+    } catch (const nlohmann::json::parse_error& e) {
+      throw Error(json_line_error(o.input, n, e));
     } catch (const nlohmann::json::exception& e) {
-      throw Error(fmt::format("{}:{}: {}", o.input, n, e.what()));
+      throw Error(fmt::format("{}:{}: {}", o.input, n, json_error_text(e)));
     } catch (const InternalError&) {
       throw;
     } catch (const Error& e) {
       throw Error(fmt::format("{}:{}: {}", o.input, n, e.what()));
     }
     out.push_back('\n');
-    std::fwrite(out.data(), 1, out.size(), stdout);
+    if (std::fwrite(out.data(), 1, out.size(), stdout) != out.size())
+      throw Error(fmt::format("stdout: write failed at the output of {}:{}: {}", o.input, n, std::strerror(errno)));
   }
-  std::fflush(stdout);
+  OutputFile::check_stdout();
   return 0;
 }
 

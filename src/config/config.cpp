@@ -11,6 +11,8 @@
 
 #include "rlcu/context.h"
 #include "rlcu/error.h"
+#include "rlcu/input_file.h"
+#include "rlcu/json_error.h"
 
 namespace rlcu {
 
@@ -512,7 +514,7 @@ void check_cross_fields(const RunConfig& c, const std::string& source) {
 }
 
 std::string short_json(const json& v) {
-  std::string s = v.dump();
+  std::string s = v.dump(-1, ' ', false, json::error_handler_t::replace);
   if (s.size() > 60) s = s.substr(0, 57) + "...";
   return s;
 }
@@ -609,6 +611,11 @@ std::string validate_value(const FieldSpec& f, const json& v) {
       return v.is_boolean() ? "" : "expected true or false";
     case FieldKind::String:
       if (!v.is_string()) return "expected a string";
+      try {
+        (void)v.dump();  // config.json is written back: the text must be valid UTF-8
+      } catch (const json::type_error&) {
+        return "expected a string of valid UTF-8";
+      }
       if (f.check) {
         const std::string exp = f.check(v.get<std::string>());
         if (!exp.empty()) return "expected " + exp;
@@ -691,19 +698,6 @@ void walk(const json& obj, const std::string& prefix, const std::string& file, c
     }
     apply_field(*f, cfg, it.value());
   }
-}
-
-std::pair<size_t, size_t> line_col(const std::string& text, size_t byte) {
-  size_t line = 1, col = 1;
-  for (size_t i = 0; i < byte && i < text.size(); ++i) {
-    if (text[i] == '\n') {
-      ++line;
-      col = 1;
-    } else {
-      ++col;
-    }
-  }
-  return {line, col};
 }
 
 // Applies one KEY=VALUE override to the JSON document and returns KEY.
@@ -809,16 +803,12 @@ std::string suggest_key(const std::string& unknown) {
 }
 
 RunConfig parse_config(const std::string& text, const std::string& source, const std::vector<std::string>& overrides,
-                       const std::string& base_dir) {
+                       const std::string& base_dir, ConfigUse use) {
   json doc;
   try {
     doc = json::parse(text);
-  } catch (const json::parse_error& e) {
-    auto [line, col] = line_col(text, e.byte == 0 ? 0 : e.byte - 1);
-    std::string what = e.what();
-    const size_t p = what.find("syntax error");
-    if (p != std::string::npos) what = what.substr(p);
-    throw Error(fmt::format("{}:{}:{}: invalid JSON: {}", source, line, col, what));
+  } catch (const json::exception& e) {
+    throw Error(json_parse_error(source, text, e));
   }
   if (!doc.is_object()) throw Error(fmt::format("{}: expected a JSON object at the top level", source));
   std::set<std::string> overridden;
@@ -826,7 +816,7 @@ RunConfig parse_config(const std::string& text, const std::string& source, const
   RunConfig cfg;
   walk(doc, "", source, overridden, base_dir, cfg);
   if (!cfg.eval.reward_given) cfg.eval.reward = cfg.reward;  // evaluation scores with the run's rewards
-  check_cross_fields(cfg, source);
+  if (use == ConfigUse::Rl) check_cross_fields(cfg, source);
   fill_output_dir(cfg, overridden.count("run.output_dir") ? "--set run.output_dir" : source);
   if (!base_dir.empty()) {
     const bool from_file = !overridden.count("run.output_dir") && doc.contains("run") && doc["run"].is_object() &&
@@ -854,13 +844,14 @@ RunConfig load_run_config(const std::string& command, const std::string& config,
     overrides.push_back("run.output_dir=" + escaped);
   }
   if (source) *source = path;
-  return load_config(path, overrides);
+  return load_config(path, overrides, command == "sft" ? ConfigUse::Sft : ConfigUse::Rl);
 }
 
-RunConfig load_config(const std::string& path, const std::vector<std::string>& overrides) {
+RunConfig load_config(const std::string& path, const std::vector<std::string>& overrides, ConfigUse use) {
   for (const std::string& ov : overrides)  // a malformed --set is a usage error, whatever the file holds
     if (ov.find('=') == std::string::npos || ov[0] == '=')
       throw UsageError(fmt::format("--set {}: expected KEY=VALUE, e.g. --set optimizer.lr=2e-6", ov));
+  require_not_directory(path, "a JSON config file");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(fmt::format("{}: cannot open config file", path));
   std::stringstream ss;
@@ -868,7 +859,7 @@ RunConfig load_config(const std::string& path, const std::vector<std::string>& o
   std::error_code ec;
   const std::filesystem::path abs = std::filesystem::absolute(path, ec);
   if (ec) throw Error(fmt::format("{}: cannot make the path absolute: {}", path, ec.message()));
-  return parse_config(ss.str(), path, overrides, abs.parent_path().lexically_normal().string());
+  return parse_config(ss.str(), path, overrides, abs.parent_path().lexically_normal().string(), use);
 }
 
 nlohmann::ordered_json config_to_json(const RunConfig& cfg) {

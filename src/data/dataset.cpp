@@ -8,6 +8,8 @@
 
 #include "rlcu/data.h"
 #include "rlcu/error.h"
+#include "rlcu/input_file.h"
+#include "rlcu/json_error.h"
 #include "rlcu/tokenizer.h"
 
 namespace rlcu {
@@ -99,6 +101,7 @@ std::vector<ChatMessage> parse_messages(const ojson& arr, const std::string& fie
 }
 
 std::string read_file(const std::string& path) {
+  require_not_directory(path, "a JSONL or JSON data file (data.path)");
   std::ifstream f(path, std::ios::binary);
   if (!f) throw Error(fmt::format("data.path: cannot read {}", path));
   std::ostringstream ss;
@@ -250,9 +253,9 @@ PromptDataset PromptDataset::parse(const std::string& text, const std::string& s
       ojson rec;
       try {
         rec = ojson::parse(l);
-      } catch (const ojson::parse_error& e) {
+      } catch (const ojson::exception& e) {
         ++ds.stats_.records;
-        malformed(line, fmt::format("invalid JSON: {}", e.what()));
+        malformed(line, fmt::format("invalid JSON: {}", json_error_text(e)));
         continue;
       }
       add(rec, line);
@@ -261,8 +264,8 @@ PromptDataset PromptDataset::parse(const std::string& text, const std::string& s
     ojson arr;
     try {
       arr = ojson::parse(text);
-    } catch (const ojson::parse_error& e) {
-      throw Error(fmt::format("{}: invalid JSON: {}", source, e.what()));
+    } catch (const ojson::exception& e) {
+      throw Error(json_parse_error(source, text, e));
     }
     if (!arr.is_array()) throw Error(fmt::format("{}: expected a JSON array of records (data.format = json)", source));
     for (size_t i = 0; i < arr.size() && !full(); ++i) add(arr[i], static_cast<int64_t>(i) + 1);

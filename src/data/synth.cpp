@@ -11,6 +11,7 @@
 #include <set>
 
 #include "rlcu/error.h"
+#include "rlcu/output_file.h"
 #include "rlcu/rng.h"
 
 namespace rlcu {
@@ -301,28 +302,9 @@ std::vector<SynthExample> synth_generate(const SynthOptions& o) {
 }
 
 void write_synth_jsonl(const std::string& path, const std::vector<SynthExample>& examples) {
-  const std::string tmp = path + ".tmp";
-  std::FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) throw Error(fmt::format("{}: cannot create: {}", tmp, std::strerror(errno)));
-  bool ok = true;
-  for (const SynthExample& e : examples) {
-    const std::string line = e.to_jsonl() + "\n";
-    if (std::fwrite(line.data(), 1, line.size(), f) != line.size()) {
-      ok = false;
-      break;
-    }
-  }
-  const int err = errno;
-  if (std::fclose(f) != 0) ok = false;
-  if (!ok) {
-    std::remove(tmp.c_str());
-    throw Error(fmt::format("{}: write failed: {}", path, std::strerror(err)));
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int e = errno;
-    std::remove(tmp.c_str());
-    throw Error(fmt::format("{}: cannot move the output into place: {}", path, std::strerror(e)));
-  }
+  OutputFile out(path);
+  for (const SynthExample& e : examples) out.write(e.to_jsonl() + "\n");
+  out.commit();
 }
 
 std::optional<int64_t> eval_countdown_expression(const std::string& expr, const std::vector<int64_t>& numbers,

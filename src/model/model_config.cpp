@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "rlcu/json_error.h"
 #include "rlcu/model.h"
 
 namespace rlcu {
@@ -101,8 +102,8 @@ json read_json_file(const std::string& path) {
   ss << in.rdbuf();
   try {
     return json::parse(ss.str());
-  } catch (const json::parse_error& e) {
-    throw Error(fmt::format("{}: not valid JSON: {}", path, e.what()));
+  } catch (const json::exception& e) {
+    throw Error(json_parse_error(path, ss.str(), e));
   }
 }
 

@@ -1,5 +1,6 @@
 // Safetensors reading (mmap + full header validation), sharded index resolution, dtype conversion on load and the
 // deterministic writer. See include/rlcu/safetensors.h for the format.
+#include "rlcu/json_error.h"
 #include "rlcu/safetensors.h"
 
 #include <fcntl.h>
@@ -8,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -148,8 +150,8 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
   json h;
   try {
     h = json::parse(hb, hb + n, cb);
-  } catch (const json::parse_error& e) {
-    throw Error(fmt::format("{}: header is not valid JSON: {}", path, e.what()));
+  } catch (const json::exception& e) {
+    throw Error(fmt::format("{}: header is not valid JSON: {}", path, json_error_text(e)));
   }
   if (!h.is_object()) throw Error(fmt::format("{}: header is not a JSON object", path));
   if (!duplicate.empty()) throw Error(fmt::format("{}: tensor `{}` appears twice in the header", path, duplicate));
@@ -231,34 +233,113 @@ const SafetensorsEntry* SafetensorsFile::find(const std::string& name) const {
   return it == tensors_.end() ? nullptr : &it->second;
 }
 
+namespace {
+
+// Non-finite check by bits, branch-free so that it vectorises: the exponent field is all ones (inf or NaN) exactly
+// when adding one unit of the exponent carries into the sign bit. OR-ing these sums over a block leaves the sign
+// bit set when any value of the block is not finite.
+inline bool any_nonfinite_f32(const float* v, size_t n) {
+  uint32_t acc = 0;
+  for (size_t i = 0; i < n; ++i) {
+    uint32_t u;
+    std::memcpy(&u, v + i, 4);
+    acc |= (u & 0x7f800000u) + 0x00800000u;
+  }
+  return (acc & 0x80000000u) != 0;
+}
+inline bool any_nonfinite_bf16(const uint16_t* v, size_t n) {
+  uint16_t acc = 0;
+  for (size_t i = 0; i < n; ++i) acc |= static_cast<uint16_t>((v[i] & 0x7f80u) + 0x0080u);
+  return (acc & 0x8000u) != 0;
+}
+
+// Converts n elements with `conv(i)` in blocks that stay in cache, checking each converted block as it is written.
+template <typename Out, typename Conv, typename Any>
+bool convert_checked(Out* o, size_t n, Conv conv, Any any_bad) {
+  constexpr size_t kBlock = 8192;
+  bool bad = false;
+  for (size_t b = 0; b < n; b += kBlock) {
+    const size_t e = std::min(n, b + kBlock);
+    for (size_t i = b; i < e; ++i) o[i] = conv(i);
+    bad |= any_bad(o + b, e - b);
+  }
+  return bad;
+}
+
+// The same for a stored dtype equal to the destination's: block copies.
+inline bool copy_checked_bf16(uint16_t* o, const uint8_t* src, size_t n) {
+  constexpr size_t kBlock = 8192;
+  bool bad = false;
+  for (size_t b = 0; b < n; b += kBlock) {
+    const size_t e = std::min(n, b + kBlock);
+    std::memcpy(o + b, src + 2 * b, 2 * (e - b));
+    bad |= any_nonfinite_bf16(o + b, e - b);
+  }
+  return bad;
+}
+
+}  // namespace
+
 void SafetensorsFile::read_converted(const SafetensorsEntry& e, void* dst, DType dst_dtype) const {
   RLCU_CHECK(dst_dtype == DType::F32 || dst_dtype == DType::BF16, "read_converted to {}", dtype_name(dst_dtype));
   const size_t n = static_cast<size_t>(e.numel());
   const uint8_t* src = data(e);
-  if (e.dtype == "BF16" && dst_dtype == DType::BF16) {
-    std::memcpy(dst, src, n * 2);
-    return;
-  }
-  auto load = [&](size_t i) -> float {
-    if (e.dtype == "F32") {
-      float f;
-      std::memcpy(&f, src + 4 * i, 4);
-      return f;
-    }
-    uint16_t h;
-    std::memcpy(&h, src + 2 * i, 2);
-    return e.dtype == "BF16" ? bf16_to_f32(h) : f16_to_f32(h);
-  };
-  if (e.dtype != "F32" && e.dtype != "BF16" && e.dtype != "F16")
+  enum class Src { F32, BF16, F16 } st;
+  if (e.dtype == "F32")
+    st = Src::F32;
+  else if (e.dtype == "BF16")
+    st = Src::BF16;
+  else if (e.dtype == "F16")
+    st = Src::F16;
+  else
     throw Error(
         fmt::format("{}: tensor `{}` has dtype {}; model weights must be F32, BF16 or F16", path_, e.name, e.dtype));
+  auto load16 = [src](size_t i) {
+    uint16_t h;
+    std::memcpy(&h, src + 2 * i, 2);
+    return h;
+  };
+  auto load32 = [src](size_t i) {
+    float f;
+    std::memcpy(&f, src + 4 * i, 4);
+    return f;
+  };
+  // Every value is checked as it is converted: a NaN or inf in the file, or a value that overflows the destination
+  // dtype (F32 above the bf16 range), is an error naming the tensor, not a model that computes NaN later.
+  bool bad = false;
   if (dst_dtype == DType::F32) {
     float* o = static_cast<float*>(dst);
-    for (size_t i = 0; i < n; ++i) o[i] = load(i);
+    const auto bad_f = any_nonfinite_f32;
+    if (st == Src::F32)
+      bad = convert_checked(o, n, load32, bad_f);
+    else if (st == Src::BF16)
+      bad = convert_checked(o, n, [&](size_t i) { return bf16_to_f32(load16(i)); }, bad_f);
+    else
+      bad = convert_checked(o, n, [&](size_t i) { return f16_to_f32(load16(i)); }, bad_f);
   } else {
     uint16_t* o = static_cast<uint16_t*>(dst);
-    for (size_t i = 0; i < n; ++i) o[i] = f32_to_bf16(load(i));
+    const auto bad_b = any_nonfinite_bf16;
+    if (st == Src::BF16)
+      bad = copy_checked_bf16(o, src, n);
+    else if (st == Src::F32)
+      bad = convert_checked(o, n, [&](size_t i) { return f32_to_bf16(load32(i)); }, bad_b);
+    else
+      bad = convert_checked(o, n, [&](size_t i) { return f32_to_bf16(f16_to_f32(load16(i))); }, bad_b);
   }
+  if (!bad) return;
+  // The error path: find the first offending element and say what it is.
+  for (size_t i = 0; i < n; ++i) {
+    const float stored = st == Src::F32 ? load32(i) : st == Src::BF16 ? bf16_to_f32(load16(i)) : f16_to_f32(load16(i));
+    const float converted = dst_dtype == DType::F32 ? static_cast<const float*>(dst)[i]
+                                                    : bf16_to_f32(static_cast<const uint16_t*>(dst)[i]);
+    if (std::isfinite(converted)) continue;
+    if (std::isfinite(stored))
+      throw Error(fmt::format("{}: tensor `{}`: element {} of {} ({:g}, {}) overflows {} (inf)", path_, e.name, i, n,
+                              stored, e.dtype, dtype_name(dst_dtype)));
+    throw Error(fmt::format("{}: tensor `{}`: element {} of {} is {} (weights must be finite)", path_, e.name, i, n,
+                            std::isnan(stored) ? "NaN" : stored > 0 ? "inf" : "-inf"));
+  }
+  RLCU_CHECK(false, "read_converted: a non-finite value flagged but not found in `{}`", e.name);
 }
 
 SafetensorsSet SafetensorsSet::open_dir(const std::string& dir) {
@@ -278,11 +359,13 @@ SafetensorsSet SafetensorsSet::open_dir(const std::string& dir) {
   s.description_ = index_path;
   std::ifstream in(index_path);
   if (!in) throw Error(fmt::format("{}: cannot open", index_path));
+  std::stringstream text;
+  text << in.rdbuf();
   json idx;
   try {
-    idx = json::parse(in);
-  } catch (const json::parse_error& e) {
-    throw Error(fmt::format("{}: not valid JSON: {}", index_path, e.what()));
+    idx = json::parse(text.str());
+  } catch (const json::exception& e) {
+    throw Error(json_parse_error(index_path, text.str(), e));
   }
   if (!idx.is_object() || !idx.contains("weight_map") || !idx["weight_map"].is_object())
     throw Error(fmt::format("{}: expected an object with a `weight_map` object", index_path));

@@ -2,6 +2,11 @@
 // writes N JSON request lines and reads N reply lines; writing and reading are interleaved through poll() on
 // non-blocking pipes, so a command that answers each line before reading the next cannot deadlock against a full
 // pipe. The whole batch has one deadline (timeout_s after its start).
+// Strictness: replies are matched to requests by position, so exactly n lines per batch. Lines are cut from one
+// buffer (each read appends; the newline search resumes where the last one stopped, consumed lines are erased once
+// per read); a line is bounded by kMaxReplyLine, so memory is too. Extra output is looked for without waiting when
+// the batch's n-th line is in and again before the next batch is written: a command that prints two lines for one
+// request is stopped there instead of shifting every later reward by one.
 // Process group: the command runs as the leader of its own process group (setpgid in the child and in the parent,
 // so neither order races), so a terminal's Ctrl-C reaches rlcu only, and stop() ends the whole group — the shell
 // and whatever it started — not just the `sh` pid: closed stdin, 2 s for the shell to exit, then SIGTERM to the
@@ -33,7 +38,13 @@ using json = nlohmann::json;
 
 namespace {
 
-std::string clip(const std::string& s) { return s.size() > 200 ? s.substr(0, 197) + "..." : s; }
+// A prefix of a reply line for messages: at most 120 bytes, control bytes shown as `?`.
+std::string clip(const std::string& s) {
+  std::string out = s.size() > 120 ? s.substr(0, 117) + "..." : s;
+  for (char& ch : out)
+    if (static_cast<unsigned char>(ch) < 0x20) ch = '?';
+  return out;
+}
 
 // Waits up to `ms` for process `pid` to be reaped; true when it was.
 bool reap_within(pid_t pid, int ms) {
@@ -60,14 +71,18 @@ void set_nonblocking(int fd) {
   fcntl(fd, F_SETFL, flags | O_NONBLOCK);
 }
 
-// Parses one reply line: a JSON number or {"reward": number}. Returns "" and sets *out, or what is wrong.
-std::string parse_reply(const std::string& line, float* out) {
+}  // namespace
+
+std::string parse_reward_reply(const std::string& line, size_t expected_index, float* out) {
   const json j = json::parse(line, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return "not valid JSON";
   const json* v = &j;
   if (j.is_object()) {
     auto it = j.find("reward");
     if (it == j.end()) return "an object without a `reward` field";
+    auto idx = j.find("index");
+    if (idx != j.end() && !(idx->is_number_unsigned() && idx->get<uint64_t>() == expected_index))
+      return fmt::format("its `index` is {}, but this line answers request index {}", idx->dump(), expected_index);
     v = &*it;
   }
   if (!v->is_number()) return "expected a number or {\"reward\": number}";
@@ -76,8 +91,6 @@ std::string parse_reply(const std::string& line, float* out) {
   *out = static_cast<float>(d);
   return "";
 }
-
-}  // namespace
 
 RewardCommand::RewardCommand(std::string command, double timeout_s)
     : command_(std::move(command)), timeout_s_(timeout_s) {
@@ -128,6 +141,7 @@ void RewardCommand::start() {
   to_child_ = in_pipe[1];
   from_child_ = out_pipe[0];
   pending_.clear();
+  scan_ = 0;
   spdlog::debug("reward command `{}` started (pid {})", command_, pid_);
 }
 
@@ -136,6 +150,7 @@ void RewardCommand::stop() {
   if (from_child_ >= 0) close(from_child_);
   to_child_ = from_child_ = -1;
   pending_.clear();
+  scan_ = 0;
   if (pid_ <= 0) return;
   // Closed stdin asks a well-behaved command to finish; give the shell 2 s, then end its whole group: SIGTERM, 1 s
   // for the shell and every process it started, SIGKILL. While any of them lives the group id is not reused.
@@ -176,6 +191,9 @@ std::vector<float> RewardCommand::score(const std::vector<std::string>& prompts,
     request += '\n';
   }
 
+  // Output that arrived after the previous batch's last reply (and was not there when it ended) is an extra line.
+  check_no_output("before this batch's requests were written (after the previous batch's last reply)");
+
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s_);
   size_t written = 0, replies = 0;
   // On failure: stop the process (the next batch restarts it) and throw.
@@ -185,20 +203,30 @@ std::vector<float> RewardCommand::score(const std::vector<std::string>& prompts,
   };
   char buf[65536];
   while (replies < n) {
-    // Complete lines already buffered.
-    size_t nl;
-    while (replies < n && (nl = pending_.find('\n')) != std::string::npos) {
-      std::string line = pending_.substr(0, nl);
-      pending_.erase(0, nl + 1);
+    // Complete lines already buffered: pending_[head, ...) is unconsumed; the search for '\n' resumes at scan_.
+    size_t head = 0, nl;
+    while (replies < n && (nl = pending_.find('\n', scan_)) != std::string::npos) {
+      std::string line = pending_.substr(head, nl - head);
+      head = scan_ = nl + 1;
       if (!line.empty() && line.back() == '\r') line.pop_back();
+      if (line.size() > kMaxReplyLine)
+        fail(fmt::format("reply line {} of the batch is longer than {} bytes: `{}`", replies + 1, kMaxReplyLine,
+                         clip(line)));
       float r = 0.0f;
-      const std::string err = parse_reply(line, &r);
+      const std::string err = parse_reward_reply(line, replies, &r);
       if (!err.empty())
         fail(fmt::format("reply line {} of the batch (completion index {}): {}: `{}`", replies + 1, replies, err,
                          clip(line)));
       out[replies++] = r;
     }
+    if (head > 0) {
+      pending_.erase(0, head);  // once per read, not per line
+    }
+    scan_ = pending_.size();  // no newline in what is left (or all replies are in)
     if (replies == n) break;
+    if (pending_.size() > kMaxReplyLine)
+      fail(fmt::format("reply line {} of {} of the batch is longer than {} bytes (no newline yet): `{}`", replies + 1,
+                       n, kMaxReplyLine, clip(pending_)));
 
     const double left_ms =
         std::chrono::duration<double, std::milli>(deadline - std::chrono::steady_clock::now()).count();
@@ -231,18 +259,38 @@ std::vector<float> RewardCommand::score(const std::vector<std::string>& prompts,
       if (r > 0) {
         pending_.append(buf, static_cast<size_t>(r));
       } else if (r == 0) {
-        // EOF: a last line without a newline still counts as a reply.
-        if (!pending_.empty() && replies + 1 == n && pending_.find('\n') == std::string::npos) {
-          pending_ += '\n';
-          continue;
-        }
+        if (!pending_.empty())
+          fail(fmt::format("reply line {} of {} of the batch has no newline at the end of the output: `{}`",
+                           replies + 1, n, clip(pending_)));
         fail(fmt::format("exited (end of output) before reply line {} of {} of the batch", replies + 1, n));
       } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
         fail(fmt::format("read: {}", std::strerror(errno)));
       }
     }
   }
+  // Exactly n lines: anything past the last reply, buffered or already in the pipe, answers no request.
+  check_no_output(fmt::format("after reply line {} of {}, the batch's last", n, n));
   return out;
+}
+
+void RewardCommand::check_no_output(const std::string& when) {
+  if (pid_ <= 0) return;
+  char buf[4096];
+  while (pending_.size() < 4096) {
+    const ssize_t r = read(from_child_, buf, sizeof buf);
+    if (r > 0) {
+      pending_.append(buf, static_cast<size_t>(r));
+      continue;
+    }
+    if (r < 0 && errno == EINTR) continue;
+    break;  // EAGAIN (nothing more now), EOF (noticed by the next read that waits) or an error (likewise)
+  }
+  scan_ = pending_.size();
+  if (pending_.empty()) return;
+  const std::string line = pending_.substr(0, pending_.find('\n'));
+  stop();
+  throw Error(fmt::format("reward command `{}`: an extra reply line {}: `{}` (expected exactly one line per request)",
+                          command_, when, clip(line)));
 }
 
 }  // namespace rlcu

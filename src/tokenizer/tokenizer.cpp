@@ -5,6 +5,7 @@
 // normalized=true on each normalized piece between them. lstrip/rstrip widen a match over neighbouring whitespace,
 // single_word rejects a match touching a word character; special tokens are skipped when !allow_special. This is
 // `tokenizers`' AddedVocabulary behaviour.
+#include "rlcu/json_error.h"
 #include "rlcu/tokenizer.h"
 
 #include <algorithm>
@@ -162,8 +163,8 @@ bool file_exists(const std::string& path) { return std::ifstream(path).good(); }
 json parse_json(const std::string& text, const std::string& source) {
   try {
     return json::parse(text);
-  } catch (const json::parse_error& e) {
-    throw Error(fmt::format("{}: invalid JSON: {}", source, e.what()));
+  } catch (const json::exception& e) {
+    throw Error(json_parse_error(source, text, e));
   }
 }
 
@@ -344,7 +345,8 @@ std::shared_ptr<Tokenizer::Impl> build(const std::string& tokenizer_json, const 
   auto t = std::make_shared<Tokenizer::Impl>();
   t->source = source;
   const json j = parse_json(tokenizer_json, source);
-  if (!j.is_object() || !j.contains("model")) throw Error(fmt::format("{}: no \"model\" object", source));
+  if (!j.is_object() || !j.contains("model") || !j["model"].is_object())
+    throw Error(fmt::format("{}: no \"model\" object", source));
   try {
     t->model = std::make_unique<BpeModel>(j["model"], t->vocab, t->id_to_token);
     parse_added_tokens(*t, j.value("added_tokens", json()));
@@ -354,7 +356,7 @@ std::shared_ptr<Tokenizer::Impl> build(const std::string& tokenizer_json, const 
     if (j.contains("decoder") && !j["decoder"].is_null()) t->decoder = make_decoder(j["decoder"]);
     parse_post_processor(*t, j.value("post_processor", json()));
   } catch (const json::exception& e) {
-    throw Error(fmt::format("{}: unexpected structure: {}", source, e.what()));
+    throw Error(fmt::format("{}: unexpected structure: {}", source, json_error_text(e)));
   }
 
   const size_t n = t->id_to_token.size();

@@ -17,6 +17,7 @@
 #include <system_error>
 
 #include "rlcu/error.h"
+#include "rlcu/json_error.h"
 #include "rlcu/model.h"
 #include "rlcu/ops.h"
 #include "rlcu/optimizer.h"
@@ -293,8 +294,8 @@ CheckpointRead load_checkpoint_dir(const std::string& dir) {
   if (!fs::is_regular_file(file)) throw Error(fmt::format("{}: missing (not a complete checkpoint)", file));
   try {
     ck.state = nlohmann::json::parse(read_text(file));
-  } catch (const nlohmann::json::parse_error& e) {
-    throw Error(fmt::format("{}: invalid JSON: {}", file, e.what()));
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(json_parse_error(file, read_text(file), e));
   }
   if (!ck.state.is_object()) throw Error(fmt::format("{}: expected a JSON object", file));
   const nlohmann::json& fmt_ = need(ck.state, "format", file);

@@ -33,6 +33,8 @@
 #include "rlcu/checkpoint.h"
 #include "rlcu/config.h"
 #include "rlcu/error.h"
+#include "rlcu/input_file.h"
+#include "rlcu/json_error.h"
 #include "rlcu/memory_plan.h"
 #include "rlcu/metrics.h"
 #include "rlcu/model.h"
@@ -67,6 +69,7 @@ bool starts_with(const std::string& s, const std::string& prefix) {
 }
 
 std::string read_text_file(const std::string& path) {
+  require_not_directory(path, "a JSONL file of SFT records");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(fmt::format("{}: cannot open SFT data file", path));
   std::stringstream ss;
@@ -216,8 +219,8 @@ std::vector<SftExample> load_sft_examples(const std::string& path, const DataCon
       ojson rec;
       try {
         rec = ojson::parse(l);
-      } catch (const ojson::parse_error& e) {
-        throw Error(fmt::format("not valid JSON: {}", e.what()));
+      } catch (const ojson::exception& e) {
+        throw Error(fmt::format("not valid JSON: {}", json_error_text(e)));
       }
       ex = sft_example_from_record(rec, data, completion_field, format, eos_id);
     } catch (const InternalError&) {

@@ -1,5 +1,6 @@
 // External reward command: JSON lines out, one reward per line back, reuse across batches, and each failure
-// (exit before all replies, timeout, malformed reply) as an rlcu::Error naming the command and the reply line.
+// (exit before all replies, timeout, malformed reply, an extra line, a mismatched index, no newline at the end, a
+// line over 1 MiB) as an rlcu::Error naming the command and the reply line.
 // The commands are /bin/sh scripts using only sh builtins and sed.
 #include <gtest/gtest.h>
 
@@ -164,4 +165,68 @@ TEST(RewardCommand, ThroughRewardSet) {
   const RewardResult r = set.score(b);
   EXPECT_EQ(r.components.at("command"), (std::vector<float>{1, 0, 0}));
   EXPECT_EQ(r.total, (std::vector<float>{2, 0, 0}));
+}
+
+// ---- strictness: one line per request, bounded lines --------------------------------------------------------------
+
+TEST(RewardCommand, AnExtraLineIsAnErrorNotTheNextCompletionsReward) {
+  // Four lines (in one write) for a batch of three: the fourth answers no request. Before, it became the reward of
+  // the next batch's first completion.
+  RewardCommand c("read -r l; printf '1\\n2\\n3\\n4\\n'; while read -r l; do echo 9; done", 10.0);
+  std::string e = error_of(c, 3);
+  EXPECT_NE(e.find("reward command `read -r l;"), std::string::npos) << e;
+  EXPECT_NE(e.find("an extra reply line after reply line 3 of 3, the batch's last: `4`"), std::string::npos) << e;
+  EXPECT_FALSE(c.running());
+
+  // Extra output after the batch's last reply, arriving late: seen before the next batch is written.
+  RewardCommand after("n=0; while read -r l; do n=$((n+1)); echo 1; if [ $n = 2 ]; then sleep 0.3; echo 5; fi; done",
+                      10.0);
+  EXPECT_EQ(after.score(strs(2, "p"), strs(2, "c"), strs(2, "a")), (std::vector<float>{1, 1}));
+  usleep(600000);
+  e = error_of(after, 2);
+  EXPECT_NE(e.find("extra reply line before this batch's requests were written"), std::string::npos) << e;
+  EXPECT_NE(e.find("`5`"), std::string::npos) << e;
+}
+
+TEST(RewardCommand, AMismatchedIndexIsAnError) {
+  RewardCommand c("n=0; while read -r l; do echo \"{\\\"reward\\\": 1, \\\"index\\\": $((1 - n))}\"; n=$((n+1)); done",
+                  10.0);
+  const std::string e = error_of(c, 2);
+  EXPECT_NE(e.find("reply line 1"), std::string::npos) << e;
+  EXPECT_NE(e.find("its `index` is 1, but this line answers request index 0"), std::string::npos) << e;
+  RewardCommand ok("n=0; while read -r l; do echo \"{\\\"reward\\\": $n, \\\"index\\\": $n}\"; n=$((n+1)); done", 10.0);
+  EXPECT_EQ(ok.score(strs(3, "p"), strs(3, "c"), strs(3, "a")), (std::vector<float>{0, 1, 2}));
+}
+
+TEST(RewardCommand, NoNewlineAtTheEndIsAnError) {
+  // The last reply without a newline, then exit: the line may be cut short, so it is not used.
+  RewardCommand c("read -r l; echo 1; read -r l; printf 2; exit 0", 10.0);
+  const std::string e = error_of(c, 2);
+  EXPECT_NE(e.find("reply line 2 of 2 of the batch has no newline at the end of the output: `2`"), std::string::npos)
+      << e;
+}
+
+TEST(RewardCommand, ALineOverTheBoundIsAnErrorNotUnboundedMemory) {
+  // 3 MiB without a newline (the command would go on for ever): the error comes at 1 MiB.
+  RewardCommand endless("read -r l; while :; do printf '%01024d' 0; done", 30.0);
+  std::string e = error_of(endless, 1);
+  EXPECT_NE(e.find("reply line 1 of 1 of the batch is longer than 1048576 bytes (no newline yet): `000"),
+            std::string::npos)
+      << e.substr(0, 300);
+  EXPECT_LT(e.size(), 400u);  // a prefix of the text, not the megabyte
+  // A long line under the bound is parsed (a number after 1000 spaces).
+  RewardCommand spaces("read -r l; printf '%1000s1\\n' ''", 30.0);
+  EXPECT_EQ(spaces.score(strs(1, "p"), strs(1, "c"), strs(1, "a")), (std::vector<float>{1}));
+}
+
+TEST(ParseRewardReply, Forms) {
+  float r = 0;
+  EXPECT_EQ(parse_reward_reply("0.5", 0, &r), "");
+  EXPECT_EQ(r, 0.5f);
+  EXPECT_EQ(parse_reward_reply("{\"reward\": -2, \"index\": 4}", 4, &r), "");
+  EXPECT_EQ(r, -2.0f);
+  EXPECT_NE(parse_reward_reply("{\"reward\": 1, \"index\": -1}", 0, &r), "");
+  EXPECT_NE(parse_reward_reply("{\"reward\": 1, \"index\": \"0\"}", 0, &r), "");
+  EXPECT_EQ(parse_reward_reply("1 2", 0, &r), "not valid JSON");
+  EXPECT_EQ(parse_reward_reply("", 0, &r), "not valid JSON");
 }

@@ -259,3 +259,42 @@ TEST(Safetensors, ShardedIndex) {
     EXPECT_NE(std::string(e.what()).find("no model.safetensors"), std::string::npos);
   }
 }
+
+TEST(Safetensors, NonFiniteValuesAreErrorsNamingTheTensorAndElement) {
+  TempDir d("st");
+  const std::string p = d.file("bad.safetensors");
+  // F32 [3] = {1, 3.4e38 (beyond bf16), NaN}; BF16 [2] = {1, +inf}; F16 [2] = {1, -inf}; F32 [1] = 2 (finite).
+  const std::string h =
+      R"({"f":{"dtype":"F32","shape":[3],"data_offsets":[0,12]},"b":{"dtype":"BF16","shape":[2],"data_offsets":[12,16]},)"
+      R"("h":{"dtype":"F16","shape":[2],"data_offsets":[16,20]},"ok":{"dtype":"F32","shape":[1],"data_offsets":[20,24]}})";
+  std::string s(8, '\0');
+  const uint64_t n = h.size();
+  std::memcpy(&s[0], &n, 8);
+  s += h;
+  const float f[3] = {1.0f, 3.4e38f, std::nanf("")};
+  s.append(reinterpret_cast<const char*>(f), 12);
+  const uint16_t b[2] = {0x3f80, 0x7f80};
+  s.append(reinterpret_cast<const char*>(b), 4);
+  const uint16_t hv[2] = {0x3c00, 0xfc00};
+  s.append(reinterpret_cast<const char*>(hv), 4);
+  const float two = 2.0f;
+  s.append(reinterpret_cast<const char*>(&two), 4);
+  write_text(p, s);
+  const SafetensorsFile st = SafetensorsFile::open(p);
+  const auto error_of = [&](const char* name, DType to) -> std::string {
+    std::vector<float> out(4);
+    try {
+      st.read_converted(*st.find(name), out.data(), to);
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "";
+  };
+  EXPECT_EQ(error_of("f", DType::F32), p + ": tensor `f`: element 2 of 3 is NaN (weights must be finite)");
+  EXPECT_EQ(error_of("f", DType::BF16), p + ": tensor `f`: element 1 of 3 (3.4e+38, F32) overflows bf16 (inf)");
+  EXPECT_EQ(error_of("b", DType::F32), p + ": tensor `b`: element 1 of 2 is inf (weights must be finite)");
+  EXPECT_EQ(error_of("b", DType::BF16), p + ": tensor `b`: element 1 of 2 is inf (weights must be finite)");
+  EXPECT_EQ(error_of("h", DType::F32), p + ": tensor `h`: element 1 of 2 is -inf (weights must be finite)");
+  EXPECT_EQ(error_of("h", DType::BF16), p + ": tensor `h`: element 1 of 2 is -inf (weights must be finite)");
+  EXPECT_EQ(error_of("ok", DType::BF16), "");
+}
