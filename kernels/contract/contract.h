@@ -16,6 +16,14 @@
 
 namespace rlcu::contract {
 #include "op_table.inc"
+
+// Rows of t seen as [rows, last dim] (the product of the leading dims; 0 for a scalar). Unlike Tensor::rows() it
+// does not divide by the last dim, so a contract never traps on an empty last dim.
+inline int64_t lead_rows(const Tensor& t) {
+  int64_t r = 1;
+  for (int i = 0; i + 1 < t.ndim; ++i) r *= t.shape[i];
+  return t.ndim == 0 ? 0 : r;
+}
 }  // namespace rlcu::contract
 
 #undef RLCU_TRANSFORMER_OP
