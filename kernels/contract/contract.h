@@ -3,7 +3,7 @@
 // naming the op, the argument and what was expected. kernels/dispatch.cpp calls it once, after the device check
 // and before the backend. Definitions by op family in kernels/contract/: gemm.cpp, norm.cpp (embedding, RMSNorm),
 // rope.cpp, elementwise.cpp (add/scale/cast, SwiGLU), logprob.cpp, optimizer.cpp (sum_squares, AdamW, 8-bit AdamW),
-// sample.cpp, paged_attention.cpp, advantage.cpp, reward.cpp.
+// sample.cpp, paged_attention.cpp, advantage.cpp, policy_loss.cpp, reward.cpp.
 #pragma once
 
 #include "backends.h"
