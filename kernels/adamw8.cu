@@ -4,7 +4,7 @@
 // the master and the working weights; a block max of |m| and v gives the new absmax scales, and each thread
 // requantises its element. The code tables come from the host (adamw8::tables(), 2 KiB kernel argument) and are
 // copied to shared memory. Same bits as the CPU twin. master, codes and absmax are updated in place; grad is read
-// only.
+// only. Shapes, dtypes and the step are checked before the call (kernels/contract/optimizer.cpp).
 #include "adamw8_common.h"
 #include "cuda_common.cuh"
 #include "backends.h"
@@ -61,22 +61,6 @@ void adamw8_update(const Tensor& master, const Tensor& m_codes, const Tensor& m_
                    Context& ctx) {
   const int64_t n = master.numel();
   const int64_t nb = adamw8::num_blocks(n);
-  for (const Tensor* t : {&master, &m_codes, &m_absmax, &v_codes, &v_absmax, &grad}) check_cuda_tensor(*t, "adamw8_update");
-  RLCU_CHECK(master.dtype == DType::F32 && grad.dtype == DType::F32 && grad.numel() == n,
-             "adamw8_update: master and grad must be f32 of {} elements (got {} {})", n, dtype_name(grad.dtype),
-             grad.shape_str());
-  RLCU_CHECK(m_codes.dtype == DType::U8 && v_codes.dtype == DType::U8 && m_codes.numel() == n && v_codes.numel() == n,
-             "adamw8_update: the codes must be u8 of {} elements", n);
-  RLCU_CHECK(m_absmax.dtype == DType::F32 && v_absmax.dtype == DType::F32 && m_absmax.numel() == nb &&
-                 v_absmax.numel() == nb,
-             "adamw8_update: the absmax scales must be f32 of {} blocks", nb);
-  if (!weights.empty()) {
-    check_cuda_tensor(weights, "adamw8_update");
-    RLCU_CHECK((weights.dtype == DType::BF16 || weights.dtype == DType::F32) && weights.numel() == n,
-               "adamw8_update: weights must be bf16 or f32 of {} elements (got {} {})", n, dtype_name(weights.dtype),
-               weights.shape_str());
-  }
-  RLCU_CHECK(p.step >= 1, "adamw8_update: step must be >= 1 (got {})", p.step);
   if (n == 0) return;
   const adamw8::Consts c = adamw8::make_consts(p);
   cudaStream_t s = stream_of(ctx);

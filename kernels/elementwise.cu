@@ -4,6 +4,7 @@
 //   scale: out = s * x        (F32 or BF16; may alias)
 //   cast:  out = x converted  (F32, BF16 or F16 in; F32 or BF16 out; round to nearest even)
 //   fill:  out = value        (F32, BF16, I32; the value converted as by a C cast for I32)
+// Element counts and scale's shared dtype are checked before the call (kernels/contract/elementwise.cpp).
 // fp32 math, one rounding at the store. One thread per 8 elements (16-byte bf16 / 32-byte f32 accesses) when every
 // pointer is aligned for it, else one per element.
 #include <type_traits>
@@ -82,17 +83,9 @@ void dispatch_float16(DType t, const char* what, F&& f) {
   else dispatch_float(t, what, f);
 }
 
-void check_same_numel(const Tensor& out, const Tensor& x, const char* op) {
-  check_cuda_tensor(out, op);
-  check_cuda_tensor(x, op);
-  RLCU_CHECK(out.numel() == x.numel(), "{}: out {} and input {} differ in size", op, out.shape_str(), x.shape_str());
-}
-
 }  // namespace
 
 void add(const Tensor& out, const Tensor& a, const Tensor& b, Context& ctx) {
-  check_same_numel(out, a, "add");
-  check_same_numel(out, b, "add");
   const int64_t n = out.numel();
   if (n == 0) return;
   cudaStream_t s = stream_of(ctx);
@@ -114,9 +107,6 @@ void add(const Tensor& out, const Tensor& a, const Tensor& b, Context& ctx) {
 }
 
 void scale(const Tensor& out, const Tensor& x, float sc, Context& ctx) {
-  check_same_numel(out, x, "scale");
-  RLCU_CHECK(out.dtype == x.dtype, "scale: out ({}) and x ({}) must have the same dtype", dtype_name(out.dtype),
-             dtype_name(x.dtype));
   const int64_t n = out.numel();
   if (n == 0) return;
   cudaStream_t s = stream_of(ctx);
@@ -130,7 +120,6 @@ void scale(const Tensor& out, const Tensor& x, float sc, Context& ctx) {
 }
 
 void cast(const Tensor& out, const Tensor& x, Context& ctx) {
-  check_same_numel(out, x, "cast");
   const int64_t n = out.numel();
   if (n == 0) return;
   cudaStream_t s = stream_of(ctx);

@@ -12,7 +12,8 @@
 // written.
 //
 // Shapes/dtypes: hidden[T, H] and weight[V, H] both BF16 (the model) or both F32; targets[T] I32; logprob, lse,
-// entropy, dlogprob, dentropy [T] F32; dhidden[T, H] F32 or BF16; dweight[V, H] F32.
+// entropy, dlogprob, dentropy [T] F32; dhidden[T, H] F32 or BF16; dweight[V, H] F32 (checked before the call:
+// kernels/contract/logprob.cpp).
 //
 // Schedule: tokens in chunks of Tc, and for each token chunk the vocabulary in chunks of Vc (a multiple of the
 // kLogprobSegment = 256-column segment). cuBLASLt writes the [Tc, Vc] fp32 logits tile (alpha = tau) into the
@@ -232,23 +233,12 @@ struct HeadShapes {
   int64_t tokens, hidden, vocab, tc, vc, nseg;
 };
 
-HeadShapes check_head(const Tensor& hidden, const Tensor& weight, const Tensor& targets, const char* op) {
-  check_cuda_tensor(hidden, op);
-  check_cuda_tensor(weight, op);
-  check_cuda_tensor(targets, op);
-  RLCU_CHECK(weight.ndim == 2, "{}: weight must be [V, H], got {}", op, weight.shape_str());
+// The head's shapes and chunks (the arguments are checked by contract::logprob_fwd / _bwd).
+HeadShapes head_shapes(const Tensor& hidden, const Tensor& weight) {
   HeadShapes s{};
   s.tokens = hidden.rows();
   s.hidden = hidden.cols();
   s.vocab = weight.size(0);
-  RLCU_CHECK(weight.size(1) == s.hidden, "{}: hidden {} and weight {} disagree on H", op, hidden.shape_str(),
-             weight.shape_str());
-  RLCU_CHECK(hidden.dtype == weight.dtype && (hidden.dtype == DType::BF16 || hidden.dtype == DType::F32),
-             "{}: hidden ({}) and weight ({}) must both be bf16 or both f32", op, dtype_name(hidden.dtype),
-             dtype_name(weight.dtype));
-  RLCU_CHECK(targets.dtype == DType::I32 && targets.numel() == s.tokens, "{}: targets must be i32 [{}], got {} {}", op,
-             s.tokens, dtype_name(targets.dtype), targets.shape_str());
-  RLCU_CHECK(s.vocab > 0 && s.hidden > 0, "{}: empty weight {}", op, weight.shape_str());
   const LogprobChunking c = logprob_chunking();
   s.tc = std::min(s.tokens, c.tokens);
   s.vc = std::min(s.vocab, ceil_div(c.vocab, kSeg) * kSeg);  // tiles start on segment boundaries
@@ -256,27 +246,10 @@ HeadShapes check_head(const Tensor& hidden, const Tensor& weight, const Tensor& 
   return s;
 }
 
-void check_vec(const Tensor& t, int64_t n, const char* op, const char* name) {
-  check_cuda_tensor(t, op);
-  RLCU_CHECK(t.dtype == DType::F32 && t.numel() == n, "{}: {} must be f32 [{}], got {} {}", op, name, n,
-             dtype_name(t.dtype), t.shape_str());
-}
-
-// The saved softmax of p, checked against the head's shapes: {probs, stats} or two empty tensors.
-std::pair<Tensor, Tensor> saved_softmax(const ops::LogprobParams& p, const HeadShapes& sh, DType dt, const char* op) {
-  RLCU_CHECK((p.probs == nullptr) == (p.prob_stats == nullptr), "{}: probs and prob_stats go together", op);
+// The saved softmax of p: {probs, stats} or two empty tensors.
+std::pair<Tensor, Tensor> saved_softmax(const ops::LogprobParams& p) {
   if (!p.probs) return {};
-  const Tensor& pr = *p.probs;
-  const Tensor& st = *p.prob_stats;
-  check_cuda_tensor(pr, op);
-  check_cuda_tensor(st, op);
-  RLCU_CHECK(pr.dtype == dt && pr.rows() == sh.tokens && pr.cols() == sh.vocab, "{}: probs must be {} [{}, {}], got {} {}",
-             op, dtype_name(dt), sh.tokens, sh.vocab, dtype_name(pr.dtype), pr.shape_str());
-  const int64_t cols = ops::logprob_prob_stats_cols(sh.vocab);
-  RLCU_CHECK(st.dtype == DType::F32 && st.rows() == sh.tokens && st.cols() == cols,
-             "{}: prob_stats must be f32 [{}, {}], got {} {}", op, sh.tokens, cols, dtype_name(st.dtype),
-             st.shape_str());
-  return {pr, st};
+  return {*p.probs, *p.prob_stats};
 }
 
 Tensor tile(void* p, DType dt, int64_t rows, int64_t cols) { return Tensor(p, dt, Device::CUDA, {rows, cols}); }
@@ -338,11 +311,8 @@ LogprobChunking logprob_chunking() {
 
 void logprob_fwd(const Tensor& logprob, const Tensor& entropy, const Tensor& lse, const Tensor& hidden,
                  const Tensor& weight, const Tensor& targets, const ops::LogprobParams& p, Context& ctx) {
-  const HeadShapes sh = check_head(hidden, weight, targets, "logprob_fwd");
-  check_vec(logprob, sh.tokens, "logprob_fwd", "logprob");
-  check_vec(lse, sh.tokens, "logprob_fwd", "lse");
-  if (!entropy.empty()) check_vec(entropy, sh.tokens, "logprob_fwd", "entropy");
-  const std::pair<Tensor, Tensor> sv = saved_softmax(p, sh, hidden.dtype, "logprob_fwd");
+  const HeadShapes sh = head_shapes(hidden, weight);
+  const std::pair<Tensor, Tensor> sv = saved_softmax(p);
   const Tensor& probs = sv.first;
   const Tensor& stats = sv.second;
   if (sh.tokens == 0) return;
@@ -371,20 +341,8 @@ void logprob_fwd(const Tensor& logprob, const Tensor& entropy, const Tensor& lse
 void logprob_bwd(const Tensor& dhidden, const Tensor& dweight, const Tensor& dlogprob, const Tensor& dentropy,
                  const Tensor& hidden, const Tensor& weight, const Tensor& targets, const Tensor& lse,
                  const ops::LogprobParams& p, Context& ctx) {
-  const HeadShapes sh = check_head(hidden, weight, targets, "logprob_bwd");
-  check_vec(dlogprob, sh.tokens, "logprob_bwd", "dlogprob");
-  check_vec(lse, sh.tokens, "logprob_bwd", "lse");
-  if (!dentropy.empty()) check_vec(dentropy, sh.tokens, "logprob_bwd", "dentropy");
-  check_cuda_tensor(dhidden, "logprob_bwd");
-  check_cuda_tensor(dweight, "logprob_bwd");
-  RLCU_CHECK(dhidden.rows() == sh.tokens && dhidden.cols() == sh.hidden &&
-                 (dhidden.dtype == DType::F32 || dhidden.dtype == DType::BF16),
-             "logprob_bwd: dhidden must be f32 or bf16 [{}, {}], got {} {}", sh.tokens, sh.hidden,
-             dtype_name(dhidden.dtype), dhidden.shape_str());
-  RLCU_CHECK(dweight.dtype == DType::F32 && dweight.rows() == sh.vocab && dweight.cols() == sh.hidden,
-             "logprob_bwd: dweight must be f32 [{}, {}], got {} {}", sh.vocab, sh.hidden, dtype_name(dweight.dtype),
-             dweight.shape_str());
-  const std::pair<Tensor, Tensor> sv = saved_softmax(p, sh, hidden.dtype, "logprob_bwd");
+  const HeadShapes sh = head_shapes(hidden, weight);
+  const std::pair<Tensor, Tensor> sv = saved_softmax(p);
   const Tensor& probs = sv.first;
   const Tensor& stats = sv.second;
   if (sh.tokens == 0) return;

@@ -15,7 +15,8 @@
 //   The grid depends on B and num_splits only, so a captured CUDA graph stays valid for any context lengths.
 //   BF16 caches with hd 64 or 128 take paged_decode_vec_kernel (16-byte lanes, see there); other dtypes and head
 //   dims take the generic paged_decode_kernel.
-// Accumulation in fp32. No gradients: generation only.
+// Accumulation in fp32. No gradients: generation only. Shapes and dtypes are checked before the call
+// (kernels/contract/paged_attention.cpp); this file checks its grid limits and the split-KV workspace.
 #include <cmath>
 
 #include "cuda_common.cuh"
@@ -317,29 +318,11 @@ __global__ void paged_decode_merge_kernel(T* __restrict__ out, const float* __re
   }
 }
 
-void check_cache(const char* op, const Tensor& k_cache, const Tensor& v_cache) {
-  check_cuda_tensor(k_cache, op);
-  check_cuda_tensor(v_cache, op);
-  RLCU_CHECK(k_cache.ndim == 3 && v_cache.ndim == 3 && k_cache.dtype == v_cache.dtype &&
-                 v_cache.shape[0] == k_cache.shape[0] && v_cache.shape[1] == k_cache.shape[1] &&
-                 v_cache.shape[2] == k_cache.shape[2],
-             "{}: k_cache {} {} and v_cache {} {} must be equal [slots, nkv, hd] tensors", op,
-             dtype_name(k_cache.dtype), k_cache.shape_str(), dtype_name(v_cache.dtype), v_cache.shape_str());
-}
-
 }  // namespace
 
 void kv_cache_write(const Tensor& k_cache, const Tensor& v_cache, const Tensor& k, const Tensor& v,
                     const Tensor& slots, Context& ctx) {
   const char* op = "kv_cache_write";
-  check_cache(op, k_cache, v_cache);
-  RLCU_CHECK(k.dtype == k_cache.dtype && v.dtype == k_cache.dtype && k.ndim == 3 && v.ndim == 3 &&
-                 k.shape[1] == k_cache.shape[1] && k.shape[2] == k_cache.shape[2] && v.shape[0] == k.shape[0] &&
-                 v.shape[1] == k.shape[1] && v.shape[2] == k.shape[2],
-             "{}: k {} {} / v {} {} do not match the cache {} {}", op, dtype_name(k.dtype), k.shape_str(),
-             dtype_name(v.dtype), v.shape_str(), dtype_name(k_cache.dtype), k_cache.shape_str());
-  RLCU_CHECK(slots.dtype == DType::I32 && slots.numel() == k.shape[0], "{}: slots {} {} for {} rows", op,
-             dtype_name(slots.dtype), slots.shape_str(), k.shape[0]);
   const int64_t T_ = k.shape[0], row = k.shape[1] * k.shape[2];
   if (T_ == 0) return;
   dispatch_float(k.dtype, op, [&](auto tag) {
@@ -361,10 +344,6 @@ void kv_cache_write(const Tensor& k_cache, const Tensor& v_cache, const Tensor& 
 
 void kv_block_copy(const Tensor& cache, const Tensor& copies, Context& ctx) {
   const char* op = "kv_block_copy";
-  check_cuda_tensor(cache, op);
-  RLCU_CHECK(cache.ndim == 3, "{}: cache has shape {}, expected [planes, slots, W]", op, cache.shape_str());
-  RLCU_CHECK(copies.dtype == DType::I32 && copies.ndim == 2 && copies.shape[1] == 3,
-             "{}: copies {} {}, expected i32 [C, 3]", op, dtype_name(copies.dtype), copies.shape_str());
   const int64_t C = copies.shape[0];
   if (C == 0) return;
   RLCU_CHECK(C < (int64_t(1) << 31) && cache.shape[0] < 65536, "{}: too many copies or planes", op);
@@ -380,24 +359,11 @@ void paged_attention_decode(const Tensor& out, const Tensor& q, const Tensor& k_
                             const Tensor& block_tables, const Tensor& context_lens, const Tensor& workspace,
                             const ops::PagedAttentionParams& p, Context& ctx) {
   const char* op = "paged_attention_decode";
-  check_cache(op, k_cache, v_cache);
-  check_cuda_tensor(q, op);
-  check_cuda_tensor(out, op);
-  RLCU_CHECK(q.ndim == 3 && out.ndim == 3 && q.dtype == k_cache.dtype && out.dtype == q.dtype &&
-                 out.shape[0] == q.shape[0] && out.shape[1] == q.shape[1] && out.shape[2] == q.shape[2],
-             "{}: q {} {} / out {} {} must be equal [B, nq, hd] tensors of the cache dtype {}", op,
-             dtype_name(q.dtype), q.shape_str(), dtype_name(out.dtype), out.shape_str(), dtype_name(k_cache.dtype));
   const int64_t B = q.shape[0], nq = q.shape[1], hd = q.shape[2], nkv = k_cache.shape[1];
-  RLCU_CHECK(k_cache.shape[2] == hd && nkv >= 1 && nq % nkv == 0 && hd >= 1 && hd <= 256,
-             "{}: q {} does not match the cache {} (hd <= 256, nq a multiple of nkv)", op, q.shape_str(),
-             k_cache.shape_str());
-  RLCU_CHECK(block_tables.dtype == DType::I32 && block_tables.ndim == 2 && block_tables.shape[0] == B,
-             "{}: block_tables {} {}, expected i32 [{}, max_blocks]", op, dtype_name(block_tables.dtype),
-             block_tables.shape_str(), B);
-  RLCU_CHECK(context_lens.dtype == DType::I32 && context_lens.numel() == B, "{}: context_lens {} {} for {} rows", op,
-             dtype_name(context_lens.dtype), context_lens.shape_str(), B);
-  RLCU_CHECK(p.block_size >= 1 && p.num_splits >= 1 && p.num_splits <= 65535,
-             "{}: block_size {} and num_splits {} out of range", op, p.block_size, p.num_splits);
+  RLCU_CHECK(hd >= 1 && hd <= 256, "{}: q {} does not match the cache {} (hd <= 256, nq a multiple of nkv)", op,
+             q.shape_str(), k_cache.shape_str());
+  RLCU_CHECK(p.num_splits <= 65535, "{}: block_size {} and num_splits {} out of range", op, p.block_size,
+             p.num_splits);
   if (p.num_splits > 1)
     RLCU_CHECK(workspace.dtype == DType::F32 &&
                    workspace.numel() >= ops::paged_attention_workspace_elems(B, nq, hd, p.num_splits),

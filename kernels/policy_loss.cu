@@ -10,6 +10,7 @@
 // dentropy (or dv) — overwrite; a token with w = 0 gets zero gradients and adds nothing to the statistics. The statistics are summed per thread in fp64, tree-reduced per block in a fixed order
 // into partial[block][k]; a one-block pass adds the block partials in block order and ACCUMULATES (+=) them into the
 // F32 stats vector. The grid size depends on T only, so the same inputs give the same bits. No atomics.
+// Sizes, dtypes and parameters are checked before the call (kernels/contract/policy_loss.cpp).
 #include <algorithm>
 #include <cmath>
 
@@ -261,14 +262,6 @@ __global__ void rollout_correction_finish_kernel(float* __restrict__ stats, cons
   stats[k] = static_cast<float>(v);
 }
 
-void need_f32(const char* op, const char* name, const Tensor& t, int64_t n) {
-  if (n == 0 && t.empty()) return;
-  RLCU_CHECK(!t.empty(), "{}: {} is empty", op, name);
-  check_cuda_tensor(t, op);
-  RLCU_CHECK(t.dtype == DType::F32 && t.numel() == n, "{}: {} must be f32 of {} elements (got {} {})", op, name, n,
-             dtype_name(t.dtype), t.shape_str());
-}
-
 int loss_blocks(int64_t T) { return static_cast<int>(grid_for(T, kLossThreads * 4, kLossMaxBlocks)); }
 
 }  // namespace
@@ -277,28 +270,10 @@ void policy_loss(const Tensor& dlogp, const Tensor& dentropy, const Tensor& stat
                  const Tensor& old_logp, const Tensor& ref_logp, const Tensor& adv, const Tensor& w,
                  const Tensor& entropy, const Tensor& is_weight, const Tensor& seq_log_ratio,
                  const rl::PolicyLossParams& p, Context& ctx) {
-  const char* op = "policy_loss";
   const int64_t T = logp.numel();
-  need_f32(op, "logp", logp, T);
-  need_f32(op, "dlogp", dlogp, T);
-  need_f32(op, "old_logp", old_logp, T);
-  need_f32(op, "adv", adv, T);
-  need_f32(op, "w", w, T);
-  need_f32(op, "stats", stats, rl::kPolicyStats);
   const bool use_kl = p.kl_coef != 0.0f;
   const bool use_ent = !entropy.empty();
-  if (use_kl) need_f32(op, "ref_logp", ref_logp, T);
-  if (use_ent) need_f32(op, "entropy", entropy, T);
-  RLCU_CHECK(p.ent_coef == 0.0f || use_ent, "{}: ent_coef = {} needs the entropy tensor", op, p.ent_coef);
-  if (!dentropy.empty()) need_f32(op, "dentropy", dentropy, T);
-  RLCU_CHECK(p.clip_low >= 0.0f && p.clip_high >= 0.0f, "{}: clip_low {} and clip_high {} must be >= 0", op,
-             p.clip_low, p.clip_high);
-  RLCU_CHECK(p.dual_clip == 0.0f || p.dual_clip > 1.0f, "{}: dual_clip {} must be 0 (off) or > 1", op, p.dual_clip);
   const bool use_is = !is_weight.empty(), gspo = p.kind == rl::PolicyLossKind::Gspo;
-  if (use_is) need_f32(op, "is_weight", is_weight, T);
-  if (gspo) need_f32(op, "seq_log_ratio", seq_log_ratio, T);
-  RLCU_CHECK(p.kind != rl::PolicyLossKind::Cispo || p.dual_clip == 0.0f, "{}: dual_clip does not apply to the cispo loss",
-             op);
   if (T == 0) return;
   PolicyConsts c;
   c.kind = static_cast<int>(p.kind);
@@ -321,24 +296,9 @@ void policy_loss(const Tensor& dlogp, const Tensor& dentropy, const Tensor& stat
   RLCU_LAUNCH_CHECK(s);
 }
 
-// cu_seqlens [S+1] I32 on the device (its values are the caller's guarantee, see include/rlcu/rl_ops.h).
-int64_t need_cu(const char* op, const Tensor& cu_seqlens) {
-  RLCU_CHECK(!cu_seqlens.empty(), "{}: cu_seqlens is empty", op);
-  check_cuda_tensor(cu_seqlens, op);
-  RLCU_CHECK(cu_seqlens.dtype == DType::I32 && cu_seqlens.numel() >= 1, "{}: cu_seqlens must be i32 of S+1 >= 1 "
-             "elements (got {} {})", op, dtype_name(cu_seqlens.dtype), cu_seqlens.shape_str());
-  return cu_seqlens.numel() - 1;
-}
-
 void sequence_log_ratio(const Tensor& out, const Tensor& logp, const Tensor& old_logp, const Tensor& w,
                         const Tensor& cu_seqlens, Context& ctx) {
-  const char* op = "sequence_log_ratio";
-  const int64_t T = logp.numel();
-  need_f32(op, "logp", logp, T);
-  need_f32(op, "out", out, T);
-  need_f32(op, "old_logp", old_logp, T);
-  need_f32(op, "w", w, T);
-  const int64_t S = need_cu(op, cu_seqlens);
+  const int64_t S = cu_seqlens.numel() - 1;  // its values are the caller's guarantee (include/rlcu/rl_ops.h)
   if (S == 0) return;
   cudaStream_t s = stream_of(ctx);
   sequence_log_ratio_kernel<<<static_cast<unsigned>(S), kLossThreads, 0, s>>>(
@@ -349,15 +309,7 @@ void sequence_log_ratio(const Tensor& out, const Tensor& logp, const Tensor& old
 void rollout_correction(const Tensor& weight, const Tensor& stats, const Tensor& old_logp, const Tensor& rollout_logp,
                         const Tensor& mask, const Tensor& cu_seqlens, const rl::RolloutCorrectionParams& p,
                         Context& ctx) {
-  const char* op = "rollout_correction";
-  const int64_t T = old_logp.numel();
-  need_f32(op, "old_logp", old_logp, T);
-  need_f32(op, "weight", weight, T);
-  need_f32(op, "rollout_logp", rollout_logp, T);
-  need_f32(op, "mask", mask, T);
-  need_f32(op, "stats", stats, rl::kRolloutCorrectionStats);
-  RLCU_CHECK(p.cap > 1.0f, "{}: cap {} must be > 1", op, p.cap);
-  const int64_t N = need_cu(op, cu_seqlens);
+  const int64_t N = cu_seqlens.numel() - 1;  // its values are the caller's guarantee (include/rlcu/rl_ops.h)
   cudaStream_t s = stream_of(ctx);
   CorrectionConsts c;
   c.mode = static_cast<int>(p.mode);
@@ -377,15 +329,7 @@ void rollout_correction(const Tensor& weight, const Tensor& stats, const Tensor&
 
 void value_loss(const Tensor& dv, const Tensor& stats, const Tensor& v, const Tensor& old_v, const Tensor& returns,
                 const Tensor& w, const rl::ValueLossParams& p, Context& ctx) {
-  const char* op = "value_loss";
   const int64_t T = v.numel();
-  need_f32(op, "v", v, T);
-  need_f32(op, "dv", dv, T);
-  need_f32(op, "old_v", old_v, T);
-  need_f32(op, "returns", returns, T);
-  need_f32(op, "w", w, T);
-  need_f32(op, "stats", stats, rl::kValueStats);
-  RLCU_CHECK(p.clip >= 0.0f, "{}: clip {} must be >= 0", op, p.clip);
   if (T == 0) return;
   const int blocks = loss_blocks(T);
   cudaStream_t s = stream_of(ctx);

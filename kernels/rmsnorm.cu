@@ -7,6 +7,7 @@
 // x/out/dout/dx: F32 or BF16 (out, dout and dx of x's dtype, or BF16 with an F32 x: the F32 residual stream);
 // weight F32 or BF16; rstd F32. dx may alias dout. rmsnorm_bwd_add adds the gradient into dx (dx += ...; one
 // rounding), which fuses the residual-gradient add.
+// Sizes, dtypes, eps and the no-alias rule are checked before the call (kernels/contract/norm.cpp).
 //
 // Layout (kernels/rmsnorm_common.cuh, shared with the fused QK-norm of qkv_prepare.cu): G lanes per row (G = the
 // power of two covering the row's 16-byte vectors, 4..32), so a warp holds 32/G rows and narrow rows (QK-norm,
@@ -237,27 +238,10 @@ void with_slots(int64_t s, F&& f) {
   else f(std::integral_constant<int, 4>{});
 }
 
-void check_common(const Tensor& x, const Tensor& weight, const Tensor& rstd, const char* op) {
-  check_cuda_tensor(x, op);
-  check_cuda_tensor(weight, op);
-  check_cuda_tensor(rstd, op);
-  RLCU_CHECK(x.ndim >= 1, "{}: x must have at least one dim", op);
-  RLCU_CHECK(weight.numel() == x.cols(), "{}: weight {} does not match the last dim of x {}", op, weight.shape_str(),
-             x.shape_str());
-  RLCU_CHECK(rstd.dtype == DType::F32 && rstd.numel() == lead_rows(x),
-             "{}: rstd must be f32 with {} elements, got {} {}", op, lead_rows(x), dtype_name(rstd.dtype),
-             rstd.shape_str());
-}
-
 }  // namespace
 
 void rmsnorm_fwd(const Tensor& out, const Tensor& rstd, const Tensor& x, const Tensor& weight, float eps,
                  Context& ctx) {
-  check_common(x, weight, rstd, "rmsnorm_fwd");
-  check_cuda_tensor(out, "rmsnorm_fwd");
-  RLCU_CHECK(out.numel() == x.numel() && (out.dtype == x.dtype || (x.dtype == DType::F32 && out.dtype == DType::BF16)),
-             "rmsnorm_fwd: out {} {} must match x {} {} (or be bf16 for an f32 x)", dtype_name(out.dtype),
-             out.shape_str(), dtype_name(x.dtype), x.shape_str());
   const int64_t rows = lead_rows(x), dim = x.cols();
   if (rows == 0 || dim == 0) return;
   cudaStream_t s = stream_of(ctx);
@@ -293,17 +277,6 @@ namespace {
 
 void rmsnorm_bwd_impl(const Tensor& dx, const Tensor& dweight, const Tensor& dout, const Tensor& x,
                       const Tensor& weight, const Tensor& rstd, bool acc, const char* op, Context& ctx) {
-  check_common(x, weight, rstd, op);
-  check_cuda_tensor(dx, op);
-  check_cuda_tensor(dout, op);
-  check_cuda_tensor(dweight, op);
-  RLCU_CHECK(dx.numel() == x.numel() && dout.numel() == x.numel() && dx.dtype == dout.dtype &&
-                 (dout.dtype == x.dtype || (x.dtype == DType::F32 && dout.dtype == DType::BF16)),
-             "{}: dx {} {} and dout {} {} must match x {} {} (or be bf16 for an f32 x)", op, dtype_name(dx.dtype),
-             dx.shape_str(), dtype_name(dout.dtype), dout.shape_str(), dtype_name(x.dtype), x.shape_str());
-  RLCU_CHECK(!acc || dx.data != dout.data, "{}: dx must not alias dout", op);
-  RLCU_CHECK(dweight.dtype == DType::F32 && dweight.numel() == x.cols(), "{}: dweight must be f32 [{}], got {} {}",
-             op, x.cols(), dtype_name(dweight.dtype), dweight.shape_str());
   const int64_t rows = lead_rows(x), dim = x.cols();
   if (rows == 0 || dim == 0) return;
   cudaStream_t s = stream_of(ctx);

@@ -7,7 +7,8 @@
 //   bwd: the transpose rotation (angle -a) maps dout to dx (activation gradient: overwrites; may alias dout).
 // One thread per (token, head, group of V frequencies): reads the two halves, writes them back; 16-byte accesses
 // when hd/2 is a multiple of the vector width. The element math is rope_rotate_pair (rope_common.cuh), shared with
-// the fused qkv_prepare so both round identically.
+// the fused qkv_prepare so both round identically. Shapes and dtypes are checked before the call
+// (kernels/contract/rope.cpp).
 #include "cuda_common.cuh"
 #include "backends.h"
 #include "rope_common.cuh"
@@ -46,23 +47,9 @@ __global__ void rope_kernel(T* out, const T* x, const int* __restrict__ position
 
 void rope_apply(const Tensor& out, const Tensor& x, const Tensor& positions, const Tensor& inv_freq, float sign,
                 const char* op, Context& ctx) {
-  check_cuda_tensor(out, op);
-  check_cuda_tensor(x, op);
-  check_cuda_tensor(positions, op);
-  check_cuda_tensor(inv_freq, op);
-  RLCU_CHECK(x.ndim >= 2, "{}: x must be [T, heads, hd], got {}", op, x.shape_str());
   const int64_t tokens = x.size(0), hd = x.cols();
-  RLCU_CHECK(hd % 2 == 0, "{}: head dim {} must be even", op, hd);
   const int64_t half = hd / 2;
   const int64_t heads = tokens == 0 || hd == 0 ? 0 : x.numel() / (tokens * hd);
-  RLCU_CHECK(out.numel() == x.numel() && out.dtype == x.dtype, "{}: out {} {} must match x {} {}", op,
-             dtype_name(out.dtype), out.shape_str(), dtype_name(x.dtype), x.shape_str());
-  RLCU_CHECK(positions.dtype == DType::I32 && positions.numel() == tokens,
-             "{}: positions must be i32 with {} elements, got {} {}", op, tokens, dtype_name(positions.dtype),
-             positions.shape_str());
-  RLCU_CHECK(inv_freq.dtype == DType::F32 && inv_freq.numel() == half,
-             "{}: inv_freq must be f32 with {} elements, got {} {}", op, half, dtype_name(inv_freq.dtype),
-             inv_freq.shape_str());
   if (tokens == 0 || heads == 0 || half == 0) return;
   cudaStream_t s = stream_of(ctx);
   dispatch_float(x.dtype, op, [&](auto tx) {

@@ -15,6 +15,7 @@
 // sample_finish_kernel: the best chunk candidate per row (higher score, then lower index) and its log-prob. The
 // chosen token is the same as a single race over the whole row. Per-row state and candidates live in scratch.
 // All reductions have a fixed order (no atomics): the result is bit-reproducible. No gradients.
+// Parameters, dtypes and sizes are checked before the call (kernels/contract/sample.cpp).
 #include <climits>
 
 #include "cuda_common.cuh"
@@ -299,26 +300,8 @@ int multiprocessors() {
 
 void sample(const Tensor& tokens, const Tensor& logprobs, const Tensor& logits, const Tensor& seq_ids,
             const Tensor& positions, const ops::SampleParams& p, Context& ctx) {
-  sampling::check_sample_params(p);
-  RLCU_CHECK(!logits.empty() && logits.ndim == 2, "sample: logits has shape {}, expected [B, V]", logits.shape_str());
-  RLCU_CHECK(logits.size(1) >= 1 && logits.size(1) < INT_MAX, "sample: vocabulary size {} out of range",
-             logits.size(1));
+  RLCU_CHECK(logits.size(1) < INT_MAX, "sample: vocabulary size {} out of range", logits.size(1));
   const int64_t B = logits.size(0);
-  check_cuda_tensor(logits, "sample: logits");
-  check_cuda_tensor(tokens, "sample: tokens");
-  check_cuda_tensor(seq_ids, "sample: seq_ids");
-  check_cuda_tensor(positions, "sample: positions");
-  RLCU_CHECK(tokens.dtype == DType::I32 && tokens.numel() == B, "sample: tokens {} {}, expected i32 [{}]",
-             dtype_name(tokens.dtype), tokens.shape_str(), B);
-  RLCU_CHECK(seq_ids.dtype == DType::I32 && seq_ids.numel() == B, "sample: seq_ids {} {}, expected i32 [{}]",
-             dtype_name(seq_ids.dtype), seq_ids.shape_str(), B);
-  RLCU_CHECK(positions.dtype == DType::I32 && positions.numel() == B, "sample: positions {} {}, expected i32 [{}]",
-             dtype_name(positions.dtype), positions.shape_str(), B);
-  if (!logprobs.empty()) {
-    check_cuda_tensor(logprobs, "sample: logprobs");
-    RLCU_CHECK(logprobs.dtype == DType::F32 && logprobs.numel() == B, "sample: logprobs {} {}, expected f32 [{}]",
-               dtype_name(logprobs.dtype), logprobs.shape_str(), B);
-  }
   if (B == 0) return;
   SampleArgs a;
   a.vocab = logits.size(1);

@@ -14,6 +14,8 @@
 // sum exp*z) per token, and the backward recomputes the logits block by block (one extra pass for E_p[z] when
 // dentropy is given), or, with the saved softmax (probs, stats), reads p and z from it instead. Everything
 // accumulates in double.
+// Shapes, dtypes, inv_temperature and the saved softmax are checked by kernels/contract/logprob.cpp; the CPU twin
+// takes non-empty 2-D F32 tensors.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -201,28 +203,19 @@ ref::LogprobDims logprob_dims(const char* op, const Tensor& hidden, const Tensor
                               const ops::LogprobParams& p) {
   check::tensor(op, "hidden", hidden, DType::F32, 2);
   check::tensor(op, "weight", weight, DType::F32, 2);
-  check::tensor(op, "targets", targets, DType::I32);
   ref::LogprobDims d;
   d.tokens = hidden.shape[0];
   d.hidden = hidden.shape[1];
   d.vocab = weight.shape[0];
   d.inv_temperature = p.inv_temperature;
-  check::shape(op, "weight", weight, {d.vocab, d.hidden});
-  check::numel(op, "targets", targets, d.tokens);
-  RLCU_CHECK(d.vocab >= 1, "{}: weight {} has an empty vocabulary", op, weight.shape_str());
-  RLCU_CHECK(std::isfinite(p.inv_temperature) && p.inv_temperature > 0.0f, "{}: inv_temperature {} must be positive",
-             op, p.inv_temperature);
   return d;
 }
 
 // The saved softmax of p (both tensors or neither): {probs, stats} pointers, null when not used.
-std::pair<float*, float*> saved_softmax(const char* op, const ops::LogprobParams& p, const ref::LogprobDims& d) {
-  RLCU_CHECK((p.probs == nullptr) == (p.prob_stats == nullptr), "{}: probs and prob_stats go together", op);
+std::pair<float*, float*> saved_softmax(const char* op, const ops::LogprobParams& p) {
   if (!p.probs) return {nullptr, nullptr};
   check::tensor(op, "probs", *p.probs, DType::F32, 2);
   check::tensor(op, "prob_stats", *p.prob_stats, DType::F32, 2);
-  check::shape(op, "probs", *p.probs, {d.tokens, d.vocab});
-  check::shape(op, "prob_stats", *p.prob_stats, {d.tokens, ops::logprob_prob_stats_cols(d.vocab)});
   return {p.probs->ptr<float>(), p.prob_stats->ptr<float>()};
 }
 }  // namespace
@@ -231,15 +224,7 @@ void logprob_fwd(const Tensor& logprob, const Tensor& entropy, const Tensor& lse
                  const Tensor& weight, const Tensor& targets, const ops::LogprobParams& p, Context& ctx) {
   const char* op = "logprob_fwd";
   const ref::LogprobDims d = logprob_dims(op, hidden, weight, targets, p);
-  check::tensor(op, "logprob", logprob, DType::F32);
-  check::tensor(op, "lse", lse, DType::F32);
-  check::numel(op, "logprob", logprob, d.tokens);
-  check::numel(op, "lse", lse, d.tokens);
-  if (!entropy.empty()) {
-    check::tensor(op, "entropy", entropy, DType::F32);
-    check::numel(op, "entropy", entropy, d.tokens);
-  }
-  const auto [probs, stats] = saved_softmax(op, p, d);
+  const auto [probs, stats] = saved_softmax(op, p);
   ref::logprob_fwd_ref<float>(logprob.ptr<float>(), entropy.empty() ? nullptr : entropy.ptr<float>(),
                               lse.ptr<float>(), hidden.ptr<float>(), weight.ptr<float>(), targets.ptr<int32_t>(), d,
                               probs, stats);
@@ -252,17 +237,7 @@ void logprob_bwd(const Tensor& dhidden, const Tensor& dweight, const Tensor& dlo
   const ref::LogprobDims d = logprob_dims(op, hidden, weight, targets, p);
   check::tensor(op, "dhidden", dhidden, DType::F32, 2);
   check::tensor(op, "dweight", dweight, DType::F32, 2);
-  check::tensor(op, "dlogprob", dlogprob, DType::F32);
-  check::tensor(op, "lse", lse, DType::F32);
-  check::shape(op, "dhidden", dhidden, {d.tokens, d.hidden});
-  check::shape(op, "dweight", dweight, {d.vocab, d.hidden});
-  check::numel(op, "dlogprob", dlogprob, d.tokens);
-  check::numel(op, "lse", lse, d.tokens);
-  if (!dentropy.empty()) {
-    check::tensor(op, "dentropy", dentropy, DType::F32);
-    check::numel(op, "dentropy", dentropy, d.tokens);
-  }
-  const auto [probs, stats] = saved_softmax(op, p, d);
+  const auto [probs, stats] = saved_softmax(op, p);
   ref::logprob_bwd_ref<float>(dhidden.ptr<float>(), dweight.ptr<float>(), dlogprob.ptr<float>(),
                               dentropy.empty() ? nullptr : dentropy.ptr<float>(), hidden.ptr<float>(),
                               weight.ptr<float>(), targets.ptr<int32_t>(), lse.ptr<float>(), d, probs, stats);

@@ -7,6 +7,8 @@
 //     master -= lr * (mhat / (sqrt(vhat) + eps) + weight_decay * master)  (decay uses the pre-update master)
 //   master, m, v are updated in place; `weights`, when not empty, receives the new master: BF16 rounded to
 //   nearest even (the GPU layout), or F32 (a plain copy, for a CPU model that keeps separate weights).
+// Shapes, dtypes and the step are checked by kernels/contract/optimizer.cpp; the CPU twin adds its own rule
+// (non-empty F32 inputs).
 // These ops consume gradients and produce none; master, m and v are optimizer state updated in place.
 #include <cmath>
 
@@ -53,31 +55,18 @@ RLCU_INSTANTIATE(double)
 }  // namespace ref
 
 void sum_squares(const Tensor& out, const Tensor& x, Context& ctx) {
-  check::tensor("sum_squares", "out", out, DType::F32);
   check::tensor("sum_squares", "x", x, DType::F32);
-  RLCU_CHECK(out.numel() >= 1, "sum_squares: out {} has no element", out.shape_str());
   ref::sum_squares_ref<float>(out.ptr<float>(), x.ptr<float>(), x.numel());
 }
 
 void adamw_update(const Tensor& master, const Tensor& m, const Tensor& v, const Tensor& weights, const Tensor& grad,
                   const ops::AdamWParams& p, Context& ctx) {
   const char* op = "adamw_update";
-  check::tensor(op, "master", master, DType::F32);
-  check::tensor(op, "m", m, DType::F32);
-  check::tensor(op, "v", v, DType::F32);
-  check::tensor(op, "grad", grad, DType::F32);
+  RLCU_CHECK(!master.empty(), "{}: master is empty", op);
   const int64_t n = master.numel();
-  check::numel(op, "m", m, n);
-  check::numel(op, "v", v, n);
-  check::numel(op, "grad", grad, n);
-  RLCU_CHECK(p.step >= 1, "{}: step {} must be >= 1 (1-based)", op, p.step);
   uint16_t* w_bf16 = nullptr;
   float* w_f32 = nullptr;
   if (!weights.empty()) {
-    RLCU_CHECK(weights.device == Device::CPU, "{}: weights are on {}, expected cpu", op, device_name(weights.device));
-    RLCU_CHECK(weights.dtype == DType::BF16 || weights.dtype == DType::F32, "{}: weights are {}, expected bf16 or f32",
-               op, dtype_name(weights.dtype));
-    check::numel(op, "weights", weights, n);
     if (weights.dtype == DType::BF16) w_bf16 = weights.ptr<uint16_t>();
     else w_f32 = weights.ptr<float>();
   }

@@ -8,7 +8,8 @@
 //              token = argmax over kept j (order_key(z_j) >= the largest bound) of z_j - log(-log u_j) in fp64,
 //                      lowest index on ties, u_j from sampling::sample_bits (shared with the CUDA kernel).
 //   logprobs[b] = z_token - lse.  Rows without a finite maximum: token -1, logprob -inf.
-// No gradients: this op produces tokens, not differentiable values.
+// No gradients: this op produces tokens, not differentiable values. Parameters, dtypes and sizes are checked by
+// kernels/contract/sample.cpp; the CPU twin takes 1-D token, position and log-prob vectors.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -25,22 +26,11 @@ namespace {
 
 void check_sample_args(const Tensor& tokens, const Tensor& logprobs, const Tensor& logits, const Tensor& seq_ids,
                        const Tensor& positions) {
-  RLCU_CHECK(!logits.empty() && logits.ndim == 2, "sample: logits has shape {}, expected [B, V]", logits.shape_str());
-  RLCU_CHECK(logits.dtype == DType::F32 || logits.dtype == DType::BF16, "sample: logits is {}, expected f32 or bf16",
-             dtype_name(logits.dtype));
-  RLCU_CHECK(logits.size(1) >= 1, "sample: empty vocabulary (logits {})", logits.shape_str());
   const int64_t B = logits.size(0);
-  check::tensor("sample", "tokens", tokens, DType::I32);
   check::shape("sample", "tokens", tokens, {B});
-  if (!logprobs.empty()) {
-    check::tensor("sample", "logprobs", logprobs, DType::F32);
-    check::shape("sample", "logprobs", logprobs, {B});
-  }
-  check::tensor("sample", "seq_ids", seq_ids, DType::I32);
+  if (!logprobs.empty()) check::shape("sample", "logprobs", logprobs, {B});
   check::shape("sample", "seq_ids", seq_ids, {B});
-  check::tensor("sample", "positions", positions, DType::I32);
   check::shape("sample", "positions", positions, {B});
-  RLCU_CHECK(logits.device == Device::CPU, "sample: logits is on {}, expected cpu", device_name(logits.device));
 }
 
 // The top-k-th largest finite value of z, or -inf when top-k keeps every finite token.
@@ -80,7 +70,6 @@ float top_p_bound(const std::vector<float>& z, float m, float floor, float top_p
 
 void sample(const Tensor& tokens, const Tensor& logprobs, const Tensor& logits, const Tensor& seq_ids,
             const Tensor& positions, const ops::SampleParams& p, Context& /*ctx*/) {
-  sampling::check_sample_params(p);
   check_sample_args(tokens, logprobs, logits, seq_ids, positions);
   const int64_t B = logits.size(0), V = logits.size(1);
   const float inv_t = 1.0f / p.temperature;
