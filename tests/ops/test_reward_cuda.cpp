@@ -243,7 +243,7 @@ TEST(RewardCuda, ComponentsMatchCpuBitForBit) {
     reward_exact_match(o2.t, d_text.view(), d_ans.view(), gpu());
     expect_same_bits(o2, want, what + " exact_match");
 
-    reward_countdown(h_out, text.host(), cd_answers.host(), Context::cpu());
+    reward_countdown(h_out, cd_text.host(), cd_answers.host(), Context::cpu());
     size_t cd_ones = 0;
     for (float v : want) cd_ones += v == 1.0f;
     if (N >= 37) {
