@@ -6,6 +6,7 @@
 
 #include "cuda_rt.h"
 #include "rlcu/cuda_check.h"
+#include "rlcu/tensor.h"
 
 namespace rlcu {
 
@@ -86,8 +87,10 @@ void* device_alloc(size_t bytes) {
     (void)cudaGetLastError();
     size_t free_b = 0, total_b = 0;
     (void)cudaMemGetInfo(&free_b, &total_b);
-    throw Error(fmt::format("out of GPU memory allocating {:.1f} MiB ({:.1f} MiB free of {:.1f} MiB)",
-                            bytes / 1048576.0, free_b / 1048576.0, total_b / 1048576.0));
+    throw Error(fmt::format("out of GPU memory allocating {:.1f} MiB ({:.1f} MiB free of {:.1f} MiB; rlcu's buffers "
+                            "hold {:.1f} MiB)",
+                            bytes / 1048576.0, free_b / 1048576.0, total_b / 1048576.0,
+                            device_bytes_in_use() / 1048576.0));
   }
   return p;
 }
