@@ -32,6 +32,7 @@
 
 #include "rlcu/checkpoint.h"
 #include "rlcu/config.h"
+#include "rlcu/dist.h"
 #include "rlcu/error.h"
 #include "rlcu/input_file.h"
 #include "rlcu/json_error.h"
@@ -354,6 +355,11 @@ SftTrainer::SftTrainer(const SftArgs& args) : args_(args) {
   cfg_ = load_run_config("sft", args.config, args.overrides, args.resume, args.device, &config_path);
   int dev_index = 0;
   dev_ = parse_device(cfg_.run.device, "run.device", &dev_index);
+  const dist::DistEnv env = dist::dist_env_from_environment();
+  if (env.distributed())  // W copies of one run would contend for its directory
+    throw Error(fmt::format("rlcu sft runs as one process, but the launcher started {} ({}): run it without "
+                            "torchrun / srun / mpirun, or with a world size of 1",
+                            env.world_size, env.describe()));
   spdlog::info("{}", device_note(cfg_.run.device, dev_, dev_index));
   run_dir_ = cfg_.run.output_dir;
   const SftSection& sc = cfg_.sft;
