@@ -81,6 +81,7 @@
 #include "rlcu/token_bytes.h"
 #include "rlcu/tokenizer.h"
 #include "critic_update.h"
+#include "data_parallel.h"
 #include "step_report.h"
 
 namespace rlcu {
@@ -214,17 +215,16 @@ class Trainer {
 
   // Data parallel (see the file comment): the job's shape, its communicator (null for a job of one) and this rank's
   // share of the current step's batch.
-  bool dp() const { return comm_ != nullptr; }
-  bool writer() const { return env_.rank == 0; }  // rank 0 writes every file of the run directory
+  bool dp() const { return dp_.on(); }
+  bool writer() const { return dp_.writer(); }  // rank 0 writes every file of the run directory
   // Prompts [*first, *end) of the step's prompts_per_step are this rank's.
-  void prompt_share(int rank, int64_t* first, int64_t* end) const;
+  void prompt_share(int rank, int64_t* first, int64_t* end) const {
+    dp_.share(cfg_.train.prompts_per_step, rank, first, end);
+  }
   std::vector<engine::Completion> gather_completions(std::vector<engine::Completion> mine, int64_t first_prompt);
   void gather_tokens(std::vector<float>& per_token, const rl::RolloutBatch& batch);
   void reduce_report(StepRecord& rec);
-  int agreed_stop_signal();
-  dist::DistEnv env_;
-  std::unique_ptr<dist::Communicator> comm_;
-  std::unique_ptr<dist::HostCollectives> coll_;
+  DataParallel dp_;
   int64_t seq_first_ = 0, seq_end_ = 0;  // this rank's sequences of the current step's batch
 };
 
@@ -233,16 +233,14 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
   cfg_ = load_run_config("train", args.config, args.overrides, args.resume, args.device, &config_path);
   int dev_index = 0;
   dev_ = parse_device(cfg_.run.device, "run.device", &dev_index);
-  env_ = dist::dist_env_from_environment();
-  if (!env_.note.empty()) spdlog::warn("{}", env_.note);
-  const bool distributed = env_.distributed() && !args.dry_run;
+  bool distributed = false;
+  dp_ = DataParallel::from_environment(args.dry_run, &distributed);
   if (distributed) {
-    if (env_.rank != 0) spdlog::set_level(spdlog::level::warn);  // rank 0 speaks for the job
-    if (cfg_.train.prompts_per_step < env_.world_size)
+    if (cfg_.train.prompts_per_step < dp_.world_size())
       throw Error(fmt::format("{}: train.prompts_per_step = {} is less than the world size {}: every rank needs at "
                               "least one prompt group per step",
-                              config_path, cfg_.train.prompts_per_step, env_.world_size));
-    if (dev_ == Device::CUDA) dev_index = dist::local_device_index(env_, cuda_device_count());
+                              config_path, cfg_.train.prompts_per_step, dp_.world_size()));
+    if (dev_ == Device::CUDA) dev_index = dist::local_device_index(dp_.env, cuda_device_count());
   }
   spdlog::info("{}", device_note(cfg_.run.device, dev_, dev_index));
   run_dir_ = cfg_.run.output_dir;
@@ -265,14 +263,12 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
       cuda_ctx_ = Context::cuda(dev_index);
     }
     ctx_ = cuda_ctx_ ? cuda_ctx_.get() : &Context::cpu();
-    spdlog::info("data parallel: {}", env_.describe());
-    comm_ = dist::create_communicator(env_, *ctx_, dist::dist_options_from_environment());
     // Completions, rewards and per-token rows of one rank's share, padded to the largest share (host_collectives).
-    const int64_t W = env_.world_size, P = cfg_.train.prompts_per_step, G = cfg_.rollout.group_size;
+    const int64_t W = dp_.world_size(), P = cfg_.train.prompts_per_step, G = cfg_.rollout.group_size;
     const int64_t share_seqs = (P + W - 1) / W * G;
     const int64_t words = share_seqs * (4 + 2 * cfg_.rollout.max_new_tokens +
                                         static_cast<int64_t>(reward_component_names().size()) + 1);
-    coll_ = std::make_unique<dist::HostCollectives>(*comm_, *ctx_, static_cast<size_t>(W * words * 4 + 4096));
+    dp_.start(*ctx_, static_cast<size_t>(W * words * 4 + 4096));
   }
   if (!args.dry_run && writer()) {  // a dry run neither creates nor locks the run directory
     RunDirRequest rq;
@@ -285,11 +281,8 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
     inputs_ = train_inputs(cfg_, spec_.traits.needs_critic);
     if (rundir_.resuming) verify_run_inputs(run_dir_, inputs_);
   }
-  if (dp()) {  // the other ranks resume from the checkpoint rank 0 found (the run directory is shared)
-    std::vector<int64_t> resuming{rundir_.resuming ? 1 : 0};
-    coll_->broadcast(resuming, 0);
-    rundir_.resuming = resuming[0] != 0;
-  }
+  // The other ranks resume from the checkpoint rank 0 found (the run directory is shared).
+  if (dp()) rundir_.resuming = dp_.agree_resuming(rundir_.resuming);
 
   if (!ctx_ && dev_ == Device::CUDA) {
     if (cuda_device_count() == 0) throw Error("run.device is cuda but no CUDA device is available (use --device cpu)");
@@ -395,7 +388,7 @@ void Trainer::load_models() {
   tf_ = std::make_unique<Transformer>(*policy_, to, ctx);
   opt_ = std::make_unique<AdamW>(cfg_.optimizer, policy_->flat_master(), policy_->flat_grads(),
                                  dev_ == Device::CUDA ? policy_->flat_weights() : Tensor(), ctx);
-  if (dp()) opt_->set_communicator(comm_.get());
+  if (dp()) opt_->set_communicator(dp_.comm.get());
   if (spec_.use_reference) ref_ = std::make_unique<rl::ReferenceModel>(cfg_.model.path, to, ctx);
   if (spec_.traits.needs_critic) {
     rl::CriticOptions co;
@@ -407,7 +400,7 @@ void Trainer::load_models() {
     copt.lr = al.critic_lr;
     copt.name = "adamw";  // the critic keeps fp32 moments whatever optimizer.name says
     critic_ = std::make_unique<TrainedCritic>(co, copt, ctx);
-    if (dp()) critic_->set_collectives(coll_.get());
+    if (dp()) critic_->set_collectives(dp_.coll.get());
   }
   const int64_t Tm = cfg_.train.micro_batch_tokens;
   for (OwnedTensor* t : {&logp_, &entropy_, &dlogp_, &dentropy_, &old_, &ref_lp_, &adv_, &w_})
@@ -597,12 +590,6 @@ int Trainer::fail_step(int64_t step, const DataCursor& before, const std::except
 // the advantage driver, the rollout correction and the metrics on it exactly as one process would; each rank then
 // trains on its own sequences, and AdamW sums the gradients over the ranks before its (replicated) update.
 
-void Trainer::prompt_share(int rank, int64_t* first, int64_t* end) const {
-  const int64_t P = cfg_.train.prompts_per_step, W = env_.world_size;
-  *first = rank * P / W;
-  *end = (rank + 1) * P / W;
-}
-
 // Every rank's completions, in rank order (= request order): per completion its request (global), sample, finish,
 // length, tokens and log-prob bits.
 std::vector<engine::Completion> Trainer::gather_completions(std::vector<engine::Completion> mine,
@@ -616,7 +603,7 @@ std::vector<engine::Completion> Trainer::gather_completions(std::vector<engine::
     words.insert(words.end(), c.ids.begin(), c.ids.end());
     for (float lp : c.logprobs) words.push_back(dist::float_bits(lp));
   }
-  const std::vector<int32_t> all = coll_->all_gather_concat(words);
+  const std::vector<int32_t> all = dp_.coll->all_gather_concat(words);
   std::vector<engine::Completion> out;
   for (size_t at = 0; at < all.size();) {
     engine::Completion c;
@@ -641,7 +628,7 @@ void Trainer::gather_tokens(std::vector<float>& per_token, const rl::RolloutBatc
   std::vector<int32_t> mine;
   mine.reserve(static_cast<size_t>(e - b));
   for (int32_t t = b; t < e; ++t) mine.push_back(dist::float_bits(per_token[static_cast<size_t>(t)]));
-  const std::vector<int32_t> all = coll_->all_gather_concat(mine);
+  const std::vector<int32_t> all = dp_.coll->all_gather_concat(mine);
   RLCU_CHECK(static_cast<int64_t>(all.size()) == batch.num_tokens(), "data parallel: {} token values for {} tokens",
              all.size(), batch.num_tokens());
   for (size_t t = 0; t < all.size(); ++t) per_token[t] = dist::bits_float(all[t]);
@@ -652,23 +639,16 @@ void Trainer::gather_tokens(std::vector<float>& per_token, const rl::RolloutBatc
 void Trainer::reduce_report(StepRecord& rec) {
   std::vector<int64_t> counts{rec.engine.generated_tokens, rec.engine.preemptions, rec.engine.prompts,
                               rec.engine.sequences};
-  coll_->all_reduce(counts, dist::ReduceOp::Sum);
+  dp_.coll->all_reduce(counts, dist::ReduceOp::Sum);
   rec.engine.generated_tokens = counts[0];
   rec.engine.preemptions = counts[1];
   rec.engine.prompts = counts[2];
   rec.engine.sequences = counts[3];
   StepTimes& t = rec.times;
   std::vector<double> times{t.rollout, t.reward, t.reference, t.recompute, t.advantage, t.train, t.step};
-  coll_->all_reduce(times, dist::ReduceOp::Max);
+  dp_.coll->all_reduce(times, dist::ReduceOp::Max);
   double* fields[] = {&t.rollout, &t.reward, &t.reference, &t.recompute, &t.advantage, &t.train, &t.step};
   for (size_t i = 0; i < times.size(); ++i) *fields[i] = times[i];
-}
-
-// The stop signal any rank received (SIGINT / SIGTERM), or 0: every rank stops after the same step.
-int Trainer::agreed_stop_signal() {
-  std::vector<int64_t> sig{stop_requested() ? stop_signal() : 0};
-  coll_->all_reduce(sig, dist::ReduceOp::Max);
-  return static_cast<int>(sig[0]);
 }
 
 // ---- one step ----------------------------------------------------------------------------------------------------
@@ -737,7 +717,7 @@ rl::RolloutBatch Trainer::rollout(int64_t step) {
   // Every rank draws the whole step's prompts (the same cursor everywhere) and samples its share of them.
   const std::vector<const PromptSample*> samples = loader_->next_batch(cfg_.train.prompts_per_step);
   int64_t first = 0, end = static_cast<int64_t>(samples.size());
-  if (dp()) prompt_share(env_.rank, &first, &end);
+  if (dp()) prompt_share(dp_.rank(), &first, &end);
   seq_first_ = first * G;
   seq_end_ = end * G;
   std::vector<engine::Request> reqs;
@@ -794,13 +774,13 @@ void Trainer::score_rewards(rl::RolloutBatch& batch) {
   for (float v : rr.total) mine.push_back(dist::float_bits(v));
   for (const auto& [name, vals] : rr.components)
     for (float v : vals) mine.push_back(dist::float_bits(v));
-  const std::vector<int32_t> all = coll_->all_gather_concat(mine);
+  const std::vector<int32_t> all = dp_.coll->all_gather_concat(mine);
   const int64_t G = batch.group_size;
   batch.rewards.assign(static_cast<size_t>(N), 0.0f);
   batch.reward_components.clear();
   for (const auto& kv : rr.components) batch.reward_components[kv.first].assign(static_cast<size_t>(N), 0.0f);
   size_t at = 0;
-  for (int r = 0; r < env_.world_size; ++r) {
+  for (int r = 0; r < dp_.world_size(); ++r) {
     int64_t first = 0, end = 0;
     prompt_share(r, &first, &end);
     for (int64_t i = first * G; i < end * G; ++i) batch.rewards[static_cast<size_t>(i)] = dist::bits_float(all.at(at++));
@@ -871,7 +851,7 @@ UpdateResult Trainer::update(const rl::RolloutBatch& batch, const std::vector<rl
     policy_->zero_grads(ctx);
     ops::fill(stats_.t, 0.0f, ctx);
     policy_pass(batch, micros);
-    if (dp()) comm_->all_reduce(stats_.t, dist::ReduceOp::Sum, ctx);  // the loss sums of the whole batch
+    if (dp()) dp_.comm->all_reduce(stats_.t, dist::ReduceOp::Sum, ctx);  // the loss sums of the whole batch
     r.optimizer = opt_->step(r.lr, ctx);  // throws on a non-finite gradient norm, before changing anything
     progress_ = StepProgress::Partial;
     ctx.synchronize("trainer: read back");
@@ -892,8 +872,8 @@ UpdateResult Trainer::update(const rl::RolloutBatch& batch, const std::vector<rl
     }
     if (dp()) {  // over every rank's micro-batches; a fraction is at most 1, so 2 stands for "none" in the minimum
       std::vector<double> lo{r.clip_low_min < 0 ? 2.0 : r.clip_low_min}, hi{r.clip_high_max};
-      coll_->all_reduce(lo, dist::ReduceOp::Min);
-      coll_->all_reduce(hi, dist::ReduceOp::Max);
+      dp_.coll->all_reduce(lo, dist::ReduceOp::Min);
+      dp_.coll->all_reduce(hi, dist::ReduceOp::Max);
       r.clip_low_min = lo[0] > 1.5 ? -1 : lo[0];
       r.clip_high_max = hi[0];
     }
@@ -903,7 +883,7 @@ UpdateResult Trainer::update(const rl::RolloutBatch& batch, const std::vector<rl
   for (const rl::Micro& mb : micros) r.train_tokens += mb.batch.num_tokens();
   if (dp()) {
     std::vector<int64_t> t{r.train_tokens};
-    coll_->all_reduce(t, dist::ReduceOp::Sum);
+    dp_.coll->all_reduce(t, dist::ReduceOp::Sum);
     r.train_tokens = t[0];
   }
   progress_ = StepProgress::Trained;
@@ -979,11 +959,11 @@ int Trainer::run() {
     }
     ++steps_done_;
     const bool periodic = cfg_.run.save_every > 0 && s % cfg_.run.save_every == 0;
-    const int stop_sig = dp() ? agreed_stop_signal() : 0;  // a signal on any rank stops every rank
+    const int stop_sig = dp() ? dp_.agreed_stop_signal() : 0;  // a signal on any rank stops every rank
     const bool stop = stop_requested() || stop_sig != 0 || (args_.stop_after > 0 && steps_done_ >= args_.stop_after);
     if (periodic || s == total || stop) {
       save(s);
-      if (dp()) comm_->barrier(*ctx_);  // no rank ends before rank 0's checkpoint is complete
+      if (dp()) dp_.comm->barrier(*ctx_);  // no rank ends before rank 0's checkpoint is complete
     }
     if (stop) {
       const int sig = dp() ? stop_sig : stop_signal();

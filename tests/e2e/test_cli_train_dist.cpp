@@ -1,11 +1,14 @@
-// Data-parallel `rlcu train` on the CPU: 1, 2 and 3 ranks of the rlcu binary started as local processes with
+// Data-parallel `rlcu train` on the CPU: 1 to 4 ranks of the rlcu binary started as local processes with
 // torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT on a free port),
 // talking over the socket communicator, on configs/smoke_cpu.json's tiny model and task with 6 prompts x 4 samples
-// per step:
-//   - 2 and 3 ranks give step 1 the same reward (the same completions: global sequence ids) and the same loss (to
-//     float summation order) as one process with the same global batch; after 4 steps every master weight is within
-//     1% of the one-process run's update (||w_n - w_1|| <= 0.01 ||w_1 - w_0||); the run directory holds one
-//     metrics.jsonl with one line per step, written by rank 0;
+// per step, GRPO with a reference model (KL in the loss), REINFORCE++ with dynamic sampling, and PPO:
+//   - 2 and 3 ranks (GRPO also 4, sharing the prompts unevenly) give step 1 the same completions (global sequence
+//     ids), rewards and batch statistics bit for bit and the same loss, gradient norm, entropy, KL and value loss
+//     (to float summation order) as one process with the same global batch; after 4 steps the master weights are
+//     within 1% of the one-process run's update (||w_n - w_1|| <= 0.01 ||w_1 - w_0||); the run directory holds
+//     one metrics.jsonl with one line per step, written by rank 0;
+//   - `rlcu sft` on 2 and 3 ranks: the step and held-out losses and the gradient norm of one process, weights within
+//     1% of its update after 4 steps; a 2-rank SFT run resumes bit-exactly;
 //   - torchrun's variables with WORLD_SIZE=1 give byte-identical checkpoints to a plain run;
 //   - a 2-rank run stopped with --stop-after 2 and resumed (2 ranks) ends byte-identical to an uninterrupted one;
 //   - SIGTERM to rank 1 alone stops both ranks after the same step with rank 0's checkpoint of it (exit 143);
@@ -152,7 +155,7 @@ std::string stripped_metrics(const std::string& dir) {
 }
 
 // One process against 2 and 3 ranks with the same global batch, for `algo` with extra config `set`.
-void expect_same_objective(const std::string& algo, json set) {
+void expect_same_objective(const std::string& algo, json set, const std::vector<int>& worlds = {2, 3}) {
   set["algorithm"]["name"] = algo;
   const std::string d1 = fresh_dir("dp_" + algo + "_w1");
   const CliResult one = run_cli("train " + write_config("dp_w1", d1, 4, set));
@@ -164,7 +167,7 @@ void expect_same_objective(const std::string& algo, json set) {
   const auto w1 = tensors(ckpt(d1, 4) + "/trainer_state.safetensors", "master.");
   ASSERT_FALSE(w1.empty());
 
-  for (int world : {2, 3}) {
+  for (int world : worlds) {
     SCOPED_TRACE(algo + ", world size " + std::to_string(world));
     const std::string dn = fresh_dir("dp_" + algo + "_w" + std::to_string(world));
     const auto res = run_ranks(world, {"train", write_config("dp_wn", dn, 4, set)});
@@ -202,7 +205,10 @@ void expect_same_objective(const std::string& algo, json set) {
   }
 }
 
-TEST(TrainDist, GrpoRanksTrainTheSameObjectiveAsOneProcess) { expect_same_objective("grpo", json::object()); }
+// 4 ranks share the 6 prompts unevenly (1, 2, 1, 2).
+TEST(TrainDist, GrpoRanksTrainTheSameObjectiveAsOneProcess) {
+  expect_same_objective("grpo", json::object(), {2, 3, 4});
+}
 
 // Batch whitening of token-level advantages, and DAPO's dynamic sampling with the token-mean loss over kept groups.
 TEST(TrainDist, ReinforcePpWithDynamicSamplingTrainsTheSameObjective) {
@@ -213,6 +219,78 @@ TEST(TrainDist, ReinforcePpWithDynamicSamplingTrainsTheSameObjective) {
 
 // PPO: the critic's values are gathered, its gradients and value-loss sums reduced.
 TEST(TrainDist, PpoRanksTrainTheSameObjective) { expect_same_objective("ppo", json::object()); }
+
+// `rlcu sft` on the linear task's prompts and answers: `steps` steps, 4 per step on average.
+std::string write_sft_config(const std::string& name, const std::string& dir, int steps) {
+  const std::string data = temp_dir() + "/dp_sft.jsonl";
+  if (!fs::exists(data)) {
+    std::ifstream in(kData);
+    std::string out, line;
+    for (int i = 0; i < 200 && std::getline(in, line); ++i) {
+      const json r = json::parse(line);
+      out += json({{"prompt", r["prompt"]}, {"completion", r["answer"]}}).dump() + "\n";
+    }
+    write_file(data, out);
+  }
+  json cfg;
+  cfg["run"] = {{"seed", 0}, {"output_dir", dir}, {"device", "cpu"}};
+  cfg["model"] = {{"path", kModel}, {"chat_template", "none"}};
+  cfg["optimizer"] = {{"lr", 0.003}, {"lr_schedule", "constant"}};
+  cfg["train"] = {{"micro_batch_tokens", 64}};  // several micro-batches per rank
+  cfg["sft"] = {{"path", data}, {"eval_fraction", 0.1}, {"steps", steps}, {"batch_tokens", 160}, {"eval_every", 2}};
+  const std::string path = temp_dir() + "/" + name + ".json";
+  write_file(path, cfg.dump(2));
+  return path;
+}
+
+// SFT: 2 and 3 ranks share each step's examples and the eval set; the loss (token mean over the whole step), the
+// held-out loss and the gradient norm agree with one process, and so do the weights after 4 steps.
+TEST(TrainDist, SftRanksTrainTheSameObjectiveAsOneProcess) {
+  const std::string d1 = fresh_dir("dp_sft_w1");
+  const CliResult one = run_cli("sft " + write_sft_config("dp_sft_w1", d1, 4));
+  ASSERT_EQ(one.code, 0) << one.err;
+  const std::vector<json> m1 = metrics(d1);
+  ASSERT_EQ(m1.size(), 5u);  // step 0 (held-out loss) and 4 steps
+  const auto w0 = tensors(kModel + "/model.safetensors");
+  const auto w1 = tensors(ckpt(d1, 4) + "/trainer_state.safetensors", "master.");
+  for (int world : {2, 3}) {
+    SCOPED_TRACE("world size " + std::to_string(world));
+    const std::string dn = fresh_dir("dp_sft_w" + std::to_string(world));
+    expect_all_ok(run_ranks(world, {"sft", write_sft_config("dp_sft_wn", dn, 4)}));
+    const std::vector<json> mn = metrics(dn);
+    ASSERT_EQ(mn.size(), m1.size());
+    for (size_t i = 0; i < m1.size(); ++i)
+      for (const char* k : {"loss", "eval_loss", "grad_norm"}) {
+        if (!m1[i].contains(k)) continue;
+        const double a = m1[i][k].get<double>(), b = mn[i][k].get<double>();
+        EXPECT_NEAR(b, a, 1e-5 * std::max(1.0, std::fabs(a))) << k << " at step " << i;
+      }
+    for (const char* k : {"tokens", "completion_tokens"}) EXPECT_EQ(mn[1][k], m1[1][k]) << k;
+    const auto wn = tensors(ckpt(dn, 4) + "/trainer_state.safetensors", "master.");
+    double diff = 0, update = 0;
+    for (const auto& [name, v1] : w1) {
+      const std::vector<float>&a = w0.at(name), &b = wn.at(name);
+      for (size_t i = 0; i < v1.size(); ++i) {
+        diff += (double(b[i]) - v1[i]) * (double(b[i]) - v1[i]);
+        update += (double(v1[i]) - a[i]) * (double(v1[i]) - a[i]);
+      }
+    }
+    ASSERT_GT(update, 0);
+    EXPECT_LE(std::sqrt(diff), 0.01 * std::sqrt(update)) << "relative " << std::sqrt(diff / update);
+    std::printf("sft, %d ranks: |w_n - w_1| / |w_1 - w_0| = %.3g after 4 steps\n", world, std::sqrt(diff / update));
+  }
+}
+
+// A 2-rank SFT run stopped after 2 steps and resumed ends byte-identical to an uninterrupted one.
+TEST(TrainDist, SftResumeOfTwoRanksIsBitExact) {
+  const std::string full = fresh_dir("dp_sft_full"), part = fresh_dir("dp_sft_part");
+  expect_all_ok(run_ranks(2, {"sft", write_sft_config("dp_sft_full", full, 4)}));
+  expect_all_ok(run_ranks(2, {"sft", write_sft_config("dp_sft_part", part, 4), "--stop-after", "2"}));
+  expect_all_ok(run_ranks(2, {"sft", "--resume", part}));
+  for (const char* f : {"model.safetensors", "trainer_state.safetensors"})
+    EXPECT_EQ(read_file(ckpt(full, 4) + "/" + f), read_file(ckpt(part, 4) + "/" + f)) << f;
+  EXPECT_EQ(stripped_metrics(full), stripped_metrics(part));
+}
 
 TEST(TrainDist, TorchrunWithWorldSizeOneEqualsAPlainRun) {
   const std::string a = fresh_dir("dp_plain"), b = fresh_dir("dp_ws1");
