@@ -747,7 +747,8 @@ rl::RolloutBatch Trainer::rollout(int64_t step) {
   so.stop_strings = stop_strings_;
   so.token_bytes = &token_bytes_;
   so.first_seq_id = static_cast<int32_t>(seq_first_);  // global sequence ids: the same completions for any world size
-  std::vector<engine::Completion> comps = engine_->generate(reqs, so, progress_bar());
+  const engine::ProgressFn progress = writer() ? progress_bar() : engine::ProgressFn{};  // one bar per job
+  std::vector<engine::Completion> comps = engine_->generate(reqs, so, progress);
   if (dp()) comps = gather_completions(std::move(comps), first);
   return rl::make_rollout_batch(std::move(prompts), std::move(comps), G);
 }
