@@ -324,6 +324,7 @@ class SftTrainer {
   int run();
 
  private:
+  void open_run(const SftArgs& args, bool distributed, int dev_index);
   void save(int64_t step);
   int fail_step(int64_t step, const std::exception& e);
   double eval_loss();
@@ -363,26 +364,9 @@ std::vector<int64_t> SftTrainer::my_share(const std::vector<int64_t>& which) con
   return std::vector<int64_t>(which.begin() + first, which.begin() + end);
 }
 
-SftTrainer::SftTrainer(const SftArgs& args) : args_(args) {
-  // ---- config --------------------------------------------------------------------------------------------------
-  std::string config_path;
-  cfg_ = load_run_config("sft", args.config, args.overrides, args.resume, args.device, &config_path);
-  int dev_index = 0;
-  dev_ = parse_device(cfg_.run.device, "run.device", &dev_index);
-  bool distributed = false;
-  dp_ = DataParallel::from_environment(args.dry_run, &distributed);
-  if (distributed && dev_ == Device::CUDA) dev_index = dist::local_device_index(dp_.env, cuda_device_count());
-  spdlog::info("{}", device_note(cfg_.run.device, dev_, dev_index));
-  run_dir_ = cfg_.run.output_dir;
+// The communicator (data parallel), the locked run directory (rank 0) and the device context.
+void SftTrainer::open_run(const SftArgs& args, bool distributed, int dev_index) {
   const SftSection& sc = cfg_.sft;
-  if (cfg_.model.path.empty()) throw Error(fmt::format("{}: model.path is not set", config_path));
-  if (sc.path.empty()) throw Error(fmt::format("{}: sft.path is not set", config_path));
-  const int64_t Tm = cfg_.train.micro_batch_tokens;
-  const int64_t max_seq = sc.max_seq_tokens > 0 ? sc.max_seq_tokens : Tm;
-  if (max_seq > Tm)
-    throw Error(fmt::format("{}: sft.max_seq_tokens = {} exceeds train.micro_batch_tokens = {}: a whole sequence must "
-                            "fit in one micro-batch",
-                            config_path, max_seq, Tm));
   if (distributed) {  // the communicator first: rank 0 tells the others whether the run resumes
     if (dev_ == Device::CUDA) {
       if (cuda_device_count() == 0) throw Error("run.device is cuda but no CUDA device is available (use --device cpu)");
@@ -412,6 +396,29 @@ SftTrainer::SftTrainer(const SftArgs& args) : args_(args) {
     cuda_ctx_ = Context::cuda(dev_index);
   }
   ctx_ = cuda_ctx_ ? cuda_ctx_.get() : &Context::cpu();
+}
+
+SftTrainer::SftTrainer(const SftArgs& args) : args_(args) {
+  // ---- config --------------------------------------------------------------------------------------------------
+  std::string config_path;
+  cfg_ = load_run_config("sft", args.config, args.overrides, args.resume, args.device, &config_path);
+  int dev_index = 0;
+  dev_ = parse_device(cfg_.run.device, "run.device", &dev_index);
+  bool distributed = false;
+  dp_ = DataParallel::from_environment(args.dry_run, &distributed);
+  if (distributed && dev_ == Device::CUDA) dev_index = dist::local_device_index(dp_.env, cuda_device_count());
+  spdlog::info("{}", device_note(cfg_.run.device, dev_, dev_index));
+  run_dir_ = cfg_.run.output_dir;
+  const SftSection& sc = cfg_.sft;
+  if (cfg_.model.path.empty()) throw Error(fmt::format("{}: model.path is not set", config_path));
+  if (sc.path.empty()) throw Error(fmt::format("{}: sft.path is not set", config_path));
+  const int64_t Tm = cfg_.train.micro_batch_tokens;
+  const int64_t max_seq = sc.max_seq_tokens > 0 ? sc.max_seq_tokens : Tm;
+  if (max_seq > Tm)
+    throw Error(fmt::format("{}: sft.max_seq_tokens = {} exceeds train.micro_batch_tokens = {}: a whole sequence must "
+                            "fit in one micro-batch",
+                            config_path, max_seq, Tm));
+  open_run(args, distributed, dev_index);
   Context& ctx = *ctx_;
 
   // ---- tokenizer and data --------------------------------------------------------------------------------------
