@@ -65,9 +65,11 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "rlcu/context.h"
 #include "rlcu/tensor.h"
@@ -142,6 +144,46 @@ class Communicator {
   int rank_, world_size_;
   Device device_;
 };
+
+// Collectives on host vectors (the data-parallel trainer's batch statistics, completions and per-token rows) over a
+// communicator of any backend. CPU tensors go to the communicator as they are; for CUDA tensors the values pass
+// through one device staging buffer of `capacity_bytes`, allocated at construction (the step loop allocates
+// nothing), with one synchronisation per call. A call that needs more than the capacity is a bug in the caller's
+// sizing (RLCU_CHECK). Every rank calls the same functions in the same order; results are identical on every rank.
+class HostCollectives {
+ public:
+  HostCollectives(Communicator& comm, Context& ctx, size_t capacity_bytes);
+  Communicator& communicator() const { return comm_; }
+  int rank() const { return comm_.rank(); }
+  int world_size() const { return comm_.world_size(); }
+
+  // v = op over ranks of v, elementwise (every rank passes the same size).
+  void all_reduce(std::vector<double>& v, ReduceOp op);
+  void all_reduce(std::vector<int64_t>& v, ReduceOp op);
+  // The concatenation, in rank order, of every rank's `mine` (sizes may differ between ranks). 32-bit words:
+  // callers put floats in by their bits (float_bits / bits_float), so the values arrive exactly.
+  std::vector<int32_t> all_gather_concat(const std::vector<int32_t>& mine);
+  // x = x of rank `root`.
+  void broadcast(std::vector<int64_t>& x, int root);
+
+ private:
+  Tensor stage(DType dt, int64_t n);  // a view of the staging buffer (CUDA) or empty (CPU)
+  Communicator& comm_;
+  Context& ctx_;
+  OwnedTensor staging_;
+};
+
+inline int32_t float_bits(float f) {
+  int32_t w;
+  static_assert(sizeof w == sizeof f, "32-bit float");
+  std::memcpy(&w, &f, sizeof w);
+  return w;
+}
+inline float bits_float(int32_t w) {
+  float f;
+  std::memcpy(&f, &w, sizeof f);
+  return f;
+}
 
 // Sets up the communicator of this job for tensors on ctx's device (CUDA: ctx must be on local_device_index()).
 // Every rank calls it; it returns once every rank has joined (the rendezvous), or throws.

@@ -13,8 +13,8 @@
 //     then multiples of 16); rows beyond the live batch are padding (no cache write, zero attention).
 //   * when the KV pool runs out during decode, the most recently admitted sequence is preempted: its blocks are
 //     freed and it is later prefilled again from prompt + tokens generated so far (recompute), then continues.
-//   * the sampler (ops::sample) is keyed by (seed, sequence id, position), sequence id = request index * n + sample
-//     index and position = the token's index in prompt + completion, so a completion does not depend on batching,
+//   * the sampler (ops::sample) is keyed by (seed, sequence id, position), sequence id = first_seq_id + request
+//     index * n + sample index (first_seq_id: a data-parallel rank's first global sequence) and position = the token's index in prompt + completion, so a completion does not depend on batching,
 //     preemption or the device's batch buckets (up to float rounding between CPU and CUDA logits).
 //   * stops: an EOS id (unless ignore_eos), a stop string in the completion's bytes (the token that completes it is
 //     kept), max_new_tokens, or the model's context length (max_model_len).
@@ -59,6 +59,9 @@ struct SamplingOptions {
   bool ignore_eos = false;
   std::vector<std::string> stop_strings;      // byte strings; need token_bytes
   const TokenBytesTable* token_bytes = nullptr;  // bytes of every token id, at least the model's vocabulary
+  int32_t first_seq_id = 0;  // the sampler's sequence id of the first request's first sample (data parallel: the
+                             // global index of this rank's first sequence, so that completions do not depend on the
+                             // number of ranks)
 };
 
 struct Request {

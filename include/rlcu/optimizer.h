@@ -5,6 +5,8 @@
 // element and an F32 absmax per block of ops::kAdamw8Block elements, kernels/adamw8_common.h); the masters stay F32.
 //
 // Gradients are not cleared here: the trainer zeroes them (ops::fill) before accumulating the next step.
+// Data parallel (set_communicator): step() first sums the gradients over the ranks (all_reduce, in place), so the
+// norm, the clipping and the update are those of the global batch and identical on every rank (replicated state).
 #pragma once
 
 #include <cstdint>
@@ -15,6 +17,10 @@
 #include "rlcu/tensor.h"
 
 namespace rlcu {
+
+namespace dist {
+class Communicator;
+}
 
 // Learning rate for optimizer step `step` (0-based) of `total_steps`: linear warm-up from lr/warmup to lr over
 // `warmup_steps`, then constant, or linear / cosine decay to lr * min_lr_ratio at the last step.
@@ -42,6 +48,9 @@ class AdamW {
   // One update with learning rate `lr`; synchronises once to read the gradient norm.
   OptimizerStepStats step(double lr, Context& ctx);
 
+  // Sums the gradients over `comm`'s ranks at the start of every step (null: this process's gradients only).
+  void set_communicator(dist::Communicator* comm) { comm_ = comm; }
+
   int64_t steps_done() const { return step_; }
   void set_steps_done(int64_t s) { step_ = s; }
   OptimizerKind kind() const { return kind_; }
@@ -57,6 +66,7 @@ class AdamW {
   Tensor master_, grad_, weights_;
   OwnedTensor m_, v_, m_absmax_, v_absmax_, norm_;
   int64_t step_ = 0;
+  dist::Communicator* comm_ = nullptr;
 };
 
 }  // namespace rlcu

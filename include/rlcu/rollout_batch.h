@@ -91,6 +91,8 @@ struct Micro {
 // Sequences in order, each whole, into micro-batches of at most `budget` tokens (a new micro-batch starts when the
 // next sequence does not fit).
 std::vector<Micro> pack_micro_batches(const RolloutBatch& batch, int64_t budget);
+// The same over the sequences [first, end) only (a data-parallel rank's share); sequence indices stay the batch's.
+std::vector<Micro> pack_micro_batches(const RolloutBatch& batch, int64_t budget, int64_t first, int64_t end);
 
 // Completion-layout values -> the micro-batch's rows: out[r] = per_token[offsets[s] + t] for a row that predicts
 // token t of sequence s, 0 for the other rows and for every row when per_token is empty. [mb.batch.num_tokens()].

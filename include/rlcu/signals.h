@@ -11,6 +11,11 @@ void install_stop_handlers();
 // Puts the default SIGINT / SIGTERM dispositions back.
 void uninstall_stop_handlers();
 bool stop_requested();
+// Whether a stop request also interrupts the waits inside a step (for a reply of a reward command): on by default.
+// The data-parallel trainer turns it off, so that every rank finishes the step and all stop after it together (a
+// second signal still exits at once). stop_interrupts_waits() = stop_requested() while it is on.
+void set_stop_interrupts_waits(bool on);
+bool stop_interrupts_waits();
 int stop_signal();  // the signal that asked to stop (SIGINT or SIGTERM), 0 when none
 // Forgets a request (after the trainer has acted on it, or between tests).
 void clear_stop_request();

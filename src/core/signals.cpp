@@ -17,6 +17,7 @@ std::atomic<int> g_count{0};
 constexpr int kMaxGroups = 16;
 std::atomic<int> g_groups[kMaxGroups];  // 0 = free slot
 std::atomic<int> g_signal{0};
+std::atomic<bool> g_interrupt_waits{true};
 static_assert(std::atomic<int>::is_always_lock_free, "signal flags must be lock-free");
 
 void on_stop_signal(int sig) {
@@ -58,6 +59,10 @@ void uninstall_stop_handlers() {
 }
 
 bool stop_requested() { return g_count.load() > 0; }
+
+void set_stop_interrupts_waits(bool on) { g_interrupt_waits.store(on); }
+
+bool stop_interrupts_waits() { return g_interrupt_waits.load() && stop_requested(); }
 
 int stop_signal() { return g_signal.load(); }
 

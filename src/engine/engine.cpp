@@ -194,6 +194,14 @@ std::vector<Completion> Engine::generate(const std::vector<Request>& requests, c
 
   std::vector<int32_t> toks;
   std::vector<float> lps;
+  // The scheduler numbers this call's sequences from 0; the sampler's ids start at sp.first_seq_id.
+  std::vector<int32_t> shifted;
+  auto sampler_ids = [&](const std::vector<int32_t>& ids) -> const std::vector<int32_t>& {
+    if (sp.first_seq_id == 0) return ids;
+    shifted.resize(ids.size());
+    for (size_t i = 0; i < ids.size(); ++i) shifted[i] = ids[i] + sp.first_seq_id;
+    return shifted;
+  };
   while (!sched.done()) {
     const auto t_schedule = Clock::now();
     const Step step = sched.schedule();
@@ -202,7 +210,7 @@ std::vector<Completion> Engine::generate(const std::vector<Request>& requests, c
     lps.clear();
     if (step.kind == StepKind::Prefill) {
       runner.prefill(step.prefill);
-      runner.sample(toks, lps, step.sample_ids, step.sample_positions, sp.sample);
+      runner.sample(toks, lps, sampler_ids(step.sample_ids), step.sample_positions, sp.sample);
       sched.postprocess(step, toks, lps);
       s.stats.prefill_passes++;
       s.stats.prefill_tokens += static_cast<int64_t>(step.prefill.ids.size());
@@ -211,7 +219,7 @@ std::vector<Completion> Engine::generate(const std::vector<Request>& requests, c
       if (!step.rows.empty()) {  // every running sequence may have been preempted
         runner.copy_blocks(step.copies);
         runner.decode(step.decode);
-        runner.sample(toks, lps, step.sample_ids, step.sample_positions, sp.sample);
+        runner.sample(toks, lps, sampler_ids(step.sample_ids), step.sample_positions, sp.sample);
       }
       sched.postprocess(step, toks, lps);
       if (!step.rows.empty()) s.stats.decode_steps++;

@@ -236,7 +236,7 @@ std::vector<float> RewardCommand::score(const std::vector<std::string>& prompts,
     int nfds = 0;
     fds[nfds++] = pollfd{from_child_, POLLIN, 0};
     if (written < request.size()) fds[nfds++] = pollfd{to_child_, POLLOUT, 0};
-    if (stop_requested())
+    if (stop_interrupts_waits())
       fail(fmt::format("interrupted by a stop signal while waiting for reply line {} of {} of the batch", replies + 1,
                        n));
     const int rc = poll(fds, static_cast<nfds_t>(nfds), static_cast<int>(std::ceil(std::min(left_ms, 100.0))));

@@ -37,8 +37,14 @@ RolloutBatch make_rollout_batch(std::vector<RolloutPrompt> prompts, std::vector<
 }
 
 std::vector<Micro> pack_micro_batches(const RolloutBatch& batch, int64_t budget) {
+  return pack_micro_batches(batch, budget, 0, batch.num_seqs());
+}
+
+std::vector<Micro> pack_micro_batches(const RolloutBatch& batch, int64_t budget, int64_t first, int64_t end) {
+  RLCU_CHECK(first >= 0 && first <= end && end <= batch.num_seqs(), "pack: sequences [{}, {}) of {}", first, end,
+             batch.num_seqs());
   std::vector<Micro> out;
-  for (size_t i = 0; i < batch.completions.size(); ++i) {
+  for (size_t i = static_cast<size_t>(first); i < static_cast<size_t>(end); ++i) {
     const std::vector<int32_t>& c = batch.completions[i];
     const std::vector<int32_t>& p = batch.prompts[static_cast<size_t>(batch.prompt_of[i])].ids;
     std::vector<int32_t> seq(p);

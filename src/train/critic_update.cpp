@@ -15,6 +15,12 @@ TrainedCritic::TrainedCritic(const rl::CriticOptions& critic, const OptimizerSec
   head_adam_ = std::make_unique<AdamW>(optimizer, h.master, h.grad, cuda ? h.weights : Tensor(), ctx);
 }
 
+void TrainedCritic::set_collectives(dist::HostCollectives* coll) {
+  coll_ = coll;
+  adam_->set_communicator(coll ? &coll->communicator() : nullptr);
+  head_adam_->set_communicator(coll ? &coll->communicator() : nullptr);
+}
+
 nlohmann::ordered_json TrainedCritic::update(const rl::RolloutBatch& batch, const std::vector<rl::Micro>& micros,
                                              int64_t num_iterations, int64_t step, int64_t total_steps, Context& ctx) {
   const double lr = lr_at(optimizer_, step - 1, total_steps);
@@ -25,6 +31,11 @@ nlohmann::ordered_json TrainedCritic::update(const rl::RolloutBatch& batch, cons
     os = adam_->step(lr, ctx);
     head_adam_->step(lr, ctx);
     st = critic_->read_stats(ctx);
+    if (coll_) {  // sums over every rank's tokens
+      std::vector<double> d(st.begin(), st.end());
+      coll_->all_reduce(d, dist::ReduceOp::Sum);
+      for (size_t k = 0; k < d.size(); ++k) st[k] = static_cast<float>(d[k]);
+    }
   }
   nlohmann::ordered_json m;
   if (!st.empty()) {

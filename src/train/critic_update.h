@@ -13,6 +13,7 @@
 #include "rlcu/checkpoint.h"
 #include "rlcu/config.h"
 #include "rlcu/critic.h"
+#include "rlcu/dist.h"
 #include "rlcu/optimizer.h"
 #include "rlcu/rollout_batch.h"
 
@@ -24,6 +25,8 @@ class TrainedCritic {
   TrainedCritic(const rl::CriticOptions& critic, const OptimizerSection& optimizer, Context& ctx);
 
   rl::Critic& critic() { return *critic_; }
+  // Data parallel: both optimizers sum the gradients over the ranks and the value-loss statistics are summed too.
+  void set_collectives(dist::HostCollectives* coll);
   // num_iterations passes of value-loss updates over the micro-batches (one optimizer step of each optimizer per
   // pass); returns the metrics value_loss, value_clip_ratio (of the last pass), critic/grad_norm, critic/lr.
   nlohmann::ordered_json update(const rl::RolloutBatch& batch, const std::vector<rl::Micro>& micros,
@@ -36,6 +39,7 @@ class TrainedCritic {
   OptimizerSection optimizer_;
   std::unique_ptr<rl::Critic> critic_;
   std::unique_ptr<AdamW> adam_, head_adam_;
+  dist::HostCollectives* coll_ = nullptr;
 };
 
 }  // namespace rlcu

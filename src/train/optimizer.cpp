@@ -3,6 +3,7 @@
 
 #include <cmath>
 
+#include "rlcu/dist.h"
 #include "rlcu/error.h"
 #include "rlcu/ops.h"
 
@@ -65,6 +66,7 @@ AdamW::AdamW(const OptimizerSection& cfg, const Tensor& master, const Tensor& gr
 OptimizerStepStats AdamW::step(double lr, Context& ctx) {
   OptimizerStepStats st;
   st.lr = lr;
+  if (comm_) comm_->all_reduce(grad_.view({-1}), dist::ReduceOp::Sum, ctx);
   ops::sum_squares(norm_.t, grad_.view({-1}), ctx);
   float sumsq = 0;
   copy_bytes(Tensor(&sumsq, DType::F32, Device::CPU, {1}), norm_.t);  // the step's one sync point

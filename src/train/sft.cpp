@@ -16,6 +16,10 @@
 // step when the failure came before the optimizer update, the failed step when only its report was lost.
 // Determinism: fixed schedule, fixed-order reductions, restored master weights and Adam moments, so a resumed run
 // ends with byte-identical weights on the same device.
+// Data parallel (a launcher's environment with world size W > 1, data_parallel.h): rank r takes the examples
+// [r*n/W, (r+1)*n/W) of each step's n (and of the eval set); N, the loss sums and the token counts are summed over
+// the ranks, so dlogprob = -1/N is the whole step's, and AdamW sums the gradients before its (replicated) update.
+// Rank 0 alone writes the run directory; a stop signal on any rank stops every rank after the same step.
 #include "rlcu/sft.h"
 
 #include <spdlog/spdlog.h>
@@ -43,6 +47,7 @@
 #include "rlcu/run_dir.h"
 #include "rlcu/signals.h"
 #include "rlcu/tokenizer.h"
+#include "data_parallel.h"
 
 namespace rlcu {
 
@@ -319,6 +324,7 @@ class SftTrainer {
   int run();
 
  private:
+  void open_run(const SftArgs& args, bool distributed, int dev_index);
   void save(int64_t step);
   int fail_step(int64_t step, const std::exception& e);
   double eval_loss();
@@ -346,26 +352,30 @@ class SftTrainer {
   bool updated_ = false;    // the current step's optimizer update is applied
   MemoryPlan plan_;
   bool dry_run_done_ = false;
+  DataParallel dp_;
+  // This rank's share of `which` (all of it for a job of one).
+  std::vector<int64_t> my_share(const std::vector<int64_t>& which) const;
 };
 
-SftTrainer::SftTrainer(const SftArgs& args) : args_(args) {
-  // ---- config --------------------------------------------------------------------------------------------------
-  std::string config_path;
-  cfg_ = load_run_config("sft", args.config, args.overrides, args.resume, args.device, &config_path);
-  int dev_index = 0;
-  dev_ = parse_device(cfg_.run.device, "run.device", &dev_index);
-  spdlog::info("{}", device_note(cfg_.run.device, dev_, dev_index));
-  run_dir_ = cfg_.run.output_dir;
+std::vector<int64_t> SftTrainer::my_share(const std::vector<int64_t>& which) const {
+  if (!dp_.on()) return which;
+  int64_t first = 0, end = 0;
+  dp_.share(static_cast<int64_t>(which.size()), dp_.rank(), &first, &end);
+  return std::vector<int64_t>(which.begin() + first, which.begin() + end);
+}
+
+// The communicator (data parallel), the locked run directory (rank 0) and the device context.
+void SftTrainer::open_run(const SftArgs& args, bool distributed, int dev_index) {
   const SftSection& sc = cfg_.sft;
-  if (cfg_.model.path.empty()) throw Error(fmt::format("{}: model.path is not set", config_path));
-  if (sc.path.empty()) throw Error(fmt::format("{}: sft.path is not set", config_path));
-  const int64_t Tm = cfg_.train.micro_batch_tokens;
-  const int64_t max_seq = sc.max_seq_tokens > 0 ? sc.max_seq_tokens : Tm;
-  if (max_seq > Tm)
-    throw Error(fmt::format("{}: sft.max_seq_tokens = {} exceeds train.micro_batch_tokens = {}: a whole sequence must "
-                            "fit in one micro-batch",
-                            config_path, max_seq, Tm));
-  if (!args.dry_run) {  // a dry run neither creates nor locks the run directory
+  if (distributed) {  // the communicator first: rank 0 tells the others whether the run resumes
+    if (dev_ == Device::CUDA) {
+      if (cuda_device_count() == 0) throw Error("run.device is cuda but no CUDA device is available (use --device cpu)");
+      cuda_ctx_ = Context::cuda(dev_index);
+    }
+    ctx_ = cuda_ctx_ ? cuda_ctx_.get() : &Context::cpu();
+    dp_.start(*ctx_, 4096);  // a few sums per step
+  }
+  if (!args.dry_run && dp_.writer()) {  // a dry run neither creates nor locks the run directory
     RunDirRequest rq;
     rq.command = "sft";
     rq.dir = run_dir_;
@@ -378,12 +388,37 @@ SftTrainer::SftTrainer(const SftArgs& args) : args_(args) {
                {"sft.path", sc.path},             {"sft.eval_path", sc.eval_path}};
     if (rundir_.resuming) verify_run_inputs(run_dir_, inputs_);
   }
+  // The other ranks resume from the checkpoint rank 0 found (the run directory is shared).
+  if (dp_.on()) rundir_.resuming = dp_.agree_resuming(rundir_.resuming);
 
-  if (dev_ == Device::CUDA) {
+  if (!ctx_ && dev_ == Device::CUDA) {
     if (cuda_device_count() == 0) throw Error("run.device is cuda but no CUDA device is available (use --device cpu)");
     cuda_ctx_ = Context::cuda(dev_index);
   }
   ctx_ = cuda_ctx_ ? cuda_ctx_.get() : &Context::cpu();
+}
+
+SftTrainer::SftTrainer(const SftArgs& args) : args_(args) {
+  // ---- config --------------------------------------------------------------------------------------------------
+  std::string config_path;
+  cfg_ = load_run_config("sft", args.config, args.overrides, args.resume, args.device, &config_path);
+  int dev_index = 0;
+  dev_ = parse_device(cfg_.run.device, "run.device", &dev_index);
+  bool distributed = false;
+  dp_ = DataParallel::from_environment(args.dry_run, &distributed);
+  if (distributed && dev_ == Device::CUDA) dev_index = dist::local_device_index(dp_.env, cuda_device_count());
+  spdlog::info("{}", device_note(cfg_.run.device, dev_, dev_index));
+  run_dir_ = cfg_.run.output_dir;
+  const SftSection& sc = cfg_.sft;
+  if (cfg_.model.path.empty()) throw Error(fmt::format("{}: model.path is not set", config_path));
+  if (sc.path.empty()) throw Error(fmt::format("{}: sft.path is not set", config_path));
+  const int64_t Tm = cfg_.train.micro_batch_tokens;
+  const int64_t max_seq = sc.max_seq_tokens > 0 ? sc.max_seq_tokens : Tm;
+  if (max_seq > Tm)
+    throw Error(fmt::format("{}: sft.max_seq_tokens = {} exceeds train.micro_batch_tokens = {}: a whole sequence must "
+                            "fit in one micro-batch",
+                            config_path, max_seq, Tm));
+  open_run(args, distributed, dev_index);
   Context& ctx = *ctx_;
 
   // ---- tokenizer and data --------------------------------------------------------------------------------------
@@ -472,6 +507,7 @@ SftTrainer::SftTrainer(const SftArgs& args) : args_(args) {
   tf_ = std::make_unique<Transformer>(*model_, to, ctx);
   opt_ = std::make_unique<AdamW>(cfg_.optimizer, model_->flat_master(), model_->flat_grads(),
                                  dev_ == Device::CUDA ? model_->flat_weights() : Tensor(), ctx);
+  if (dp_.on()) opt_->set_communicator(dp_.comm.get());
   logp_ = OwnedTensor::make(DType::F32, dev_, {Tm});
   dlogp_ = OwnedTensor::make(DType::F32, dev_, {Tm});
   spdlog::info("sft: model {} ({} parameters) on {}", cfg_.model.path, model_->num_parameters(), device_name(dev_));
@@ -495,6 +531,10 @@ SftTrainer::SftTrainer(const SftArgs& args) : args_(args) {
 }
 
 void SftTrainer::save(int64_t step) {
+  if (!dp_.writer()) {  // the optimizer state is replicated: rank 0's checkpoint is every rank's
+    last_saved_ = step;
+    return;
+  }
   CheckpointWrite w;
   w.run_dir = run_dir_;
   w.step = step;
@@ -519,7 +559,9 @@ void SftTrainer::save(int64_t step) {
 int SftTrainer::fail_step(int64_t step, const std::exception& e) {
   const int64_t keep = updated_ ? step : step - 1;  // the schedule is indexed by step: nothing to put back
   std::string note = "no step had completed, so there is nothing to save";
-  if (keep > 0) {
+  if (!dp_.writer()) {
+    note = "rank 0 saves the run's checkpoints";
+  } else if (keep > 0) {
     try {
       if (keep != last_saved_) save(keep);
       note = fmt::format("{} step {} is saved in {}; continue with `rlcu sft --resume {}` (with --set to fix what "
@@ -544,7 +586,7 @@ double SftTrainer::eval_loss() {
   for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<int64_t>(i);
   double nll = 0;
   int64_t n = 0;
-  for (const SftMicro& mb : pack(eval_, all, cfg_.train.micro_batch_tokens)) {
+  for (const SftMicro& mb : pack(eval_, my_share(all), cfg_.train.micro_batch_tokens)) {
     const int64_t T = mb.batch.num_tokens();
     const DeviceBatch db = tf_->upload(mb.batch, ctx);
     tf_->forward(logp_.t.slice_rows(0, T), Tensor(), db, ctx);
@@ -554,6 +596,12 @@ double SftTrainer::eval_loss() {
       if (mb.target_row[static_cast<size_t>(r)]) nll -= lp[static_cast<size_t>(r)];
     n += mb.targets;
   }
+  if (dp_.on()) {  // over every rank's share
+    std::vector<double> sums{nll, static_cast<double>(n)};
+    dp_.coll->all_reduce(sums, dist::ReduceOp::Sum);
+    nll = sums[0];
+    n = static_cast<int64_t>(sums[1]);
+  }
   return n > 0 ? nll / static_cast<double>(n) : 0.0;
 }
 
@@ -561,11 +609,17 @@ void SftTrainer::step(int64_t s) {
   Context& ctx = *ctx_;
   const auto t0 = Clock::now();
   const SftStep& sp = schedule_[static_cast<size_t>(s - 1)];
-  const std::vector<SftMicro> micros = pack(train_, sp.examples, cfg_.train.micro_batch_tokens);
+  const std::vector<SftMicro> micros = pack(train_, my_share(sp.examples), cfg_.train.micro_batch_tokens);
   int64_t targets = 0, tokens = 0;
   for (const SftMicro& mb : micros) {
     targets += mb.targets;
     tokens += mb.batch.num_tokens();
+  }
+  if (dp_.on()) {  // N and the token count of the whole step
+    std::vector<int64_t> counts{targets, tokens};
+    dp_.coll->all_reduce(counts, dist::ReduceOp::Sum);
+    targets = counts[0];
+    tokens = counts[1];
   }
   const float g = targets > 0 ? static_cast<float>(-1.0 / static_cast<double>(targets)) : 0.0f;
   model_->zero_grads(ctx);
@@ -589,7 +643,17 @@ void SftTrainer::step(int64_t s) {
   const double lr = lr_at(cfg_.optimizer, s - 1, total);
   const OptimizerStepStats os = opt_->step(lr, ctx);  // throws on a non-finite gradient norm, changing nothing
   updated_ = true;
-  const double secs = since(t0);
+  if (dp_.on()) {
+    std::vector<double> sum{nll};
+    dp_.coll->all_reduce(sum, dist::ReduceOp::Sum);
+    nll = sum[0];
+  }
+  double secs = since(t0);
+  if (dp_.on()) {  // the slowest rank's
+    std::vector<double> t{secs};
+    dp_.coll->all_reduce(t, dist::ReduceOp::Max);
+    secs = t[0];
+  }
 
   ordered_json m;
   m["step"] = s;
@@ -604,7 +668,7 @@ void SftTrainer::step(int64_t s) {
   const bool eval_point = !eval_.empty() && ((cfg_.sft.eval_every > 0 && s % cfg_.sft.eval_every == 0) || s == total);
   if (eval_point) m["eval_loss"] = eval_loss();
   m["time/step_s"] = secs;
-  metrics_->write(m);
+  if (metrics_) metrics_->write(m);
   std::string line = fmt::format("step {}/{} | loss {:.4f}", s, total, m["loss"].get<double>());
   if (eval_point) line += fmt::format(" | eval_loss {:.4f}", m["eval_loss"].get<double>());
   line += fmt::format(" | grad_norm {:.3f} | lr {:.2e} | {:.0f} tok/s | epoch {:.2f}", os.grad_norm, lr,
@@ -618,12 +682,14 @@ int SftTrainer::run() {
     std::fflush(stdout);
     return 0;
   }
-  fs::create_directories(run_dir_);
-  write_run_config(run_dir_, config_to_json(cfg_));
-  if (!rundir_.resuming) record_run_inputs(run_dir_, inputs_);
-  MetricsOptions mo;
-  mo.tensorboard = cfg_.run.tensorboard;
-  metrics_ = std::make_unique<MetricsWriter>(run_dir_, rundir_.resuming ? start_step_ : -1, mo);
+  if (dp_.writer()) {
+    fs::create_directories(run_dir_);
+    write_run_config(run_dir_, config_to_json(cfg_));
+    if (!rundir_.resuming) record_run_inputs(run_dir_, inputs_);
+    MetricsOptions mo;
+    mo.tensorboard = cfg_.run.tensorboard;
+    metrics_ = std::make_unique<MetricsWriter>(run_dir_, rundir_.resuming ? start_step_ : -1, mo);
+  }
   install_stop_handlers();
   struct Uninstall {
     ~Uninstall() { uninstall_stop_handlers(); }
@@ -637,7 +703,7 @@ int SftTrainer::run() {
     ordered_json m;
     m["step"] = 0;
     m["eval_loss"] = eval_loss();
-    metrics_->write(m);
+    if (metrics_) metrics_->write(m);
     spdlog::info("step 0/{} | eval_loss {:.4f}", total, m["eval_loss"].get<double>());
   }
   int64_t done = 0;
@@ -650,13 +716,17 @@ int SftTrainer::run() {
     }
     ++done;
     const bool periodic = cfg_.run.save_every > 0 && s % cfg_.run.save_every == 0;
-    const bool stop = stop_requested() || (args_.stop_after > 0 && done >= args_.stop_after);
-    if (periodic || s == total || stop) save(s);
+    const int stop_sig = dp_.on() ? dp_.agreed_stop_signal() : 0;  // a signal on any rank stops every rank
+    const bool stop = stop_requested() || stop_sig != 0 || (args_.stop_after > 0 && done >= args_.stop_after);
+    if (periodic || s == total || stop) {
+      save(s);
+      if (dp_.on()) dp_.comm->barrier(*ctx_);  // no rank ends before rank 0's checkpoint is complete
+    }
     if (s == total)
       spdlog::info("final model: {} (a Hugging Face model directory)",
                    (fs::path(run_dir_) / "checkpoints" / checkpoint_dir_name(s)).string());
     if (stop && s < total) {
-      const int sig = stop_signal();
+      const int sig = dp_.on() ? stop_sig : stop_signal();
       spdlog::info("stopping after step {} ({}); continue with: rlcu sft --resume {}", s,
                    sig ? "signal" : "--stop-after", run_dir_);
       return sig ? 128 + sig : 0;

@@ -33,7 +33,7 @@ struct UpdateResult {
   nlohmann::ordered_json critic;    // the critic's metrics (PPO), or null
   int64_t train_tokens = 0;         // tokens of the micro-batches of one pass
   // The smallest low-clip and largest high-clip token fraction over the last pass's micro-batches (TRL gathers them
-  // over processes; here one process trains the batch in micro-batches); negative = no micro-batch had tokens.
+  // over processes; here over the micro-batches of every data-parallel rank); negative = no micro-batch had tokens.
   double clip_low_min = -1, clip_high_max = -1;
 };
 

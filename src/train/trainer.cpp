@@ -37,6 +37,13 @@
 // Determinism: the sampler is keyed by (seed, step, sequence, position), every reduction has a fixed order and the
 // data cursor and optimizer state are checkpointed, so a resumed run reproduces the uninterrupted one bit for bit on
 // the same device.
+// Data parallel (a launcher's environment with world size W > 1, include/rlcu/dist.h): rank r samples its share of
+// the step's prompts under global sequence ids; the completions, rewards and per-token scores are all-gathered, so
+// the advantages, the rollout correction, the loss weights and the metrics are computed over the whole batch on every
+// rank exactly as one process computes them; each rank runs the update on its own sequences and AdamW sums the
+// gradients over the ranks (replicated optimizer state, identical on every rank). Rank 0 alone locks and writes the
+// run directory; a stop signal on any rank stops every rank after the same step. With W = 1 (or no launcher) none
+// of this runs: the trainer is one process as before.
 #include "rlcu/trainer.h"
 
 #include <spdlog/spdlog.h>
@@ -54,6 +61,7 @@
 #include "rlcu/checkpoint.h"
 #include "rlcu/config.h"
 #include "rlcu/data.h"
+#include "rlcu/dist.h"
 #include "rlcu/engine.h"
 #include "rlcu/error.h"
 #include "rlcu/eval_run.h"
@@ -73,6 +81,7 @@
 #include "rlcu/token_bytes.h"
 #include "rlcu/tokenizer.h"
 #include "critic_update.h"
+#include "data_parallel.h"
 #include "step_report.h"
 
 namespace rlcu {
@@ -203,6 +212,20 @@ class Trainer {
   ModelConfig policy_config_;  // Model::inspect of model.path, before loading
   MemoryPlan plan_;
   bool dry_run_done_ = false;
+
+  // Data parallel (see the file comment): the job's shape, its communicator (null for a job of one) and this rank's
+  // share of the current step's batch.
+  bool dp() const { return dp_.on(); }
+  bool writer() const { return dp_.writer(); }  // rank 0 writes every file of the run directory
+  // Prompts [*first, *end) of the step's prompts_per_step are this rank's.
+  void prompt_share(int rank, int64_t* first, int64_t* end) const {
+    dp_.share(cfg_.train.prompts_per_step, rank, first, end);
+  }
+  std::vector<engine::Completion> gather_completions(std::vector<engine::Completion> mine, int64_t first_prompt);
+  void gather_tokens(std::vector<float>& per_token, const rl::RolloutBatch& batch);
+  void reduce_report(StepRecord& rec);
+  DataParallel dp_;
+  int64_t seq_first_ = 0, seq_end_ = 0;  // this rank's sequences of the current step's batch
 };
 
 Trainer::Trainer(const TrainArgs& args) : args_(args) {
@@ -210,6 +233,15 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
   cfg_ = load_run_config("train", args.config, args.overrides, args.resume, args.device, &config_path);
   int dev_index = 0;
   dev_ = parse_device(cfg_.run.device, "run.device", &dev_index);
+  bool distributed = false;
+  dp_ = DataParallel::from_environment(args.dry_run, &distributed);
+  if (distributed) {
+    if (cfg_.train.prompts_per_step < dp_.world_size())
+      throw Error(fmt::format("{}: train.prompts_per_step = {} is less than the world size {}: every rank needs at "
+                              "least one prompt group per step",
+                              config_path, cfg_.train.prompts_per_step, dp_.world_size()));
+    if (dev_ == Device::CUDA) dev_index = dist::local_device_index(dp_.env, cuda_device_count());
+  }
   spdlog::info("{}", device_note(cfg_.run.device, dev_, dev_index));
   run_dir_ = cfg_.run.output_dir;
   const AlgorithmSection& al = cfg_.algorithm;
@@ -225,7 +257,20 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
   if (cfg_.data.path.empty()) throw Error(fmt::format("{}: data.path is not set", config_path));
   stop_strings_ = parse_stop_strings(cfg_.rollout.stop);
 
-  if (!args.dry_run) {  // a dry run neither creates nor locks the run directory
+  if (distributed) {  // the communicator first: rank 0 tells the others whether the run resumes
+    if (dev_ == Device::CUDA) {
+      if (cuda_device_count() == 0) throw Error("run.device is cuda but no CUDA device is available (use --device cpu)");
+      cuda_ctx_ = Context::cuda(dev_index);
+    }
+    ctx_ = cuda_ctx_ ? cuda_ctx_.get() : &Context::cpu();
+    // Completions, rewards and per-token rows of one rank's share, padded to the largest share (host_collectives).
+    const int64_t W = dp_.world_size(), P = cfg_.train.prompts_per_step, G = cfg_.rollout.group_size;
+    const int64_t share_seqs = (P + W - 1) / W * G;
+    const int64_t words = share_seqs * (4 + 2 * cfg_.rollout.max_new_tokens +
+                                        static_cast<int64_t>(reward_component_names().size()) + 1);
+    dp_.start(*ctx_, static_cast<size_t>(W * words * 4 + 4096));
+  }
+  if (!args.dry_run && writer()) {  // a dry run neither creates nor locks the run directory
     RunDirRequest rq;
     rq.command = "train";
     rq.dir = run_dir_;
@@ -236,8 +281,10 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
     inputs_ = train_inputs(cfg_, spec_.traits.needs_critic);
     if (rundir_.resuming) verify_run_inputs(run_dir_, inputs_);
   }
+  // The other ranks resume from the checkpoint rank 0 found (the run directory is shared).
+  if (dp()) rundir_.resuming = dp_.agree_resuming(rundir_.resuming);
 
-  if (dev_ == Device::CUDA) {
+  if (!ctx_ && dev_ == Device::CUDA) {
     if (cuda_device_count() == 0) throw Error("run.device is cuda but no CUDA device is available (use --device cpu)");
     cuda_ctx_ = Context::cuda(dev_index);
   }
@@ -341,6 +388,7 @@ void Trainer::load_models() {
   tf_ = std::make_unique<Transformer>(*policy_, to, ctx);
   opt_ = std::make_unique<AdamW>(cfg_.optimizer, policy_->flat_master(), policy_->flat_grads(),
                                  dev_ == Device::CUDA ? policy_->flat_weights() : Tensor(), ctx);
+  if (dp()) opt_->set_communicator(dp_.comm.get());
   if (spec_.use_reference) ref_ = std::make_unique<rl::ReferenceModel>(cfg_.model.path, to, ctx);
   if (spec_.traits.needs_critic) {
     rl::CriticOptions co;
@@ -352,6 +400,7 @@ void Trainer::load_models() {
     copt.lr = al.critic_lr;
     copt.name = "adamw";  // the critic keeps fp32 moments whatever optimizer.name says
     critic_ = std::make_unique<TrainedCritic>(co, copt, ctx);
+    if (dp()) critic_->set_collectives(dp_.coll.get());
   }
   const int64_t Tm = cfg_.train.micro_batch_tokens;
   for (OwnedTensor* t : {&logp_, &entropy_, &dlogp_, &dentropy_, &old_, &ref_lp_, &adv_, &w_})
@@ -475,6 +524,10 @@ void Trainer::setup_outputs() {
 }
 
 void Trainer::save(int64_t step) {
+  if (!writer()) {  // the optimizer state is replicated: rank 0's checkpoint is every rank's
+    last_saved_ = step;
+    return;
+  }
   CheckpointWrite w;
   w.run_dir = run_dir_;
   w.step = step;
@@ -505,7 +558,9 @@ int Trainer::fail_step(int64_t step, const DataCursor& before, const std::except
     keep = step - 1;
   }
   std::string note;
-  if (keep < 0) {
+  if (!writer()) {
+    note = fmt::format("rank 0 saves the run's checkpoints; {}", resume);
+  } else if (keep < 0) {
     note = fmt::format("step {} had already applied part of its update, so it is not saved; {}", step,
                        last_saved_ > 0 ? fmt::format("the latest checkpoint is step {}; {}", last_saved_, resume)
                                        : "there is no checkpoint (start over with --overwrite)");
@@ -529,6 +584,73 @@ int Trainer::fail_step(int64_t step, const DataCursor& before, const std::except
   throw Error(fmt::format("{} (step {} failed; {})", e.what(), step, note));
 }
 
+// ---- data parallel -------------------------------------------------------------------------------------------
+// Rank r of W samples prompts [r*P/W, (r+1)*P/W) of the step's P (whole groups), with the sampler's global sequence
+// ids. The completions, rewards and per-token scores are all-gathered, so every rank holds the whole batch and runs
+// the advantage driver, the rollout correction and the metrics on it exactly as one process would; each rank then
+// trains on its own sequences, and AdamW sums the gradients over the ranks before its (replicated) update.
+
+// Every rank's completions, in rank order (= request order): per completion its request (global), sample, finish,
+// length, tokens and log-prob bits.
+std::vector<engine::Completion> Trainer::gather_completions(std::vector<engine::Completion> mine,
+                                                            int64_t first_prompt) {
+  std::vector<int32_t> words;
+  for (const engine::Completion& c : mine) {
+    words.push_back(c.request + static_cast<int32_t>(first_prompt));
+    words.push_back(c.sample);
+    words.push_back(static_cast<int32_t>(c.finish));
+    words.push_back(static_cast<int32_t>(c.ids.size()));
+    words.insert(words.end(), c.ids.begin(), c.ids.end());
+    for (float lp : c.logprobs) words.push_back(dist::float_bits(lp));
+  }
+  const std::vector<int32_t> all = dp_.coll->all_gather_concat(words);
+  std::vector<engine::Completion> out;
+  for (size_t at = 0; at < all.size();) {
+    engine::Completion c;
+    RLCU_CHECK(at + 4 <= all.size(), "data parallel: a truncated completion record");
+    c.request = all[at];
+    c.sample = all[at + 1];
+    c.finish = static_cast<engine::FinishReason>(all[at + 2]);
+    const size_t n = static_cast<size_t>(all[at + 3]);
+    at += 4;
+    RLCU_CHECK(at + 2 * n <= all.size(), "data parallel: a truncated completion record");
+    c.ids.assign(all.begin() + static_cast<ptrdiff_t>(at), all.begin() + static_cast<ptrdiff_t>(at + n));
+    for (size_t k = 0; k < n; ++k) c.logprobs.push_back(dist::bits_float(all[at + n + k]));
+    at += 2 * n;
+    out.push_back(std::move(c));
+  }
+  return out;
+}
+
+// per_token holds this rank's sequences' values (completion layout of the whole batch); afterwards every rank's.
+void Trainer::gather_tokens(std::vector<float>& per_token, const rl::RolloutBatch& batch) {
+  const int32_t b = batch.offsets[static_cast<size_t>(seq_first_)], e = batch.offsets[static_cast<size_t>(seq_end_)];
+  std::vector<int32_t> mine;
+  mine.reserve(static_cast<size_t>(e - b));
+  for (int32_t t = b; t < e; ++t) mine.push_back(dist::float_bits(per_token[static_cast<size_t>(t)]));
+  const std::vector<int32_t> all = dp_.coll->all_gather_concat(mine);
+  RLCU_CHECK(static_cast<int64_t>(all.size()) == batch.num_tokens(), "data parallel: {} token values for {} tokens",
+             all.size(), batch.num_tokens());
+  for (size_t t = 0; t < all.size(); ++t) per_token[t] = dist::bits_float(all[t]);
+}
+
+// The step's own counters summed over the ranks (generated tokens, preemptions) and its phase times the slowest
+// rank's; everything else in the record already describes the whole batch.
+void Trainer::reduce_report(StepRecord& rec) {
+  std::vector<int64_t> counts{rec.engine.generated_tokens, rec.engine.preemptions, rec.engine.prompts,
+                              rec.engine.sequences};
+  dp_.coll->all_reduce(counts, dist::ReduceOp::Sum);
+  rec.engine.generated_tokens = counts[0];
+  rec.engine.preemptions = counts[1];
+  rec.engine.prompts = counts[2];
+  rec.engine.sequences = counts[3];
+  StepTimes& t = rec.times;
+  std::vector<double> times{t.rollout, t.reward, t.reference, t.recompute, t.advantage, t.train, t.step};
+  dp_.coll->all_reduce(times, dist::ReduceOp::Max);
+  double* fields[] = {&t.rollout, &t.reward, &t.reference, &t.recompute, &t.advantage, &t.train, &t.step};
+  for (size_t i = 0; i < times.size(); ++i) *fields[i] = times[i];
+}
+
 // ---- one step ----------------------------------------------------------------------------------------------------
 
 void Trainer::step(int64_t step, bool eval_after) {
@@ -545,7 +667,8 @@ void Trainer::step(int64_t step, bool eval_after) {
   score_rewards(batch);
   rec.times.reward = since(t0);
 
-  const std::vector<rl::Micro> micros = rl::pack_micro_batches(batch, cfg_.train.micro_batch_tokens);
+  const std::vector<rl::Micro> micros =
+      rl::pack_micro_batches(batch, cfg_.train.micro_batch_tokens, seq_first_, seq_end_);
   t0 = Clock::now();
   score_reference(batch, micros);
   rec.times.reference = since(t0);
@@ -581,23 +704,32 @@ void Trainer::step(int64_t step, bool eval_after) {
   rec.num_tokens += num_tokens_;
   const int64_t done_here = steps_done_ + 1;  // steps of this invocation, this one included
   rec.eta_seconds = since(started_) / static_cast<double>(done_here) * static_cast<double>(cfg_.train.steps - step);
+  if (dp()) reduce_report(rec);
   const ordered_json m = step_metrics(rec);
-  metrics_->write(m);
-  write_samples(*samples_, rec, cfg_.train.log_samples);
+  if (metrics_) metrics_->write(m);
+  if (samples_) write_samples(*samples_, rec, cfg_.train.log_samples);
   num_tokens_ = rec.num_tokens;
   spdlog::info("{}", step_line(rec, m));
 }
 
 rl::RolloutBatch Trainer::rollout(int64_t step) {
   const int G = static_cast<int>(cfg_.rollout.group_size);
+  // Every rank draws the whole step's prompts (the same cursor everywhere) and samples its share of them.
   const std::vector<const PromptSample*> samples = loader_->next_batch(cfg_.train.prompts_per_step);
+  int64_t first = 0, end = static_cast<int64_t>(samples.size());
+  if (dp()) prompt_share(dp_.rank(), &first, &end);
+  seq_first_ = first * G;
+  seq_end_ = end * G;
   std::vector<engine::Request> reqs;
   std::vector<rl::RolloutPrompt> prompts;
   for (const PromptSample* s : samples) {
-    engine::Request r;
-    r.prompt = s->ids;
-    r.n = G;
-    reqs.push_back(std::move(r));
+    const int64_t k = static_cast<int64_t>(prompts.size());
+    if (k >= first && k < end) {
+      engine::Request r;
+      r.prompt = s->ids;
+      r.n = G;
+      reqs.push_back(std::move(r));
+    }
     rl::RolloutPrompt p;
     p.text = s->text;
     p.ids = s->ids;
@@ -614,7 +746,10 @@ rl::RolloutBatch Trainer::rollout(int64_t step) {
   so.eos_ids = eos_ids_;
   so.stop_strings = stop_strings_;
   so.token_bytes = &token_bytes_;
-  std::vector<engine::Completion> comps = engine_->generate(reqs, so, progress_bar());
+  so.first_seq_id = static_cast<int32_t>(seq_first_);  // global sequence ids: the same completions for any world size
+  const engine::ProgressFn progress = writer() ? progress_bar() : engine::ProgressFn{};  // one bar per job
+  std::vector<engine::Completion> comps = engine_->generate(reqs, so, progress);
+  if (dp()) comps = gather_completions(std::move(comps), first);
   return rl::make_rollout_batch(std::move(prompts), std::move(comps), G);
 }
 
@@ -624,25 +759,51 @@ void Trainer::score_rewards(rl::RolloutBatch& batch) {
   batch.completion_texts.assign(static_cast<size_t>(N), std::string());
   for (int64_t i = 0; i < N; ++i) {
     const size_t k = static_cast<size_t>(i);
-    const rl::RolloutPrompt& p = batch.prompts[static_cast<size_t>(batch.prompt_of[k])];
     batch.completion_texts[k] = tok_->decode(batch.completions[k]);
+    if (i < seq_first_ || i >= seq_end_) continue;  // another rank scores it
+    const rl::RolloutPrompt& p = batch.prompts[static_cast<size_t>(batch.prompt_of[k])];
     rb.items.push_back({p.text, p.ids, batch.completions[k], p.answer, batch.completion_texts[k]});
   }
   RewardResult rr = rewards_->score(rb);
-  batch.rewards = std::move(rr.total);
-  batch.reward_components = std::move(rr.components);
+  if (!dp()) {
+    batch.rewards = std::move(rr.total);
+    batch.reward_components = std::move(rr.components);
+    return;
+  }
+  // Every rank's scores, in rank order: its totals, then each component (the same names on every rank).
+  std::vector<int32_t> mine;
+  for (float v : rr.total) mine.push_back(dist::float_bits(v));
+  for (const auto& [name, vals] : rr.components)
+    for (float v : vals) mine.push_back(dist::float_bits(v));
+  const std::vector<int32_t> all = dp_.coll->all_gather_concat(mine);
+  const int64_t G = batch.group_size;
+  batch.rewards.assign(static_cast<size_t>(N), 0.0f);
+  batch.reward_components.clear();
+  for (const auto& kv : rr.components) batch.reward_components[kv.first].assign(static_cast<size_t>(N), 0.0f);
+  size_t at = 0;
+  for (int r = 0; r < dp_.world_size(); ++r) {
+    int64_t first = 0, end = 0;
+    prompt_share(r, &first, &end);
+    for (int64_t i = first * G; i < end * G; ++i) batch.rewards[static_cast<size_t>(i)] = dist::bits_float(all.at(at++));
+    for (auto& [name, vals] : batch.reward_components)
+      for (int64_t i = first * G; i < end * G; ++i) vals[static_cast<size_t>(i)] = dist::bits_float(all.at(at++));
+  }
+  RLCU_CHECK(at == all.size(), "data parallel: {} reward words of {}", at, all.size());
 }
 
 void Trainer::score_reference(rl::RolloutBatch& batch, const std::vector<rl::Micro>& micros) {
   if (ref_) ref_->score(batch, micros, logp_.t, *ctx_);
   if (critic_) critic_->critic().score(batch, micros, *ctx_);
+  if (dp() && ref_) gather_tokens(batch.ref_logprobs, batch);
+  if (dp() && critic_) gather_tokens(batch.values, batch);
 }
 
 // The old log-probs from the policy's training forward (before any update of this step), then the rollout
 // correction's weights and statistics.
 rl::CorrectionStats Trainer::recompute_old(rl::RolloutBatch& batch, const std::vector<rl::Micro>& micros) {
   rl::score_completions(batch.recomputed_logprobs, batch, micros, *tf_, logp_.t, *ctx_);
-  return corrector_->apply(batch, *ctx_);
+  if (dp()) gather_tokens(batch.recomputed_logprobs, batch);
+  return corrector_->apply(batch, *ctx_);  // on the whole batch, the same on every rank
 }
 
 // One evaluation pass over eval.data with the current weights; its eval/* metrics (samples to eval_samples.jsonl).
@@ -659,7 +820,7 @@ ordered_json Trainer::evaluate(int64_t step) {
   so.token_bytes = &token_bytes_;
   RewardSet& rewards = eval_rewards_ ? *eval_rewards_ : *rewards_;
   const EvalRun run = run_evaluation(*engine_, eval_prompts_, cfg_.eval.n, so, rewards, *tok_);
-  for (size_t i = 0; i < run.completions.size(); ++i) {
+  for (size_t i = 0; eval_samples_ && i < run.completions.size(); ++i) {
     ordered_json j;
     j["step"] = step;
     const ordered_json sample = eval_sample_json(run, eval_prompts_, i);
@@ -691,6 +852,7 @@ UpdateResult Trainer::update(const rl::RolloutBatch& batch, const std::vector<rl
     policy_->zero_grads(ctx);
     ops::fill(stats_.t, 0.0f, ctx);
     policy_pass(batch, micros);
+    if (dp()) dp_.comm->all_reduce(stats_.t, dist::ReduceOp::Sum, ctx);  // the loss sums of the whole batch
     r.optimizer = opt_->step(r.lr, ctx);  // throws on a non-finite gradient norm, before changing anything
     progress_ = StepProgress::Partial;
     ctx.synchronize("trainer: read back");
@@ -709,10 +871,22 @@ UpdateResult Trainer::update(const rl::RolloutBatch& batch, const std::vector<rl
       r.clip_low_min = r.clip_low_min < 0 ? low : std::min(r.clip_low_min, low);
       r.clip_high_max = std::max(r.clip_high_max, high);
     }
+    if (dp()) {  // over every rank's micro-batches; a fraction is at most 1, so 2 stands for "none" in the minimum
+      std::vector<double> lo{r.clip_low_min < 0 ? 2.0 : r.clip_low_min}, hi{r.clip_high_max};
+      dp_.coll->all_reduce(lo, dist::ReduceOp::Min);
+      dp_.coll->all_reduce(hi, dist::ReduceOp::Max);
+      r.clip_low_min = lo[0] > 1.5 ? -1 : lo[0];
+      r.clip_high_max = hi[0];
+    }
   }
   if (critic_ && r.updated)
     r.critic = critic_->update(batch, micros, cfg_.algorithm.num_iterations, step, cfg_.train.steps, ctx);
   for (const rl::Micro& mb : micros) r.train_tokens += mb.batch.num_tokens();
+  if (dp()) {
+    std::vector<int64_t> t{r.train_tokens};
+    dp_.coll->all_reduce(t, dist::ReduceOp::Sum);
+    r.train_tokens = t[0];
+  }
   progress_ = StepProgress::Trained;
   return r;
 }
@@ -753,10 +927,14 @@ int Trainer::run() {
     std::fflush(stdout);
     return 0;
   }
-  setup_outputs();
+  if (writer()) setup_outputs();
   install_stop_handlers();
+  if (dp()) set_stop_interrupts_waits(false);  // every rank finishes the step; all stop after it (agreed_stop_signal)
   struct Uninstall {
-    ~Uninstall() { uninstall_stop_handlers(); }
+    ~Uninstall() {
+      uninstall_stop_handlers();
+      set_stop_interrupts_waits(true);
+    }
   } uninstall;
   const int64_t total = cfg_.train.steps;
   if (start_step_ >= total) {
@@ -768,7 +946,7 @@ int Trainer::run() {
     m["step"] = 0;
     const ordered_json e = evaluate(0);
     for (auto it = e.begin(); it != e.end(); ++it) m[it.key()] = it.value();
-    metrics_->write(m);
+    if (metrics_) metrics_->write(m);
   }
   started_ = Clock::now();
   for (int64_t s = start_step_ + 1; s <= total; ++s) {
@@ -782,10 +960,14 @@ int Trainer::run() {
     }
     ++steps_done_;
     const bool periodic = cfg_.run.save_every > 0 && s % cfg_.run.save_every == 0;
-    const bool stop = stop_requested() || (args_.stop_after > 0 && steps_done_ >= args_.stop_after);
-    if (periodic || s == total || stop) save(s);
+    const int stop_sig = dp() ? dp_.agreed_stop_signal() : 0;  // a signal on any rank stops every rank
+    const bool stop = stop_requested() || stop_sig != 0 || (args_.stop_after > 0 && steps_done_ >= args_.stop_after);
+    if (periodic || s == total || stop) {
+      save(s);
+      if (dp()) dp_.comm->barrier(*ctx_);  // no rank ends before rank 0's checkpoint is complete
+    }
     if (stop) {
-      const int sig = stop_signal();
+      const int sig = dp() ? stop_sig : stop_signal();
       spdlog::info("stopping after step {} ({}); continue with: rlcu train --resume {}", s,
                    sig ? "signal" : "--stop-after", run_dir_);
       return sig ? 128 + sig : 0;

@@ -46,6 +46,25 @@ std::vector<unsigned char> pattern(size_t n, unsigned seed) {
   return v;
 }
 
+// HostCollectives on CUDA pass host vectors through the device staging buffer (one NCCL rank); a call beyond the
+// staging capacity is an error.
+TEST(DistNccl, HostCollectivesThroughTheStagingBuffer) {
+  RLCU_REQUIRE_NCCL();
+  auto ctx = Context::cuda(0);
+  auto comm = nccl_of_one(*ctx);
+  HostCollectives hc(*comm, *ctx, 64);
+  std::vector<int32_t> mine = {3, -1, float_bits(2.5f)};
+  EXPECT_EQ(hc.all_gather_concat(mine), mine);
+  std::vector<double> d = {1.25, -3.0};
+  hc.all_reduce(d, ReduceOp::Max);
+  EXPECT_EQ(d, std::vector<double>({1.25, -3.0}));
+  std::vector<int64_t> b = {7, 8};
+  hc.broadcast(b, 0);
+  EXPECT_EQ(b, std::vector<int64_t>({7, 8}));
+  std::vector<double> big(9, 1.0);  // 72 bytes > 64
+  EXPECT_ANY_THROW(hc.all_reduce(big, ReduceOp::Sum));
+}
+
 TEST(DistNccl, OneRankEveryCollectiveAndDtype) {
   RLCU_REQUIRE_NCCL();
   auto ctx = Context::cuda(0);

@@ -232,6 +232,41 @@ TEST(DistSocket, CollectivesOnTwoThreeAndFourRanks) {
   }
 }
 
+// HostCollectives over the socket communicator: uneven all_gather_concat (one rank contributing nothing), the
+// reductions of host vectors and broadcast, identical on every rank.
+TEST(DistSocket, HostCollectivesOnThreeRanks) {
+  const int port = rlcu::test::free_port();
+  const auto res = run_ranks(
+      3, [&](int r) { return torchrun_vars(r, 3, port); },
+      [&](const DistEnv& env) {
+        auto c = create_communicator(env, Context::cpu(), quick(30, 30));
+        HostCollectives hc(*c, Context::cpu(), 0);
+        const int r = env.rank;
+        std::vector<int32_t> mine;  // rank 0: 5 words, rank 1: none, rank 2: 2 (one a float's bits)
+        if (r == 0) mine = {1, 2, 3, 4, 5};
+        if (r == 2) mine = {-7, float_bits(0.1f)};
+        const std::vector<int32_t> all = hc.all_gather_concat(mine);
+        expect(all == std::vector<int32_t>({1, 2, 3, 4, 5, -7, float_bits(0.1f)}), "concat");
+        expect(bits_float(all.back()) == 0.1f, "float bits");
+        std::vector<double> d = {0.5 * (r + 1), -1.0 * r};
+        hc.all_reduce(d, ReduceOp::Sum);
+        expect(d[0] == 3.0 && d[1] == -3.0, fmt::format("sum {} {}", d[0], d[1]));
+        std::vector<double> m = {double(r)};
+        hc.all_reduce(m, ReduceOp::Max);
+        expect(m[0] == 2.0, "max");
+        std::vector<int64_t> i = {r == 1 ? int64_t(1) << 40 : 0};
+        hc.all_reduce(i, ReduceOp::Sum);
+        expect(i[0] == int64_t(1) << 40, "i64 sum");
+        std::vector<int64_t> b = {r == 2 ? 42 : -1};
+        hc.broadcast(b, 2);
+        expect(b[0] == 42, "broadcast");
+        expect(hc.all_gather_concat({}).empty(), "empty concat");
+        return std::string("ok");
+      },
+      60);
+  expect_all_ok_and_equal(res);
+}
+
 TEST(DistSocket, LargeAllReduce) {
   const int port = rlcu::test::free_port();
   const int64_t n = (int64_t(1) << 21) + 3;  // 8 MiB per rank: far more than the socket buffers hold

@@ -1,6 +1,6 @@
 // The rollout engine on the CPU (and on CUDA where there is a GPU): greedy generation against the Hugging Face
 // goldens, rollout log-probs against a dense training-path forward, independence of the samples from batching,
-// preemption and graphs, stop rules, and input errors.
+// preemption and graphs, global sequence ids (SamplingOptions::first_seq_id), stop rules, and input errors.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -173,6 +173,37 @@ TEST(Engine, SamplesIndependentOfBatchingAndPreemption) {
   int same = 0;
   for (size_t i = 0; i < ref.size(); ++i) same += ref[i].ids == diff[i].ids;
   EXPECT_LT(same, static_cast<int>(ref.size()) / 2);
+}
+
+// Data parallel: requests [2, 5) generated alone with first_seq_id = 2 * n sample what they sample as part of the
+// whole list (the sampler's sequence ids are global), and differently without the offset.
+TEST(Engine, FirstSeqIdMakesASubsetSampleAsInTheWhole) {
+  Context& ctx = Context::cpu();
+  auto model = Model::load(kModels + "qwen3-tiny", ModelOptions{}, ctx);
+  const auto reqs = random_requests(6, 3, static_cast<int>(model->config().vocab_size), 3, 1, 30);
+  SamplingOptions so;
+  so.sample.seed = 7;
+  so.max_new_tokens = 12;
+  so.ignore_eos = true;
+  EngineOptions eo;
+  eo.max_model_len = 64;
+  Engine eng(*model, eo, ctx);
+  const auto whole = eng.generate(reqs, so);
+  const std::vector<Request> part(reqs.begin() + 2, reqs.begin() + 5);
+  SamplingOptions shifted = so;
+  shifted.first_seq_id = 2 * 3;
+  const auto sub = eng.generate(part, shifted);
+  ASSERT_EQ(sub.size(), 9u);
+  int differ = 0;
+  const auto plain = eng.generate(part, so);
+  for (size_t i = 0; i < sub.size(); ++i) {
+    EXPECT_EQ(sub[i].request, whole[6 + i].request - 2);
+    EXPECT_EQ(sub[i].ids, whole[6 + i].ids) << i;
+    for (size_t k = 0; k < sub[i].logprobs.size(); ++k)
+      EXPECT_NEAR(sub[i].logprobs[k], whole[6 + i].logprobs[k], 1e-5f);
+    differ += plain[i].ids != sub[i].ids;
+  }
+  EXPECT_GT(differ, 4);
 }
 
 TEST(Engine, StopsAtEosStopStringsAndLength) {

@@ -171,6 +171,14 @@ TEST(RolloutBatch, PacksWholeSequencesAndMapsRows) {
   EXPECT_EQ(back, per_token);
   // A budget that holds everything gives one micro-batch.
   EXPECT_EQ(pack_micro_batches(b, 18).size(), 1u);
+  // A data-parallel rank's share [1, 3): the batch's own sequence indices, rows mapped through its offsets.
+  const std::vector<Micro> share = pack_micro_batches(b, 9, 1, 3);
+  ASSERT_EQ(share.size(), 1u);
+  EXPECT_EQ(share[0].seqs, (std::vector<int32_t>{1, 2}));
+  EXPECT_EQ(share[0].seq_of_row, (std::vector<int32_t>{-1, 1, 1, 1, -1, -1, -1, 2, -1}));
+  EXPECT_EQ(gather_rows(share[0], b.offsets, per_token), (std::vector<float>{0, 20, 21, 22, 0, 0, 0, 30, 0}));
+  EXPECT_TRUE(pack_micro_batches(b, 9, 2, 2).empty());
+  EXPECT_THROW(pack_micro_batches(b, 9, 3, 5), InternalError);
 }
 
 // ---- the advantage driver --------------------------------------------------------------------------------------------
