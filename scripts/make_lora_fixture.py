@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes tests/fixtures/models/byte-tiny-lora: tests/fixtures/models/byte-tiny with its final RMSNorm weight
-multiplied by SCALE (default 16), every other file and tensor unchanged.
+multiplied by SCALE (default 8), every other file and tensor unchanged.
 
 byte-tiny is randomly initialised: its tied embeddings (std 0.02) bound every logit to about 0.02 * sqrt(64) per unit
 of the final norm's output, so its next-token distribution is nearly uniform whatever its layers compute. Full
@@ -18,7 +18,7 @@ import sys
 root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 src = os.path.join(root, "tests/fixtures/models/byte-tiny")
 dst = os.path.join(root, "tests/fixtures/models/byte-tiny-lora")
-scale = float(sys.argv[1]) if len(sys.argv) > 1 else 16.0
+scale = float(sys.argv[1]) if len(sys.argv) > 1 else 8.0
 
 
 def bf16_to_f32(u):

@@ -112,19 +112,27 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
   const bool tfused = fused && !qkv_some;
   const size_t act = Transformer::plan_bytes(in.policy, to, tfused);
   to.save_head_probs = c.train.save_head_probs;
-  const size_t act_head = Transformer::plan_bytes(in.policy, to, fused);
+  const size_t act_head = Transformer::plan_bytes(in.policy, to, tfused);
   add("policy activations", act,
       fmt::format("{} tokens per micro-batch, {}", Tm,
                   c.train.checkpointing ? "checkpointing (one layer's activations)" : "every layer's activations"));
   add("saved head softmax", act_head - act, fmt::format("{} x {} vocab ({})", Tm, in.policy.vocab_size, dtype_name(ad)));
-
+  if (lora) {
+    to.lora_rank = in.lora.rank;
+    add("LoRA backward scratch", Transformer::plan_bytes(in.policy, to, tfused) - act_head,
+        fmt::format("U, G [{}, {}], a fused product's rows x {}, the frozen norms' gradient sink", Tm, in.lora.rank,
+                    in.lora.rank));
+    to.lora_rank = 0;
+  }
   if (in.reference) {
     const Model::BufferBytes rb = Model::buffer_bytes(in.policy, dev, ModelOptions{});
     TransformerOptions ro = to;  // rl::ReferenceModel: the policy's options, inference
     ro.training = false;
     ro.checkpointing = false;
-    add("reference model", rb.weights + Transformer::plan_bytes(in.policy, ro, fused),
-        fmt::format("{} weights + inference activations", wname));
+    // With LoRA the reference reads the base weights themselves (which keep the fused qkv view): no copy.
+    add("reference model", (lora ? 0 : rb.weights) + Transformer::plan_bytes(in.policy, ro, fused),
+        lora ? std::string("inference activations (the frozen base weights themselves, no copy)")
+             : fmt::format("{} weights + inference activations", wname));
   }
   if (in.critic) {  // rl::Critic + TrainedCritic: plain AdamW for the decoder and the value head
     const Model::BufferBytes cb = Model::buffer_bytes(in.critic_model, dev, train_mo);

@@ -18,6 +18,7 @@
 #include "parity/model_test_util.h"
 #include "rlcu/lora.h"
 #include "rlcu/model.h"
+#include "rlcu/ops.h"
 #include "rlcu/safetensors.h"
 
 using namespace rlcu;
@@ -204,6 +205,26 @@ TEST(Lora, ZeroBIsTheBaseAndTheBaseViewStays) {
   Transformer tr(*model, ro, cpu());
   EXPECT_EQ(logprobs(tr, batch), want);
   EXPECT_NE(logprobs(tp, batch), want);
+}
+
+// The head's backward without a weight gradient (the frozen head) gives the same dhidden (CPU twin).
+TEST(Lora, LogprobBackwardWithoutHeadGradient) {
+  const int64_t T = 5, H = 8, V = 11;
+  std::mt19937 rng(3);
+  std::normal_distribution<float> n(0.0f, 1.0f);
+  std::vector<float> hidden(T * H), weight(V * H), dlp(T), ent(T), lp(T), lse(T), dh1(T * H), dh0(T * H), dw(V * H);
+  for (auto* v : {&hidden, &weight, &dlp})
+    for (float& x : *v) x = n(rng);
+  std::vector<int32_t> tg = {1, 4, -1, 10, 0};
+  auto f = [](std::vector<float>& v, std::initializer_list<int64_t> d) { return Tensor(v.data(), DType::F32, Device::CPU, d); };
+  const Tensor targets(tg.data(), DType::I32, Device::CPU, {T});
+  ops::logprob_fwd(f(lp, {T}), f(ent, {T}), f(lse, {T}), f(hidden, {T, H}), f(weight, {V, H}), targets, {}, cpu());
+  ops::logprob_bwd(f(dh1, {T, H}), f(dw, {V, H}), f(dlp, {T}), Tensor(), f(hidden, {T, H}), f(weight, {V, H}), targets,
+                   f(lse, {T}), {}, cpu());
+  ops::logprob_bwd(f(dh0, {T, H}), Tensor(), f(dlp, {T}), Tensor(), f(hidden, {T, H}), f(weight, {V, H}), targets,
+                   f(lse, {T}), {}, cpu());
+  EXPECT_EQ(dh0, dh1);
+  EXPECT_NE(dw, std::vector<float>(V * H, 0.0f));
 }
 
 TEST(Lora, MergeIsW0PlusScaledBA) {
