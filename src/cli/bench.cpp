@@ -62,6 +62,29 @@ double bf16_peak_tflops(const std::string& name) {
   return 0;
 }
 
+LoraSpec bench_lora_spec(const BenchTrainArgs& a) {  // every linear layer
+  LoraSpec ls;
+  ls.rank = a.lora_rank;
+  ls.alpha = a.lora_alpha;
+  ls.targets.fill(true);
+  return ls;
+}
+
+// Model FLOPs of one step (see the file comment; with --lora-rank what the LoRA step does).
+double step_flops(const ModelConfig& mc, const BenchTrainArgs& a, int64_t tokens) {
+  const double L = static_cast<double>(mc.num_layers);
+  const double pairs = static_cast<double>(a.batch) * a.seq_len * (a.seq_len + 1) / 2.0;
+  double flops = (a.lora_rank > 0 ? 4 : 6) * matmul_parameters(mc) * static_cast<double>(tokens) +
+                 12.0 * L * mc.num_heads * mc.head_dim * pairs;
+  if (a.lora_rank > 0)
+    for (int t = 0; t < kLoraTargets; ++t) {
+      const LoraShape sh = lora_shape(mc, static_cast<LoraTarget>(t));
+      const double r = static_cast<double>(a.lora_rank);
+      flops += L * (4.0 * r * static_cast<double>(sh.in + sh.out) * tokens + 2.0 * r * sh.in * sh.out);
+    }
+  return flops;
+}
+
 int run_bench_train(const BenchTrainArgs& a) {
   int dev_index = 0;
   const Device dev = parse_device(a.device, "--device", &dev_index);
@@ -76,13 +99,7 @@ int run_bench_train(const BenchTrainArgs& a) {
   auto model = Model::load(a.model, mo, ctx);
   const ModelConfig& mc = model->config();
   std::unique_ptr<LoraAdapters> lora;
-  LoraSpec ls;
-  if (a.lora_rank > 0) {
-    ls.rank = a.lora_rank;
-    ls.alpha = a.lora_alpha;
-    ls.targets.fill(true);
-    lora = std::make_unique<LoraAdapters>(*model, ls, a.seed, true, ctx);
-  }
+  if (a.lora_rank > 0) lora = std::make_unique<LoraAdapters>(*model, bench_lora_spec(a), a.seed, true, ctx);
   const int64_t tokens = static_cast<int64_t>(a.batch) * a.seq_len;
   const int seqs_per_mb =
       static_cast<int>(std::clamp<int64_t>(a.micro_batch_tokens / a.seq_len, 1, a.batch));
@@ -165,16 +182,7 @@ int run_bench_train(const BenchTrainArgs& a) {
   std::sort(sorted.begin(), sorted.end());
   const double med = sorted[sorted.size() / 2];
 
-  const double L = static_cast<double>(mc.num_layers);
-  const double mm_params = matmul_parameters(mc);
-  const double pairs = static_cast<double>(a.batch) * a.seq_len * (a.seq_len + 1) / 2.0;
-  double flops = (lora ? 4 : 6) * mm_params * tokens + 12.0 * L * mc.num_heads * mc.head_dim * pairs;
-  if (lora)
-    for (int t = 0; t < kLoraTargets; ++t) {
-      const LoraShape sh = lora_shape(mc, static_cast<LoraTarget>(t));
-      const double r = static_cast<double>(a.lora_rank);
-      flops += L * (4.0 * r * static_cast<double>(sh.in + sh.out) * tokens + 2.0 * r * sh.in * sh.out);
-    }
+  const double flops = step_flops(mc, a, tokens);
   const double tflops = flops / med / 1e12;
   std::string card = "cpu";
   double peak = 0, mem_gib = 0, mem_total_gib = 0;

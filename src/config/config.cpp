@@ -83,6 +83,7 @@ void add_reward(std::vector<FieldSpec>& s);
 void add_sft(std::vector<FieldSpec>& s);
 void add_eval(std::vector<FieldSpec>& s);
 void add_policy_loss_keys(std::vector<FieldSpec>& s);
+void add_lora(std::vector<FieldSpec>& s);
 
 std::vector<FieldSpec> build_schema() {
   using K = FieldKind;
@@ -177,28 +178,7 @@ std::vector<FieldSpec> build_schema() {
                    "A PEFT LoRA adapter directory (adapter_config.json, adapter_model.safetensors) the run starts "
                    "from, on the base `model.path`; `lora.rank`, `lora.alpha` and `lora.targets` must equal its "
                    "`r`, `lora_alpha` and `target_modules` (`lora.rank` 0 takes all three from it). Empty = none.")));
-  // lora
-  s.push_back(range(bind_field("lora.rank", &RunConfig::lora, &LoraSection::rank, K::Int,
-                               "LoRA rank r: train adapters A [r, in], B [out, r] on a frozen base; 0 = full "
-                               "fine-tuning (`rlcu train` only)."),
-                    0, 65536));
-  s.push_back(range(bind_field("lora.alpha", &RunConfig::lora, &LoraSection::alpha, K::Float,
-                               "LoRA alpha: the adapters add (alpha / r) B A to each target weight."),
-                    0, 1e6, true));
-  {
-    FieldSpec f = bind_field("lora.targets", &RunConfig::lora, &LoraSection::targets, K::String,
-                             "Comma-separated modules that get adapters, of q_proj, k_proj, v_proj, o_proj, "
-                             "gate_proj, up_proj, down_proj (every layer); `all` = all seven.");
-    f.check = [](const std::string& v) -> std::string {
-      try {
-        parse_lora_targets(v, "lora.targets");
-        return "";
-      } catch (const Error&) {
-        return "a comma-separated list of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, or all";
-      }
-    };
-    s.push_back(f);
-  }
+  add_lora(s);
   // optimizer
   s.push_back(choices(bind_field("optimizer.name", &RunConfig::optimizer, &OptimizerSection::name, K::Enum,
                                  "`adamw`: fp32 moments (8 bytes per parameter); `adamw_8bit`: both moments "
@@ -465,6 +445,31 @@ void add_reward(std::vector<FieldSpec>& s) {
 }
 
 // sft section (`rlcu sft`; src/train/sft.cpp gives the data format and the loss).
+void add_lora(std::vector<FieldSpec>& s) {
+  using K = FieldKind;
+  s.push_back(range(bind_field("lora.rank", &RunConfig::lora, &LoraSection::rank, K::Int,
+                               "LoRA rank r: train adapters A [r, in], B [out, r] on a frozen base; 0 = full "
+                               "fine-tuning (`rlcu train` only)."),
+                    0, 65536));
+  s.push_back(range(bind_field("lora.alpha", &RunConfig::lora, &LoraSection::alpha, K::Float,
+                               "LoRA alpha: the adapters add (alpha / r) B A to each target weight."),
+                    0, 1e6, true));
+  {
+    FieldSpec f = bind_field("lora.targets", &RunConfig::lora, &LoraSection::targets, K::String,
+                             "Comma-separated modules that get adapters, of q_proj, k_proj, v_proj, o_proj, "
+                             "gate_proj, up_proj, down_proj (every layer); `all` = all seven.");
+    f.check = [](const std::string& v) -> std::string {
+      try {
+        parse_lora_targets(v, "lora.targets");
+        return "";
+      } catch (const Error&) {
+        return "a comma-separated list of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, or all";
+      }
+    };
+    s.push_back(f);
+  }
+}
+
 void add_sft(std::vector<FieldSpec>& s) {
   using K = FieldKind;
   using F = SftSection;
