@@ -7,7 +7,8 @@
 //   backward, with a = dlogprob[t], b = dentropy[t] (0 when dentropy is empty):
 //   dz[t, j] = a (1[j = target] - p_j) - b p_j (z_j - mu)
 //   dhidden[t, :] = tau * sum_j dz[t, j] weight[j, :]          (activation gradient: overwrites)
-//   dweight[j, :] += tau * sum_t dz[t, j] hidden[t, :]          (parameter gradient: F32, accumulates; tied or not)
+//   dweight[j, :] += tau * sum_t dz[t, j] hidden[t, :]          (parameter gradient: F32, accumulates; tied or not;
+//                                                               skipped when dweight is empty)
 // A target outside [0, V) (negative marks "no target") gives logprob = entropy = 0 and no gradient; lse is still
 // written.
 //
@@ -367,7 +368,7 @@ void logprob_bwd(const Tensor& dhidden, const Tensor& dweight, const Tensor& dlo
 
   const Tensor h2 = hidden.view({sh.tokens, sh.hidden});
   const Tensor dh2 = dhidden.view({sh.tokens, sh.hidden});
-  const Tensor dw2 = dweight.view({sh.vocab, sh.hidden});
+  const Tensor dw2 = dweight.empty() ? Tensor() : dweight.view({sh.vocab, sh.hidden});
   const int* tg = targets.ptr<int>();
   const float tau = p.inv_temperature;
   const int64_t scols = ops::logprob_prob_stats_cols(sh.vocab);
@@ -417,7 +418,7 @@ void logprob_bwd(const Tensor& dhidden, const Tensor& dweight, const Tensor& dlo
       ops::GemmParams wp;
       wp.trans_a = true;
       wp.beta = 1.0f;
-      cuda::gemm(dw2.slice_rows(v0, v0 + w), dzc, hc, wp, ctx);
+      if (!dw2.empty()) cuda::gemm(dw2.slice_rows(v0, v0 + w), dzc, hc, wp, ctx);
     }
     if (!direct) cast(dh2.slice_rows(t0, t0 + n), dh, ctx);
   }

@@ -18,6 +18,9 @@
 //                               optimizer.name than the checkpoint's is an error naming both.
 //   trainer_state.json          {"format": "rlcu-trainer-state", "version": 1, "step", "optimizer_steps", "seed",
 //                               "rng", "data_cursor", "model_dir", "tokenizer_dir", "config", "extra"}
+// LoRA runs (CheckpointWrite::lora) write the PEFT adapter instead of the model: adapter_config.json and
+// adapter_model.safetensors (F32 from the adapter masters; rlcu/lora.h), no model.safetensors / config.json, and
+// trainer_state.safetensors holds `master.{peft name}` and the moments of the adapters.
 // Every file is a pure function of the saved state: two saves of the same state are byte-identical.
 //
 // Atomicity: a checkpoint is written into RUN/checkpoints/.tmp-step-000123 and renamed into place once complete;
@@ -46,6 +49,7 @@ namespace rlcu {
 
 class Model;
 class AdamW;
+class LoraAdapters;
 
 // "step-000123"
 std::string checkpoint_dir_name(int64_t step);
@@ -55,6 +59,7 @@ struct CheckpointWrite {
   int64_t step = 0;                      // training steps completed
   const Model* model = nullptr;          // the policy (required)
   const AdamW* optimizer = nullptr;      // the policy's optimizer; null = weights only (no moments)
+  const LoraAdapters* lora = nullptr;    // LoRA: the policy is these adapters (optimizer over them) on `model`
   std::string tokenizer_dir;             // where tokenizer files are copied from first; empty = the model directory
   uint64_t seed = 0;                     // run.seed
   nlohmann::json rng = nlohmann::json::object();  // any further RNG state (counters); Philox keys need only seed+step
@@ -106,5 +111,9 @@ CheckpointRead load_checkpoint_dir(const std::string& dir);
 // optimizer moments and the optimizer step count (`opt` may be null), saved with `prefix`.
 void restore_training_state(const CheckpointRead& ck, Model& model, AdamW* opt, Context& ctx,
                             const std::string& prefix = "");
+
+// A LoRA run's checkpoint: the adapter masters (and working copy), the optimizer state over them, then merge().
+// The checkpoint's adapter_config.json must give the adapters' rank, alpha and targets.
+void restore_lora_state(const CheckpointRead& ck, LoraAdapters& lora, AdamW* opt, Context& ctx);
 
 }  // namespace rlcu

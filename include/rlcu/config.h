@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <array>
 #include <functional>
 #include <string>
 #include <vector>
@@ -33,6 +34,20 @@ struct ModelSection {
   std::string chat_template = "auto"; // auto | none | chatml | qwen2 | qwen2.5 | qwen3 | llama3 | llama3.1
   std::string chat_template_file;     // a Jinja chat template file instead of the model's ("" = none)
   bool enable_thinking = true;        // the chat template's enable_thinking variable
+  std::string adapter;                // a PEFT LoRA adapter directory the run starts from ("" = none)
+};
+
+// LoRA target modules, in their fixed order (PEFT's names): q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj,
+// down_proj. parse_lora_targets reads a comma-separated list of them ("all" = every one); throws naming `field`.
+constexpr int kLoraTargets = 7;
+extern const char* const kLoraTargetNames[kLoraTargets];
+std::array<bool, kLoraTargets> parse_lora_targets(const std::string& list, const std::string& field);
+
+// The `lora` section: LoRA adapters on a frozen base (rank 0 = full fine-tuning).
+struct LoraSection {
+  int64_t rank = 0;
+  double alpha = 16.0;
+  std::string targets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
 };
 
 // The `data` section of a run config; JSON keys are these field names.
@@ -183,6 +198,7 @@ struct RunConfig {
   ModelSection model;
   DataConfig data;
   OptimizerSection optimizer;
+  LoraSection lora;
   AlgorithmSection algorithm;
   TrainSection train;
   RolloutSection rollout;

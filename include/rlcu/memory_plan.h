@@ -3,15 +3,23 @@
 // Engine::memory, optimizer_state_bytes), so the plan cannot drift from the buffers.
 //
 // Items (per device; a run on N ranks holds the same on each):
-//   policy weights            working weights: BF16 on CUDA, F32 on the CPU (where they double as the masters)
-//   policy masters            F32 master weights (CUDA)
-//   policy gradients          F32
+//   policy weights            working weights: BF16 on CUDA, F32 on the CPU (where they double as the masters);
+//                             with LoRA the frozen base (no masters, moments or gradients)
+//   policy masters            F32 master weights (CUDA; not with LoRA)
+//   policy gradients          F32 (not with LoRA)
+//   LoRA effective weights    LoRA: W0 + (alpha/r) B A of the target matrices (what the engine and the training
+//                             forward read; rlcu/lora.h), weight dtype
+//   LoRA adapters             LoRA: F32 masters + F32 gradients (+ the BF16 working copy on CUDA) of A and B
 //   optimizer state           adamw: F32 exp_avg + exp_avg_sq (8 bytes/parameter); adamw_8bit: U8 codes + an F32
-//                             absmax per 256 elements for each (about 2 bytes/parameter)
+//                             absmax per 256 elements for each (about 2 bytes/parameter); of the adapters with LoRA
 //   policy activations        the training arena for train.micro_batch_tokens tokens (with or without
-//                             train.checkpointing), without the saved head softmax
+//                             train.checkpointing), without the saved head softmax. LoRA's backward reads the same
+//                             saved layer inputs (h1, attn, h2, act) as the full one: no activation is added for it
+//   LoRA backward scratch     LoRA: U = X A^T and G = dY B [tokens, r], the fused-output rows [N, r] and the frozen
+//                             norms' gradient sink
 //   saved head softmax        train.save_head_probs: micro_batch_tokens x vocab values (activation dtype)
-//   reference model           weights + its inference arena (algorithm with a reference model)
+//   reference model           weights + its inference arena (algorithm with a reference model); with LoRA only the
+//                             arena (the reference is the frozen base itself)
 //   critic                    PPO: weights, masters, gradients, fp32 AdamW moments, its training arena, value head
 //   reward model              reward.model != 0: weights + its inference arena (8192 tokens)
 //   per-token rows            the trainer's F32 rows of one micro-batch
@@ -30,6 +38,7 @@
 
 #include "rlcu/config.h"
 #include "rlcu/engine.h"
+#include "rlcu/lora.h"
 #include "rlcu/model.h"
 #include "rlcu/tensor.h"
 
@@ -48,6 +57,7 @@ struct MemoryPlanInputs {
   Device device = Device::CPU;
   size_t free_bytes = 0;           // CUDA: free device memory before the run allocates
   ModelConfig policy;              // Model::inspect of model.path
+  LoraSpec lora;                   // lora_spec_from_config (rank 0: full fine-tuning)
   bool reference = false;          // a reference model (the policy's files)
   bool critic = false;             // PPO's critic of config `critic_model`
   ModelConfig critic_model;

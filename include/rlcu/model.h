@@ -22,6 +22,7 @@
 #include <memory>
 #include <nlohmann/json_fwd.hpp>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "rlcu/context.h"
@@ -139,9 +140,16 @@ class Model {
   bool has_grads() const { return grads_buf_.data() != nullptr; }
 
   const ModelWeights& weights() const { return weights_; }
+  // The frozen base weights as loaded: == weights() unless LoRA adapters (rlcu/lora.h) pointed weights() at their
+  // effective buffer W0 + s B A; the reference model of a LoRA run scores with these.
+  const ModelWeights& base_weights() const { return effective_ ? base_ : weights_; }
+  // Makes weights() view `effective` (same shapes; LoraAdapters owns the buffer). base_weights() keeps the base.
+  void set_effective_weights(const ModelWeights& effective);
   const ModelWeights& master() const { return master_; }  // == weights() on the CPU
   const ModelWeights& grads() const { return grads_; }
   const std::vector<HfTensor>& hf_tensors() const { return hf_; }
+  // Every HF tensor name with its view into weights() (the effective weights when LoRA adapters are attached).
+  std::vector<std::pair<std::string, Tensor>> named_weights() const;
   const Tensor& inv_freq() const { return inv_freq_; }  // F32 [hd/2] on the model's device
 
   // Flat views of the whole buffers ([padded parameter count]); padding between parameters stays zero.
@@ -159,7 +167,8 @@ class Model {
   Device device_ = Device::CPU;
   DType weight_dtype_ = DType::F32;
   Buffer weights_buf_, master_buf_, grads_buf_, inv_freq_buf_;
-  ModelWeights weights_, master_, grads_;
+  ModelWeights weights_, master_, grads_, base_;
+  bool effective_ = false;
   Tensor flat_weights_, flat_master_, flat_grads_, inv_freq_;
   std::vector<HfTensor> hf_;
   int64_t num_params_ = 0;
@@ -189,6 +198,8 @@ struct DeviceBatch {
 };
 
 // ---- the transformer ----------------------------------------------------------------------------------------------
+class LoraAdapters;
+
 struct TransformerOptions {
   int64_t max_tokens = 4096;     // token budget of one packed micro-batch; all activations are sized for it
   DType act_dtype = DType::F32;  // activations: F32 (CPU) or BF16/F32 (CUDA); see default_act_dtype
@@ -199,6 +210,13 @@ struct TransformerOptions {
   // training: keep the log-prob head's softmax ([max_tokens, vocab] in act_dtype, ops::LogprobParams::probs) so
   // that backward reads it instead of recomputing the logits product
   bool save_head_probs = false;
+  // LoRA (rlcu/lora.h): training updates these adapters only (the base is frozen: the model has no gradients, and
+  // the backward computes no parameter gradient of it). lora_rank sizes the adapters' backward scratch and must be
+  // lora's rank; a memory plan sets it without adapters.
+  LoraAdapters* lora = nullptr;
+  int64_t lora_rank = 0;
+  // Read Model::base_weights() instead of weights(): a LoRA run's reference model (the adapters off).
+  bool base_weights = false;
 };
 
 DType default_act_dtype(Device d);  // F32 on the CPU, BF16 on CUDA

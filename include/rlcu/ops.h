@@ -179,7 +179,8 @@ struct LogprobParams {
 };
 void logprob_fwd(const Tensor& logprob, const Tensor& entropy, const Tensor& lse, const Tensor& hidden,
                  const Tensor& weight, const Tensor& targets, const LogprobParams& p, Context& ctx);
-// dhidden[T,H] overwrite; dweight[V,H] (F32) accumulate. dentropy may be empty (treated as zero).
+// dhidden[T,H] overwrite; dweight[V,H] (F32) accumulate, or empty: no head gradient (a frozen head, LoRA).
+// dentropy may be empty (treated as zero).
 void logprob_bwd(const Tensor& dhidden, const Tensor& dweight, const Tensor& dlogprob, const Tensor& dentropy,
                  const Tensor& hidden, const Tensor& weight, const Tensor& targets, const Tensor& lse,
                  const LogprobParams& p, Context& ctx);

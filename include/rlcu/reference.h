@@ -1,5 +1,6 @@
 // The reference model of the KL penalty: a frozen copy of the initial policy (loaded again from the policy's model
-// directory, no gradients) that scores the completion tokens of a rollout batch.
+// directory, no gradients) that scores the completion tokens of a rollout batch; with LoRA, the policy's frozen base
+// weights themselves (no second copy).
 //
 //   ref_logprobs[offsets[s] + t] = log p_ref(completion token t of sequence s | prompt, earlier tokens)
 // computed over the same packed micro-batches as the policy's forward, with the policy's transformer options (the
@@ -20,6 +21,8 @@ class ReferenceModel {
  public:
   // Loads `dir`; `policy_options` are the policy's (training and checkpointing are turned off here).
   ReferenceModel(const std::string& dir, const TransformerOptions& policy_options, Context& ctx);
+  // A LoRA run's reference: the policy's own frozen base weights (Model::base_weights(), the adapters off), no copy.
+  ReferenceModel(Model& policy_base, const TransformerOptions& policy_options, Context& ctx);
   ~ReferenceModel();
   ReferenceModel(const ReferenceModel&) = delete;
   ReferenceModel& operator=(const ReferenceModel&) = delete;

@@ -76,8 +76,9 @@ void logprob_bwd(const Tensor& dhidden, const Tensor& dweight, const Tensor& dlo
                  (dhidden.dtype == DType::F32 || dhidden.dtype == DType::BF16),
              "logprob_bwd: dhidden must be f32 or bf16 [{}, {}], got {} {}", sh.tokens, sh.hidden,
              dtype_name(dhidden.dtype), dhidden.shape_str());
-  RLCU_CHECK(dweight.dtype == DType::F32 && lead_rows(dweight) == sh.vocab && dweight.cols() == sh.hidden,
-             "logprob_bwd: dweight must be f32 [{}, {}], got {} {}", sh.vocab, sh.hidden, dtype_name(dweight.dtype),
+  RLCU_CHECK(dweight.empty() ||
+                 (dweight.dtype == DType::F32 && lead_rows(dweight) == sh.vocab && dweight.cols() == sh.hidden),
+             "logprob_bwd: dweight must be empty or f32 [{}, {}], got {} {}", sh.vocab, sh.hidden, dtype_name(dweight.dtype),
              dweight.shape_str());
   check_saved_softmax(p, sh, hidden.dtype, op);
 }

@@ -8,7 +8,7 @@
 // Backward with a = dlogprob[t], b = dentropy[t] (0 when dentropy is empty):
 //   dz[t,v] = (a (onehot_v - p_v) - b p_v (z_v - E_p[z])) * inv_temperature
 //   dhidden = dz @ weight   (activation gradient: OVERWRITE)
-//   dweight += dz^T @ hidden (parameter gradient: ACCUMULATE)
+//   dweight += dz^T @ hidden (parameter gradient: ACCUMULATE; skipped when dweight is null / empty)
 // Like the CUDA kernel, no [T,V] logits tensor is held: the vocabulary is walked in blocks of kVocabBlock rows of
 // `weight` (one block = one saved-softmax segment, ops::kLogprobSegment), the forward keeps a running (max, sum exp,
 // sum exp*z) per token, and the backward recomputes the logits block by block (one extra pass for E_p[z] when
@@ -171,6 +171,7 @@ void logprob_bwd_ref(T* dhidden, T* dweight, const T* dlogprob, const T* dentrop
         for (int64_t h = 0; h < H; ++h) dhr[h] += g * static_cast<double>(wr[h]);
       }
     }
+    if (!dweight) continue;  // no head gradient wanted (a frozen head)
     std::fill(dw.begin(), dw.end(), 0.0);
     for (int64_t t = 0; t < tokens; ++t) {
       if (targets[t] < 0) continue;
@@ -236,9 +237,9 @@ void logprob_bwd(const Tensor& dhidden, const Tensor& dweight, const Tensor& dlo
   const char* op = "logprob_bwd";
   const ref::LogprobDims d = logprob_dims(op, hidden, weight, targets, p);
   check::tensor(op, "dhidden", dhidden, DType::F32, 2);
-  check::tensor(op, "dweight", dweight, DType::F32, 2);
+  if (!dweight.empty()) check::tensor(op, "dweight", dweight, DType::F32, 2);
   const auto [probs, stats] = saved_softmax(op, p);
-  ref::logprob_bwd_ref<float>(dhidden.ptr<float>(), dweight.ptr<float>(), dlogprob.ptr<float>(),
+  ref::logprob_bwd_ref<float>(dhidden.ptr<float>(), dweight.empty() ? nullptr : dweight.ptr<float>(), dlogprob.ptr<float>(),
                               dentropy.empty() ? nullptr : dentropy.ptr<float>(), hidden.ptr<float>(),
                               weight.ptr<float>(), targets.ptr<int32_t>(), lse.ptr<float>(), d, probs, stats);
 }

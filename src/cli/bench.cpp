@@ -4,6 +4,10 @@
 //
 // Model FLOPs per step = 6 * (matmul parameters incl. the LM head) * tokens + 12 * layers * heads * head_dim *
 // (causal query-key pairs), the usual accounting (recomputation under checkpointing is not counted).
+// --lora-rank r trains LoRA adapters on every linear layer of a frozen base (rlcu/lora.h) and counts what that step
+// does: 4 * (matmul parameters) * tokens (the forward and the input-gradient backward; no weight gradient of the
+// base), the same attention term, 4 * r * (in + out) per target and token (U, dB, G, dA) and 2 * r * in * out per
+// target for the merge after the optimizer step.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -17,6 +21,7 @@
 #include "device_rates.h"
 #include "rlcu/config.h"
 #include "rlcu/context.h"
+#include "rlcu/lora.h"
 #include "rlcu/model.h"
 #include "rlcu/ops.h"
 #include "rlcu/optimizer.h"
@@ -40,6 +45,8 @@ struct BenchTrainArgs {
   uint64_t seed = 0;
   bool profile = false;
   std::string optim = "adamw";
+  int64_t lora_rank = 0;
+  double lora_alpha = 16.0;
 };
 
 // Dense bf16 tensor-core peak (no sparsity) by card name, in TFLOP/s; 0 when unknown.
@@ -55,6 +62,29 @@ double bf16_peak_tflops(const std::string& name) {
   return 0;
 }
 
+LoraSpec bench_lora_spec(const BenchTrainArgs& a) {  // every linear layer
+  LoraSpec ls;
+  ls.rank = a.lora_rank;
+  ls.alpha = a.lora_alpha;
+  ls.targets.fill(true);
+  return ls;
+}
+
+// Model FLOPs of one step (see the file comment; with --lora-rank what the LoRA step does).
+double step_flops(const ModelConfig& mc, const BenchTrainArgs& a, int64_t tokens) {
+  const double L = static_cast<double>(mc.num_layers);
+  const double pairs = static_cast<double>(a.batch) * a.seq_len * (a.seq_len + 1) / 2.0;
+  double flops = (a.lora_rank > 0 ? 4 : 6) * matmul_parameters(mc) * static_cast<double>(tokens) +
+                 12.0 * L * mc.num_heads * mc.head_dim * pairs;
+  if (a.lora_rank > 0)
+    for (int t = 0; t < kLoraTargets; ++t) {
+      const LoraShape sh = lora_shape(mc, static_cast<LoraTarget>(t));
+      const double r = static_cast<double>(a.lora_rank);
+      flops += L * (4.0 * r * static_cast<double>(sh.in + sh.out) * tokens + 2.0 * r * sh.in * sh.out);
+    }
+  return flops;
+}
+
 int run_bench_train(const BenchTrainArgs& a) {
   int dev_index = 0;
   const Device dev = parse_device(a.device, "--device", &dev_index);
@@ -65,9 +95,11 @@ int run_bench_train(const BenchTrainArgs& a) {
   Context& ctx = dev == Device::CUDA ? *cuda_ctx : Context::cpu();
 
   ModelOptions mo;
-  mo.training = true;
+  mo.training = a.lora_rank == 0;
   auto model = Model::load(a.model, mo, ctx);
   const ModelConfig& mc = model->config();
+  std::unique_ptr<LoraAdapters> lora;
+  if (a.lora_rank > 0) lora = std::make_unique<LoraAdapters>(*model, bench_lora_spec(a), a.seed, true, ctx);
   const int64_t tokens = static_cast<int64_t>(a.batch) * a.seq_len;
   const int seqs_per_mb =
       static_cast<int>(std::clamp<int64_t>(a.micro_batch_tokens / a.seq_len, 1, a.batch));
@@ -78,12 +110,14 @@ int run_bench_train(const BenchTrainArgs& a) {
   to.checkpointing = a.checkpointing;
   to.fp32_residual = a.fp32_residual;
   to.save_head_probs = !a.recompute_head;
+  to.lora = lora.get();
+  to.lora_rank = a.lora_rank;
   Transformer tf(*model, to, ctx);
   OptimizerSection oc;
   oc.lr = 1e-6;
   oc.name = a.optim;
-  AdamW opt(oc, model->flat_master(), model->flat_grads(),
-            dev == Device::CUDA ? model->flat_weights() : Tensor(), ctx);
+  AdamW opt(oc, lora ? lora->flat_master() : model->flat_master(), lora ? lora->flat_grads() : model->flat_grads(),
+            dev == Device::CUDA ? (lora ? lora->flat_weights() : model->flat_weights()) : Tensor(), ctx);
   OwnedTensor logprob = OwnedTensor::make(DType::F32, dev, {to.max_tokens});
   OwnedTensor dlogprob = OwnedTensor::make(DType::F32, dev, {to.max_tokens});
 
@@ -102,7 +136,10 @@ int run_bench_train(const BenchTrainArgs& a) {
       phase_s[i] += std::chrono::duration<double>(n - t).count();
       t = n;
     };
-    model->zero_grads(ctx);
+    if (lora)
+      lora->zero_grads(ctx);
+    else
+      model->zero_grads(ctx);
     auto t = now();
     for (int s0 = 0; s0 < a.batch; s0 += seqs_per_mb) {
       PackedBatch pb;
@@ -123,13 +160,15 @@ int run_bench_train(const BenchTrainArgs& a) {
       lap(1, t);
     }
     opt.step(oc.lr, ctx);
+    if (lora) lora->merge(ctx);
     lap(2, t);
     ctx.synchronize("bench step end");
   };
 
-  spdlog::info("bench train: {} ({} layers, hidden {}, vocab {}), {} x {} tokens, micro-batch {} seqs, {}, {}{}",
+  spdlog::info("bench train: {} ({} layers, hidden {}, vocab {}), {} x {} tokens, micro-batch {} seqs, {}, {}{}{}",
                a.model, mc.num_layers, mc.hidden_size, mc.vocab_size, a.batch, a.seq_len, seqs_per_mb,
-               device_name(dev), a.optim, a.checkpointing ? ", checkpointing" : "");
+               device_name(dev), a.optim, a.checkpointing ? ", checkpointing" : "",
+               a.lora_rank > 0 ? fmt::format(", LoRA rank {}", a.lora_rank) : "");
   for (int i = 0; i < a.warmup; ++i) run_step(false);
   reset_device_bytes_peak();
   std::vector<double> times;
@@ -143,10 +182,7 @@ int run_bench_train(const BenchTrainArgs& a) {
   std::sort(sorted.begin(), sorted.end());
   const double med = sorted[sorted.size() / 2];
 
-  const double L = static_cast<double>(mc.num_layers);
-  const double mm_params = matmul_parameters(mc);
-  const double pairs = static_cast<double>(a.batch) * a.seq_len * (a.seq_len + 1) / 2.0;
-  const double flops = 6 * mm_params * tokens + 12.0 * L * mc.num_heads * mc.head_dim * pairs;
+  const double flops = step_flops(mc, a, tokens);
   const double tflops = flops / med / 1e12;
   std::string card = "cpu";
   double peak = 0, mem_gib = 0, mem_total_gib = 0;
@@ -160,17 +196,19 @@ int run_bench_train(const BenchTrainArgs& a) {
     mem_gib = device_bytes_peak() / 1073741824.0;
   }
   const double tps = tokens / med;
-  fmt::print("\n| model | device | tokens/step | checkpointing | residual | step (median of {}) | tokens/s | TFLOP/s "
-             "| MFU | peak memory |\n|---|---|---|---|---|---|---|---|---|---|\n",
+  fmt::print("\n| model | device | tokens/step | checkpointing | residual | training | step (median of {}) | tokens/s "
+             "| TFLOP/s | MFU | peak memory |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
              times.size());
-  fmt::print("| {} | {} | {} x {} | {} | {} | {:.3f} s | {:.0f} | {:.1f} | {} | {} |\n", mc.model_type, card, a.batch,
-             a.seq_len, a.checkpointing ? "yes" : "no", a.fp32_residual ? "f32" : "bf16", med, tps, tflops,
+  fmt::print("| {} | {} | {} x {} | {} | {} | {} | {:.3f} s | {:.0f} | {:.1f} | {} | {} |\n", mc.model_type, card,
+             a.batch, a.seq_len, a.checkpointing ? "yes" : "no", a.fp32_residual ? "f32" : "bf16",
+             lora ? fmt::format("LoRA r={}", a.lora_rank) : std::string("full"), med, tps, tflops,
              peak > 0 ? fmt::format("{:.1f}% of {:.0f}", 100 * tflops / peak, peak) : "n/a",
              dev == Device::CUDA ? fmt::format("{:.1f} GiB of {:.0f}", mem_gib, mem_total_gib) : "n/a");
   nlohmann::json j = {{"bench", "train"},         {"model", a.model},        {"device", card},
                       {"batch", a.batch},         {"seq_len", a.seq_len},    {"micro_batch_seqs", seqs_per_mb},
                       {"checkpointing", a.checkpointing}, {"fp32_residual", a.fp32_residual},
                       {"save_head_probs", !a.recompute_head}, {"optimizer", a.optim},
+                      {"lora_rank", a.lora_rank},
                       {"step_seconds_median", med}, {"step_seconds", times},
                       {"tokens_per_s", tps},      {"model_tflops", tflops},  {"mfu", peak > 0 ? tflops / peak : 0.0},
                       {"peak_bf16_tflops", peak}, {"peak_memory_gib", mem_gib}, {"parameters", model->num_parameters()}};
@@ -216,6 +254,13 @@ void add_bench_command(CLI::App& app, Action& action) {
   train->add_option("--seed", a.seed, "Seed of the random tokens")->capture_default_str();
   train->add_option("--optim", a.optim, "Optimizer: adamw (fp32 moments) or adamw_8bit (8-bit blockwise moments)")
       ->check(CLI::IsMember({"adamw", "adamw_8bit"}))
+      ->capture_default_str();
+  train->add_option("--lora-rank", a.lora_rank,
+                    "Train LoRA adapters of this rank on every linear layer of a frozen base (0 = full fine-tuning)")
+      ->check(CLI::Range(int64_t{0}, int64_t{65536}))
+      ->capture_default_str();
+  train->add_option("--lora-alpha", a.lora_alpha, "LoRA alpha (the adapters add alpha / r * B A)")
+      ->check(CLI::PositiveNumber)
       ->capture_default_str();
   train->add_flag("--profile", a.profile, "After timing, run one step with per-op GPU timing and print the breakdown");
   train->callback([&action] { action = [] { return run_bench_train(a); }; });

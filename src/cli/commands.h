@@ -41,5 +41,6 @@ void add_init_model_command(CLI::App& app, Action& action);
 void add_data_synth_command(CLI::App& app, Action& action);
 void add_sft_command(CLI::App& app, Action& action);
 void add_eval_command(CLI::App& app, Action& action);
+void add_merge_lora_command(CLI::App& app, Action& action);
 
 }  // namespace rlcu::cli

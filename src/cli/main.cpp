@@ -43,6 +43,7 @@ int main(int argc, char** argv) {
   rlcu::cli::add_data_synth_command(app, action);
   rlcu::cli::add_sft_command(app, action);
   rlcu::cli::add_eval_command(app, action);
+  rlcu::cli::add_merge_lora_command(app, action);
 
   if (argc == 1) {  // `rlcu` alone: the commands (a usage error: no command given)
     std::fputs(app.help().c_str(), stdout);

@@ -16,6 +16,36 @@
 
 namespace rlcu {
 
+const char* const kLoraTargetNames[kLoraTargets] = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
+                                                  "gate_proj", "up_proj", "down_proj"};
+
+std::array<bool, kLoraTargets> parse_lora_targets(const std::string& list, const std::string& field) {
+  std::array<bool, kLoraTargets> out{};
+  if (list == "all") {
+    out.fill(true);
+    return out;
+  }
+  std::stringstream ss(list);
+  std::string item;
+  bool any = false;
+  while (std::getline(ss, item, ',')) {
+    const size_t b = item.find_first_not_of(" \t"), e = item.find_last_not_of(" \t");
+    item = b == std::string::npos ? "" : item.substr(b, e - b + 1);
+    int found = -1;
+    for (int i = 0; i < kLoraTargets; ++i)
+      if (item == kLoraTargetNames[i]) found = i;
+    if (found < 0)
+      throw Error(fmt::format("{}: unknown target module `{}` (expected a comma-separated list of q_proj, k_proj, "
+                              "v_proj, o_proj, gate_proj, up_proj, down_proj, or `all`)",
+                              field, item));
+    out[static_cast<size_t>(found)] = true;
+    any = true;
+  }
+  if (!any) throw Error(fmt::format("{}: names no target module", field));
+  return out;
+}
+
+
 using json = nlohmann::json;
 
 namespace {
@@ -53,6 +83,7 @@ void add_reward(std::vector<FieldSpec>& s);
 void add_sft(std::vector<FieldSpec>& s);
 void add_eval(std::vector<FieldSpec>& s);
 void add_policy_loss_keys(std::vector<FieldSpec>& s);
+void add_lora(std::vector<FieldSpec>& s);
 
 std::vector<FieldSpec> build_schema() {
   using K = FieldKind;
@@ -143,6 +174,11 @@ std::vector<FieldSpec> build_schema() {
   s.push_back(range(bind_field("data.max_samples", &RunConfig::data, &DataConfig::max_samples, K::Int,
                                "Keep only the first N usable prompts; 0 = all."),
                     0, 1e12));
+  s.push_back(path_field(bind_field("model.adapter", &RunConfig::model, &ModelSection::adapter, K::String,
+                   "A PEFT LoRA adapter directory (adapter_config.json, adapter_model.safetensors) the run starts "
+                   "from, on the base `model.path`; `lora.rank`, `lora.alpha` and `lora.targets` must equal its "
+                   "`r`, `lora_alpha` and `target_modules` (`lora.rank` 0 takes all three from it). Empty = none.")));
+  add_lora(s);
   // optimizer
   s.push_back(choices(bind_field("optimizer.name", &RunConfig::optimizer, &OptimizerSection::name, K::Enum,
                                  "`adamw`: fp32 moments (8 bytes per parameter); `adamw_8bit`: both moments "
@@ -409,6 +445,31 @@ void add_reward(std::vector<FieldSpec>& s) {
 }
 
 // sft section (`rlcu sft`; src/train/sft.cpp gives the data format and the loss).
+void add_lora(std::vector<FieldSpec>& s) {
+  using K = FieldKind;
+  s.push_back(range(bind_field("lora.rank", &RunConfig::lora, &LoraSection::rank, K::Int,
+                               "LoRA rank r: train adapters A [r, in], B [out, r] on a frozen base; 0 = full "
+                               "fine-tuning (`rlcu train` only)."),
+                    0, 65536));
+  s.push_back(range(bind_field("lora.alpha", &RunConfig::lora, &LoraSection::alpha, K::Float,
+                               "LoRA alpha: the adapters add (alpha / r) B A to each target weight."),
+                    0, 1e6, true));
+  {
+    FieldSpec f = bind_field("lora.targets", &RunConfig::lora, &LoraSection::targets, K::String,
+                             "Comma-separated modules that get adapters, of q_proj, k_proj, v_proj, o_proj, "
+                             "gate_proj, up_proj, down_proj (every layer); `all` = all seven.");
+    f.check = [](const std::string& v) -> std::string {
+      try {
+        parse_lora_targets(v, "lora.targets");
+        return "";
+      } catch (const Error&) {
+        return "a comma-separated list of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, or all";
+      }
+    };
+    s.push_back(f);
+  }
+}
+
 void add_sft(std::vector<FieldSpec>& s) {
   using K = FieldKind;
   using F = SftSection;

@@ -270,6 +270,17 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const ModelOptions& o
   return m;
 }
 
+std::vector<std::pair<std::string, Tensor>> Model::named_weights() const { return hf_views(config_, weights_); }
+
+void Model::set_effective_weights(const ModelWeights& effective) {
+  RLCU_CHECK(!effective_, "set_effective_weights: the model already has effective weights");
+  RLCU_CHECK(effective.layers.size() == weights_.layers.size(), "set_effective_weights: {} layers, the model has {}",
+             effective.layers.size(), weights_.layers.size());
+  base_ = weights_;
+  weights_ = effective;
+  effective_ = true;
+}
+
 ModelConfig Model::inspect(const std::string& dir, const ModelOptions& opt) {
   ModelConfig c = ModelConfig::load(dir);
   const SafetensorsSet set = SafetensorsSet::open_dir(dir);

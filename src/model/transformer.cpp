@@ -39,6 +39,7 @@
 #include <tuple>
 
 #include "rlcu/layer.h"
+#include "rlcu/lora.h"
 #include "rlcu/model.h"
 #include "rlcu/ops.h"
 
@@ -109,6 +110,9 @@ struct Transformer::State {
   Tensor head_probs, head_stats;  // the head's saved softmax (training with save_head_probs), else empty
   Tensor dres, dh, dgu, dact, dattn, dq, dk, dv, dq_raw, dk_raw;
   Tensor qkv, dqkv;  // fused path: the raw projection when not saved per layer (no QK-norm); its gradient
+  // LoRA training: U = X A^T and G = dY B [Tm, r]; the fused-output scratch P [N, r] F32 and Bpad [N, r]; and the
+  // sink of the frozen norms' weight gradients (rmsnorm_bwd always writes one; nothing reads it).
+  Tensor lora_u, lora_g, lora_p, lora_bpad, norm_sink;
   bool fused_qkv = false;
   Tensor ids, positions, targets, cu_seqlens;
   DeviceBatch last;
@@ -133,8 +137,12 @@ struct Transformer::State {
   void plan(ArenaPlan& plan, const ModelConfig& c, const TransformerOptions& opt, bool fused);
 
   // Layer l on x (dense attention over the batch's sequences); full = false stops after gate_up.
-  void run_layer(const Model& m, int64_t l, const Tensor& x, const Tensor& x_out, const LayerBuffers& a,
-                 const DeviceBatch& b, bool full, Context& ctx);
+  void run_layer(const ModelWeights& w, const Model& m, int64_t l, const Tensor& x, const Tensor& x_out,
+                 const LayerBuffers& a, const DeviceBatch& b, bool full, Context& ctx);
+  // LoRA: dB, dA of target t in layer l from its input x [T, in] and the gradient dy [T, N] of the product whose
+  // rows [r0, r0 + out) are the target's (N = out, r0 = 0 for an unfused one).
+  void lora_grads(LoraAdapters& lo, int64_t l, LoraTarget t, const Tensor& x, const Tensor& dy, int64_t r0,
+                  Context& ctx);
 };
 
 // Requests every buffer of the driver for options `opt` (see the file comment for what each mode keeps).
@@ -196,6 +204,14 @@ void Transformer::State::plan(ArenaPlan& plan, const ModelConfig& c, const Trans
       plan.add(dk_raw, ad, {Tm, kvd});
     }
   }
+  if (opt.training && opt.lora_rank > 0) {
+    const int64_t r = opt.lora_rank, N = std::max({Wqkv, 2 * I, H});
+    plan.add(lora_u, ad, {Tm, r});
+    plan.add(lora_g, ad, {Tm, r});
+    plan.add(lora_p, f32, {N, r});
+    plan.add(lora_bpad, ad, {N, r});
+    plan.add(norm_sink, f32, {std::max(H, c.head_dim)});
+  }
   plan.add(ids, i32, {Tm});
   plan.add(positions, i32, {Tm});
   plan.add(targets, i32, {Tm});
@@ -215,8 +231,15 @@ Transformer::Transformer(Model& model, const TransformerOptions& opt, Context& c
   RLCU_CHECK(ctx.device() == model.device(), "Transformer: context on {} but model on {}", device_name(ctx.device()),
              device_name(model.device()));
   if (opt.max_tokens < 1) throw Error(fmt::format("token budget must be >= 1, got {}", opt.max_tokens));
-  if (opt.training && !model.has_grads())
+  if (opt.training && !opt.lora && !model.has_grads())
     throw Error("training needs a model loaded with gradients (ModelOptions.training)");
+  if (opt.lora) {
+    RLCU_CHECK(opt.training && !model.has_grads() && &opt.lora->model() == &model && !opt.base_weights,
+               "Transformer: LoRA trains adapters of this model's frozen base");
+    RLCU_CHECK(opt.lora_rank == opt.lora->spec().rank, "Transformer: lora_rank {} but the adapters have rank {}",
+               opt.lora_rank, opt.lora->spec().rank);
+  }
+  RLCU_CHECK(!opt.base_weights || !opt.training, "Transformer: the base weights are only read for inference");
   RLCU_CHECK(opt.act_dtype == DType::F32 || opt.act_dtype == DType::BF16, "activation dtype {}",
              dtype_name(opt.act_dtype));
   const int64_t Tm = opt.max_tokens, L = c.num_layers;
@@ -224,8 +247,9 @@ Transformer::Transformer(Model& model, const TransformerOptions& opt, Context& c
   // Fused q/k/v only when every layer has the fused views (in the weights and, for training, the gradients).
   bool fused = true;
   for (int64_t l = 0; l < L; ++l) {
-    fused = fused && fused_qkv_available(model.weights().layers[static_cast<size_t>(l)], c);
-    if (opt.training) fused = fused && fused_qkv_available(model.grads().layers[static_cast<size_t>(l)], c);
+    const ModelWeights& w = opt.base_weights ? model.base_weights() : model.weights();
+    fused = fused && fused_qkv_available(w.layers[static_cast<size_t>(l)], c);
+    if (opt.training && !opt.lora) fused = fused && fused_qkv_available(model.grads().layers[static_cast<size_t>(l)], c);
   }
   s_->fused_qkv = fused;
   ArenaPlan plan;
@@ -289,8 +313,9 @@ DeviceBatch Transformer::upload(const PackedBatch& b, Context& ctx) {
   return d;
 }
 
-void Transformer::State::run_layer(const Model& m, int64_t l, const Tensor& x, const Tensor& x_out,
-                                   const LayerBuffers& a, const DeviceBatch& b, bool full, Context& ctx) {
+void Transformer::State::run_layer(const ModelWeights& w, const Model& m, int64_t l, const Tensor& x,
+                                   const Tensor& x_out, const LayerBuffers& a, const DeviceBatch& b, bool full,
+                                   Context& ctx) {
   // The buffers shared by all layers (act without a per-layer copy, the fused raw qkv without QK-norm).
   LayerBuffers buf = a;
   if (buf.act.empty()) buf.act = act;
@@ -298,14 +323,14 @@ void Transformer::State::run_layer(const Model& m, int64_t l, const Tensor& x, c
   LayerOptions opt;
   opt.fused_qkv = fused_qkv;
   opt.full = full;
-  layer_forward(x_out, buf, x, m.weights().layers[static_cast<size_t>(l)], b.positions, m.inv_freq(), m.config(),
+  layer_forward(x_out, buf, x, w.layers[static_cast<size_t>(l)], b.positions, m.inv_freq(), m.config(),
                 AttentionSpec::dense(b.cu_seqlens, b.num_seqs, b.max_seqlen), opt, ctx);
 }
 
 void Transformer::forward(const Tensor& logprob, const Tensor& entropy, const DeviceBatch& b, Context& ctx,
                           ForwardUse use) {
   const ModelConfig& c = model_.config();
-  const ModelWeights& W = model_.weights();
+  const ModelWeights& W = opt_.base_weights ? model_.base_weights() : model_.weights();
   const int64_t T = b.num_tokens, L = c.num_layers;
   RLCU_CHECK(T >= 1 && T <= opt_.max_tokens, "forward: {} tokens, budget {}", T, opt_.max_tokens);
   RLCU_CHECK(logprob.numel() == T && logprob.dtype == DType::F32, "forward: logprob must be F32 [{}], got {} {}", T,
@@ -316,7 +341,7 @@ void Transformer::forward(const Tensor& logprob, const Tensor& entropy, const De
   const bool shared = !opt_.training || opt_.checkpointing;
   ops::embedding_fwd(rows(s_->x_in(0, opt_.training), T), W.embed, b.ids, ctx);
   for (int64_t l = 0; l < L; ++l)
-    s_->run_layer(model_, l, rows(s_->x_in(l, opt_.training), T), rows(s_->x_in(l + 1, opt_.training), T),
+    s_->run_layer(W, model_, l, rows(s_->x_in(l, opt_.training), T), rows(s_->x_in(l + 1, opt_.training), T),
                   s_->layer(l, shared), b, true, ctx);
   ops::rmsnorm_fwd(rows(s_->h_f, T), rows(s_->rstd_f, T), rows(s_->x_in(L, opt_.training), T), W.final_norm,
                    static_cast<float>(c.rms_norm_eps), ctx);
@@ -331,13 +356,12 @@ void Transformer::backward(const Tensor& dlogprob, const Tensor& dentropy, Conte
   RLCU_CHECK(s_->have_forward, "backward without a preceding forward");
   const DeviceBatch& b = s_->last;
   const ModelWeights& W = model_.weights();
-  const ModelWeights& G = model_.grads();
   const int64_t T = b.num_tokens;
   RLCU_CHECK(dlogprob.numel() == T && dlogprob.dtype == DType::F32, "backward: dlogprob must be F32 [{}]", T);
   RLCU_CHECK(dentropy.empty() || (dentropy.numel() == T && dentropy.dtype == DType::F32),
              "backward: dentropy must be empty or F32 [{}]", T);
   const Tensor dh = rows(s_->dh, T);
-  ops::logprob_bwd(dh, G.lm_head, dlogprob, dentropy, rows(s_->h_f, T), W.lm_head, b.targets, rows(s_->lse_head, T),
+  ops::logprob_bwd(dh, opt_.lora ? Tensor() : model_.grads().lm_head, dlogprob, dentropy, rows(s_->h_f, T), W.lm_head, b.targets, rows(s_->lse_head, T),
                    s_->head_params(opt_.inv_temperature, T), ctx);
   backward_from_final(dh, ctx);
 }
@@ -357,12 +381,57 @@ void Transformer::backward_hidden(const Tensor& dhidden, Context& ctx) {
   backward_from_final(dhidden, ctx);
 }
 
+void Transformer::State::lora_grads(LoraAdapters& lo, int64_t l, LoraTarget t, const Tensor& x, const Tensor& dy,
+                                    int64_t r0, Context& ctx) {
+  if (!lo.has(t)) return;
+  const LoraViews& w = lo.weights(l, t);
+  const LoraViews& g = lo.grads(l, t);
+  const int64_t T = x.rows(), out = w.b.size(0), N = dy.cols();
+  const float s = lo.scaling();
+  const Tensor U = rows(lora_u, T), G = rows(lora_g, T);
+  ops::GemmParams lin;  // U = X A^T
+  lin.trans_b = true;
+  ops::gemm(U, x, w.a, lin, ctx);
+  ops::GemmParams acc;  // d += s a^T b
+  acc.trans_a = true;
+  acc.alpha = s;
+  acc.beta = 1.0f;
+  if (N == out) {
+    ops::gemm(g.b, dy, U, acc, ctx);            // dB += s dY^T U
+    ops::gemm(G, dy, w.b, ops::GemmParams{}, ctx);  // G = dY B
+  } else {
+    // The target's rows of the fused product: dB += rows [r0, r0 + out) of s dY^T U; G = dY Bpad.
+    const Tensor P = lora_p.slice_rows(0, N), Bp = lora_bpad.slice_rows(0, N);
+    ops::GemmParams prod;
+    prod.trans_a = true;
+    prod.alpha = s;
+    ops::gemm(P, dy, U, prod, ctx);
+    ops::add(g.b, g.b, P.slice_rows(r0, r0 + out), ctx);
+    ops::fill(Bp, 0.0f, ctx);
+    const Tensor Bt = Bp.slice_rows(r0, r0 + out);
+    if (Bt.dtype == w.b.dtype)
+      ctx.copy(Bt, w.b);
+    else
+      ops::cast(Bt, w.b, ctx);
+    ops::gemm(G, dy, Bp, ops::GemmParams{}, ctx);
+  }
+  ops::gemm(g.a, G, x, acc, ctx);  // dA += s G^T X
+}
+
 void Transformer::backward_from_final(const Tensor& dh, Context& ctx) {
   const DeviceBatch& b = s_->last;
   const ModelConfig& c = model_.config();
   const ModelWeights& W = model_.weights();
-  const ModelWeights& G = model_.grads();
+  LoraAdapters* lo = opt_.lora;
   const int64_t T = b.num_tokens, L = c.num_layers, nq = c.num_heads, nkv = c.num_kv_heads, hd = c.head_dim;
+  const int64_t H = c.hidden_size, I = c.intermediate_size, qd = c.q_dim(), kvd = c.kv_dim();
+  // With LoRA the base is frozen: no parameter gradient of it, and the norms' weight gradients go to a sink.
+  LayerWeights sink;
+  if (lo) {
+    sink.input_norm = sink.post_norm = s_->norm_sink.slice_rows(0, H);
+    if (c.qk_norm) sink.q_norm = sink.k_norm = s_->norm_sink.slice_rows(0, hd);
+  }
+  const ModelWeights& G = model_.grads();
   const float eps = static_cast<float>(c.rms_norm_eps);
   const ops::GemmParams dx;  // dx = dy W
   ops::GemmParams dx_acc;    // dx += dy W
@@ -370,35 +439,49 @@ void Transformer::backward_from_final(const Tensor& dh, Context& ctx) {
   ops::GemmParams dw;  // dW += dy^T x
   dw.trans_a = true;
   dw.beta = 1.0f;
+  auto wgrad = [&](const Tensor& dW, const Tensor& dy, const Tensor& x) {
+    if (!lo) ops::gemm(dW, dy, x, dw, ctx);
+  };
+  auto bgrad = [&](const Tensor& db, const Tensor& dy) {
+    if (!lo) ops::bias_grad(db, dy, ctx);
+  };
   ops::AttentionParams ap;
   ap.num_seqs = b.num_seqs;
   ap.max_seqlen = b.max_seqlen;
   ap.scale = 1.0f / std::sqrt(static_cast<float>(hd));
   const Tensor dres = rows(s_->dres, T);
-  ops::rmsnorm_bwd(dres, G.final_norm, dh, rows(s_->x_in(L, true), T), W.final_norm, rows(s_->rstd_f, T), ctx);
+  ops::rmsnorm_bwd(dres, lo ? sink.input_norm : G.final_norm, dh, rows(s_->x_in(L, true), T), W.final_norm,
+                   rows(s_->rstd_f, T), ctx);
 
   for (int64_t l = L - 1; l >= 0; --l) {
     const LayerWeights& Wl = W.layers[static_cast<size_t>(l)];
-    const LayerWeights& Gl = G.layers[static_cast<size_t>(l)];
+    const LayerWeights& Gl = lo ? sink : G.layers[static_cast<size_t>(l)];
     const Tensor x = rows(s_->x_in(l, true), T);
     LayerBuffers& a = s_->layer(l, opt_.checkpointing);
-    if (opt_.checkpointing) s_->run_layer(model_, l, x, Tensor(), a, b, false, ctx);
+    if (opt_.checkpointing) s_->run_layer(W, model_, l, x, Tensor(), a, b, false, ctx);
 
     // MLP branch: dres = d(layer output).
     const Tensor gu = rows(a.gate_up, T), dact = rows(s_->dact, T), dgu = rows(s_->dgu, T);
     const Tensor ac = rows(a.act.empty() ? s_->act : a.act, T);
+    const Tensor h2 = rows(a.h2, T);
     if (a.act.empty()) ops::swiglu_fwd(ac, gu, ctx);
-    ops::gemm(Gl.down, dres, ac, dw, ctx);
+    wgrad(Gl.down, dres, ac);
+    if (lo) s_->lora_grads(*lo, l, LoraTarget::Down, ac, dres, 0, ctx);
     ops::gemm(dact, dres, Wl.down, dx, ctx);
     ops::swiglu_bwd(dgu, dact, gu, ctx);
-    ops::gemm(Gl.gate_up, dgu, rows(a.h2, T), dw, ctx);
+    wgrad(Gl.gate_up, dgu, h2);
+    if (lo) {
+      s_->lora_grads(*lo, l, LoraTarget::Gate, h2, dgu, 0, ctx);
+      s_->lora_grads(*lo, l, LoraTarget::Up, h2, dgu, I, ctx);
+    }
     ops::gemm(dh, dgu, Wl.gate_up, dx, ctx);
     ops::rmsnorm_bwd_add(dres, Gl.post_norm, dh, rows(a.x_mid, T), Wl.post_norm, rows(a.rstd2, T), ctx);
 
     // Attention branch: dres = d(x_mid).
     const Tensor attn = rows(a.attn, T), dattn = rows(s_->dattn, T);
-    ops::gemm(Gl.o, dres, attn, dw, ctx);
-    if (c.o_bias) ops::bias_grad(Gl.o_bias, dres, ctx);
+    wgrad(Gl.o, dres, attn);
+    if (c.o_bias) bgrad(Gl.o_bias, dres);
+    if (lo) s_->lora_grads(*lo, l, LoraTarget::O, attn, dres, 0, ctx);
     ops::gemm(dattn, dres, Wl.o, dx, ctx);
     const Tensor dq = rows(s_->dq, T), dk = rows(s_->dk, T), dv = rows(s_->dv, T);
     const Tensor dq3 = dq.view({T, nq, hd}), dk3 = dk.view({T, nkv, hd});
@@ -412,8 +495,13 @@ void Transformer::backward_from_final(const Tensor& dh, Context& ctx) {
       ops::qkv_prepare_bwd(dqkv, Gl.q_norm, Gl.k_norm, dq3, dk3, dv.view({T, nkv, hd}),
                            c.qk_norm ? rows(a.qkv, T) : Tensor(), Wl.qkv_bias, Wl.q_norm, Wl.k_norm, eps, b.positions,
                            model_.inv_freq(), ctx);
-      ops::gemm(Gl.qkv, dqkv, h1, dw, ctx);
-      if (c.qkv_bias) ops::bias_grad(Gl.qkv_bias, dqkv, ctx);
+      wgrad(Gl.qkv, dqkv, h1);
+      if (c.qkv_bias) bgrad(Gl.qkv_bias, dqkv);
+      if (lo) {
+        s_->lora_grads(*lo, l, LoraTarget::Q, h1, dqkv, 0, ctx);
+        s_->lora_grads(*lo, l, LoraTarget::K, h1, dqkv, qd, ctx);
+        s_->lora_grads(*lo, l, LoraTarget::V, h1, dqkv, qd + kvd, ctx);
+      }
       ops::gemm(dh, dqkv, Wl.qkv, dx, ctx);
       ops::rmsnorm_bwd_add(dres, Gl.input_norm, dh, x, Wl.input_norm, rows(a.rstd1, T), ctx);
       continue;
@@ -429,20 +517,25 @@ void Transformer::backward_from_final(const Tensor& dh, Context& ctx) {
       ops::rmsnorm_bwd(dk_lin.view({T * nkv, hd}), Gl.k_norm, dk.view({T * nkv, hd}),
                        rows(a.k_raw, T).view({T * nkv, hd}), Wl.k_norm, rows(a.rstd_k, T).view({T * nkv}), ctx);
     }
-    ops::gemm(Gl.q, dq_lin, h1, dw, ctx);
-    ops::gemm(Gl.k, dk_lin, h1, dw, ctx);
-    ops::gemm(Gl.v, dv, h1, dw, ctx);
+    wgrad(Gl.q, dq_lin, h1);
+    wgrad(Gl.k, dk_lin, h1);
+    wgrad(Gl.v, dv, h1);
     if (c.qkv_bias) {
-      ops::bias_grad(Gl.q_bias, dq_lin, ctx);
-      ops::bias_grad(Gl.k_bias, dk_lin, ctx);
-      ops::bias_grad(Gl.v_bias, dv, ctx);
+      bgrad(Gl.q_bias, dq_lin);
+      bgrad(Gl.k_bias, dk_lin);
+      bgrad(Gl.v_bias, dv);
+    }
+    if (lo) {
+      s_->lora_grads(*lo, l, LoraTarget::Q, h1, dq_lin, 0, ctx);
+      s_->lora_grads(*lo, l, LoraTarget::K, h1, dk_lin, 0, ctx);
+      s_->lora_grads(*lo, l, LoraTarget::V, h1, dv, 0, ctx);
     }
     ops::gemm(dh, dq_lin, Wl.q, dx, ctx);
     ops::gemm(dh, dk_lin, Wl.k, dx_acc, ctx);
     ops::gemm(dh, dv, Wl.v, dx_acc, ctx);
     ops::rmsnorm_bwd_add(dres, Gl.input_norm, dh, x, Wl.input_norm, rows(a.rstd1, T), ctx);
   }
-  ops::embedding_bwd(G.embed, dres, b.ids, ctx);
+  if (!lo) ops::embedding_bwd(G.embed, dres, b.ids, ctx);
 }
 
 }  // namespace rlcu

@@ -14,6 +14,16 @@ ReferenceModel::ReferenceModel(const std::string& dir, const TransformerOptions&
   tf_ = std::make_unique<Transformer>(*model_, ro, ctx);
 }
 
+ReferenceModel::ReferenceModel(Model& policy_base, const TransformerOptions& policy_options, Context& ctx) {
+  TransformerOptions ro = policy_options;
+  ro.training = false;
+  ro.checkpointing = false;
+  ro.lora = nullptr;
+  ro.lora_rank = 0;
+  ro.base_weights = true;
+  tf_ = std::make_unique<Transformer>(policy_base, ro, ctx);
+}
+
 ReferenceModel::~ReferenceModel() = default;
 
 void ReferenceModel::score(RolloutBatch& batch, const std::vector<Micro>& micros, const Tensor& logprob_rows,

@@ -18,6 +18,7 @@
 
 #include "rlcu/error.h"
 #include "rlcu/json_error.h"
+#include "rlcu/lora.h"
 #include "rlcu/model.h"
 #include "rlcu/ops.h"
 #include "rlcu/optimizer.h"
@@ -121,10 +122,13 @@ std::string checkpoint_dir_name(int64_t step) {
   return fmt::format("step-{:06d}", step);
 }
 
-void append_training_state(std::vector<SafetensorsWriteItem>& items, std::map<std::string, std::string>& metadata,
-                           const Model& model, const AdamW* opt, const std::string& prefix) {
+namespace {
+// The training state of parameters `tensors` (views with F32 masters; offsets into the optimizer's flat state).
+void append_state(std::vector<SafetensorsWriteItem>& items, std::map<std::string, std::string>& metadata,
+                  const std::vector<HfTensor>& tensors, const Model& model, const AdamW* opt,
+                  const std::string& prefix) {
   const bool q8 = opt && opt->kind() == OptimizerKind::AdamW8bit;
-  for (const HfTensor& h : model.hf_tensors()) {
+  for (const HfTensor& h : tensors) {
     items.push_back({prefix + "master." + h.name, master_of(h, model), DType::F32, {}});
     if (opt && !q8) {
       items.push_back({prefix + "exp_avg." + h.name, moment_view(opt->exp_avg(), h), DType::F32, {}});
@@ -141,6 +145,13 @@ void append_training_state(std::vector<SafetensorsWriteItem>& items, std::map<st
   }
   metadata[prefix + "optimizer_steps"] = std::to_string(opt ? opt->steps_done() : 0);
   metadata[prefix + "has_optimizer"] = opt ? "true" : "false";
+}
+
+}  // namespace
+
+void append_training_state(std::vector<SafetensorsWriteItem>& items, std::map<std::string, std::string>& metadata,
+                           const Model& model, const AdamW* opt, const std::string& prefix) {
+  append_state(items, metadata, model.hf_tensors(), model, opt, prefix);
 }
 
 std::string save_checkpoint(const CheckpointWrite& w) {
@@ -166,8 +177,10 @@ std::string save_checkpoint(const CheckpointWrite& w) {
   fs::create_directories(tmp_dir, ec);
   if (ec) throw Error(fmt::format("{}: cannot create: {}", tmp_dir.string(), ec.message()));
 
-  // model.safetensors: BF16 from the F32 master, HF names (tied embeddings once).
-  {
+  // model.safetensors: BF16 from the F32 master, HF names (tied embeddings once); or the PEFT adapter.
+  if (w.lora) {
+    w.lora->save_peft(tmp_dir.string(), model.dir());
+  } else {
     std::vector<SafetensorsWriteItem> items;
     for (const HfTensor& h : model.hf_tensors()) items.push_back({h.name, master_of(h, model), DType::BF16, h.shape});
     write_safetensors((tmp_dir / "model.safetensors").string(), items, {{"format", "pt"}});
@@ -176,7 +189,10 @@ std::string save_checkpoint(const CheckpointWrite& w) {
   {
     std::vector<SafetensorsWriteItem> items;
     std::map<std::string, std::string> metadata;
-    append_training_state(items, metadata, model, w.optimizer, "");
+    if (w.lora)
+      append_state(items, metadata, w.lora->peft_tensors(), model, w.optimizer, "");
+    else
+      append_training_state(items, metadata, model, w.optimizer, "");
     std::set<std::string> names;
     for (const SafetensorsWriteItem& it : items) names.insert(it.name);
     for (const SafetensorsWriteItem& it : w.extra_tensors) {
@@ -196,8 +212,11 @@ std::string save_checkpoint(const CheckpointWrite& w) {
   const fs::path tok_dir = w.tokenizer_dir.empty() ? model_dir : fs::path(w.tokenizer_dir);
   if (!fs::is_regular_file(model_dir / "config.json"))
     throw Error(fmt::format("{}: cannot copy into the checkpoint: file missing", (model_dir / "config.json").string()));
-  copy_into(model_dir / "config.json", tmp_dir);
-  if (fs::is_regular_file(model_dir / "generation_config.json")) copy_into(model_dir / "generation_config.json", tmp_dir);
+  if (!w.lora) {
+    copy_into(model_dir / "config.json", tmp_dir);
+    if (fs::is_regular_file(model_dir / "generation_config.json"))
+      copy_into(model_dir / "generation_config.json", tmp_dir);
+  }
   for (const char* f : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"}) {
     if (fs::is_regular_file(tok_dir / f))
       copy_into(tok_dir / f, tmp_dir);
@@ -353,8 +372,10 @@ void CheckpointRead::restore_tensor(const std::string& name, const Tensor& dst) 
   copy_bytes(dst, src);
 }
 
-void restore_training_state(const CheckpointRead& ck, Model& model, AdamW* opt, Context& ctx,
-                            const std::string& prefix) {
+namespace {
+void restore_state(const CheckpointRead& ck, const std::vector<HfTensor>& tensors, const Model& model,
+                   const Tensor& flat_weights, const Tensor& flat_master, AdamW* opt, Context& ctx,
+                   const std::string& prefix) {
   if (opt && ck.metadata(prefix + "has_optimizer") != "true")
     throw Error(fmt::format("{}: the checkpoint holds no optimizer state for `{}` (saved without an optimizer)",
                             ck.tensors->path(), prefix.empty() ? "policy" : prefix));
@@ -375,7 +396,7 @@ void restore_training_state(const CheckpointRead& ck, Model& model, AdamW* opt, 
       throw Error(fmt::format("{}: metadata `{}optimizer_block_size` is {}, this rlcu's 8-bit AdamW uses blocks of {}",
                               ck.tensors->path(), prefix, bs, ops::kAdamw8Block));
   }
-  for (const HfTensor& h : model.hf_tensors()) {
+  for (const HfTensor& h : tensors) {
     ck.restore_tensor(prefix + "master." + h.name, master_of(h, model));
     if (opt && !q8) {
       ck.restore_tensor(prefix + "exp_avg." + h.name, moment_view(opt->exp_avg(), h));
@@ -389,7 +410,7 @@ void restore_training_state(const CheckpointRead& ck, Model& model, AdamW* opt, 
     ck.restore_tensor(prefix + "exp_avg_sq.absmax", opt->exp_avg_sq_absmax());
   }
   // A separate BF16 working copy follows from the master exactly as AdamW's write-back rounds it.
-  if (model.flat_weights().data != model.flat_master().data) ops::cast(model.flat_weights(), model.flat_master(), ctx);
+  if (flat_weights.data != flat_master.data) ops::cast(flat_weights, flat_master, ctx);
   if (opt) {
     const std::string s = ck.metadata(prefix + "optimizer_steps");
     int64_t steps = -1;
@@ -405,6 +426,29 @@ void restore_training_state(const CheckpointRead& ck, Model& model, AdamW* opt, 
                               prefix, s));
     opt->set_steps_done(steps);
   }
+}
+}  // namespace
+
+void restore_training_state(const CheckpointRead& ck, Model& model, AdamW* opt, Context& ctx,
+                            const std::string& prefix) {
+  restore_state(ck, model.hf_tensors(), model, model.flat_weights(), model.flat_master(), opt, ctx, prefix);
+}
+
+void restore_lora_state(const CheckpointRead& ck, LoraAdapters& lora, AdamW* opt, Context& ctx) {
+  const std::string ac = (fs::path(ck.dir) / "adapter_config.json").string();
+  if (!fs::is_regular_file(ac))
+    throw Error(fmt::format("{}: missing: the checkpoint holds no LoRA adapter (it is a full fine-tuning run's; "
+                            "resume it with lora.rank = 0)",
+                            ac));
+  const PeftAdapterInfo info = read_peft_config(ck.dir);
+  const LoraSpec& s = lora.spec();
+  if (info.spec.rank != s.rank || info.spec.alpha != s.alpha || info.spec.targets != s.targets)
+    throw Error(fmt::format("{}: r = {}, lora_alpha = {}, target_modules = {} differ from lora.rank = {}, "
+                            "lora.alpha = {}, lora.targets = {}",
+                            ac, info.spec.rank, info.spec.alpha, info.spec.targets_string(), s.rank, s.alpha,
+                            s.targets_string()));
+  restore_state(ck, lora.peft_tensors(), lora.model(), lora.flat_weights(), lora.flat_master(), opt, ctx, "");
+  lora.merge(ctx);
 }
 
 }  // namespace rlcu

@@ -75,17 +75,29 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
   // The policy (Trainer::load_models / SftTrainer: Model::load with training, its Transformer, AdamW).
   ModelOptions train_mo;
   train_mo.training = true;
-  const Model::BufferBytes pb = Model::buffer_bytes(in.policy, dev, train_mo);
-  const int64_t n = pb.elements;
+  const bool lora = in.lora.rank > 0;
+  const Model::BufferBytes pb = Model::buffer_bytes(in.policy, dev, lora ? ModelOptions{} : train_mo);
+  int64_t n = pb.elements;
   add(fmt::format("policy weights ({})", wname), pb.weights,
-      fmt::format("{} elements{}", count_str(n), cuda ? "" : ", also the masters"));
+      lora ? fmt::format("{} elements, the frozen base (no masters, moments or gradients)", count_str(n))
+           : fmt::format("{} elements{}", count_str(n), cuda ? "" : ", also the masters"));
   add("policy masters (f32)", pb.master, "");
   add("policy gradients (f32)", pb.grads, "");
+  if (lora) {
+    const LoraBufferBytes lb = lora_buffer_bytes(in.policy, in.lora, dev);
+    n = lb.elements;
+    add(fmt::format("LoRA effective weights ({})", wname), lb.effective,
+        fmt::format("W0 + (alpha/r) B A of {} (engine and training forward)", in.lora.targets_string()));
+    add("LoRA adapters", lb.weights + lb.master + lb.grads,
+        fmt::format("rank {}, {} parameters: f32 masters + gradients{}", in.lora.rank,
+                    count_str(lora_parameter_count(in.policy, in.lora)), cuda ? " + bf16 working copy" : ""));
+  }
   const OptimizerKind ok = optimizer_kind(c.optimizer.name);
   add(fmt::format("optimizer state ({})", optimizer_name(ok)),
       static_cast<size_t>(optimizer_state_bytes(ok, n)),
-      ok == OptimizerKind::AdamW ? "f32 exp_avg + exp_avg_sq"
-                                 : "u8 codes + f32 absmax per 256, for exp_avg and exp_avg_sq");
+      std::string(ok == OptimizerKind::AdamW ? "f32 exp_avg + exp_avg_sq"
+                                             : "u8 codes + f32 absmax per 256, for exp_avg and exp_avg_sq") +
+          (lora ? " of the adapters" : ""));
   TransformerOptions to;
   to.max_tokens = Tm;
   to.act_dtype = ad;
@@ -94,21 +106,33 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
   to.fp32_residual = c.train.fp32_residual;
   to.save_head_probs = false;
   const bool fused = Model::fused_qkv_layout(in.policy);
-  const size_t act = Transformer::plan_bytes(in.policy, to, fused);
+  // LoRA on some but not all of q/k/v leaves no fused qkv view in the effective weights (rlcu/lora.h).
+  const bool qkv_some = lora && (in.lora.targets[0] || in.lora.targets[1] || in.lora.targets[2]) &&
+                        !(in.lora.targets[0] && in.lora.targets[1] && in.lora.targets[2]);
+  const bool tfused = fused && !qkv_some;
+  const size_t act = Transformer::plan_bytes(in.policy, to, tfused);
   to.save_head_probs = c.train.save_head_probs;
-  const size_t act_head = Transformer::plan_bytes(in.policy, to, fused);
+  const size_t act_head = Transformer::plan_bytes(in.policy, to, tfused);
   add("policy activations", act,
       fmt::format("{} tokens per micro-batch, {}", Tm,
                   c.train.checkpointing ? "checkpointing (one layer's activations)" : "every layer's activations"));
   add("saved head softmax", act_head - act, fmt::format("{} x {} vocab ({})", Tm, in.policy.vocab_size, dtype_name(ad)));
-
+  if (lora) {
+    to.lora_rank = in.lora.rank;
+    add("LoRA backward scratch", Transformer::plan_bytes(in.policy, to, tfused) - act_head,
+        fmt::format("U, G [{}, {}], a fused product's rows x {}, the frozen norms' gradient sink", Tm, in.lora.rank,
+                    in.lora.rank));
+    to.lora_rank = 0;
+  }
   if (in.reference) {
     const Model::BufferBytes rb = Model::buffer_bytes(in.policy, dev, ModelOptions{});
     TransformerOptions ro = to;  // rl::ReferenceModel: the policy's options, inference
     ro.training = false;
     ro.checkpointing = false;
-    add("reference model", rb.weights + Transformer::plan_bytes(in.policy, ro, fused),
-        fmt::format("{} weights + inference activations", wname));
+    // With LoRA the reference reads the base weights themselves (which keep the fused qkv view): no copy.
+    add("reference model", (lora ? 0 : rb.weights) + Transformer::plan_bytes(in.policy, ro, fused),
+        lora ? std::string("inference activations (the frozen base weights themselves, no copy)")
+             : fmt::format("{} weights + inference activations", wname));
   }
   if (in.critic) {  // rl::Critic + TrainedCritic: plain AdamW for the decoder and the value head
     const Model::BufferBytes cb = Model::buffer_bytes(in.critic_model, dev, train_mo);
@@ -177,6 +201,7 @@ void check_memory_plan(const MemoryPlanInputs& in, const MemoryPlan& plan) {
   auto try_with = [&](const std::string& setting, auto change) {
     MemoryPlanInputs alt = in;
     change(alt.cfg);
+    if (alt.cfg.lora.rank != in.cfg.lora.rank) alt.lora = lora_spec_from_config(alt.cfg);
     const MemoryPlan ap = plan_memory(alt);
     ways.push_back(fmt::format("{} -> {:.2f} GiB", setting, gib(ap.required())));
   };
@@ -188,6 +213,8 @@ void check_memory_plan(const MemoryPlanInputs& in, const MemoryPlan& plan) {
   if (!t.checkpointing) try_with("train.checkpointing=true", [](RunConfig& c) { c.train.checkpointing = true; });
   if (in.cfg.optimizer.name != "adamw_8bit")
     try_with("optimizer.name=adamw_8bit", [](RunConfig& c) { c.optimizer.name = "adamw_8bit"; });
+  if (in.lora.rank == 0)
+    try_with("lora.rank=16", [](RunConfig& c) { c.lora.rank = 16; });
   if (t.save_head_probs) try_with("train.save_head_probs=false", [](RunConfig& c) { c.train.save_head_probs = false; });
   throw Error(fmt::format("the memory plan needs {:.2f} GiB on {} but the limit ({}) is {:.2f} GiB; largest: {}. "
                           "Settings that shrink it: {} (`--dry-run` prints the whole plan)",

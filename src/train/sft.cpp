@@ -472,6 +472,10 @@ SftTrainer::SftTrainer(const SftArgs& args) : args_(args) {
                                   "{}; lower sft.max_seq_tokens",
                                   ex.line, ex.ids.size(), max_pos));
 
+  if (cfg_.lora.rank > 0 || !cfg_.model.adapter.empty())
+    throw Error(fmt::format("{}: LoRA is supported by `rlcu train` only; `rlcu sft` fine-tunes the whole model (set "
+                            "lora.rank = 0 and model.adapter = \"\")",
+                            cfg_.lora.rank > 0 ? "lora.rank" : "model.adapter"));
   // ---- memory plan: the policy's buffers, its activations and the two per-token rows ----------------------------
   {
     MemoryPlanInputs mi;

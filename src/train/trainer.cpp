@@ -69,6 +69,7 @@
 #include "rlcu/metrics.h"
 #include "rlcu/model.h"
 #include "rlcu/ops.h"
+#include "rlcu/lora.h"
 #include "rlcu/optimizer.h"
 #include "rlcu/reference.h"
 #include "rlcu/reward.h"
@@ -180,6 +181,8 @@ class Trainer {
   int64_t longest_prompt_ = 0;  // tokens
   int64_t longest_answer_ = 0;  // bytes
   std::unique_ptr<Model> policy_;
+  LoraSpec lora_spec_;                  // rank 0: full fine-tuning
+  std::unique_ptr<LoraAdapters> lora_;  // LoRA: the trained adapters on the frozen policy_
   std::unique_ptr<Transformer> tf_;
   std::unique_ptr<AdamW> opt_;
   std::unique_ptr<rl::ReferenceModel> ref_;
@@ -294,6 +297,7 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
   load_eval_data();
   // The memory plan, from the model headers and the data, before anything is allocated.
   policy_config_ = Model::inspect(cfg_.model.path, ModelOptions{});
+  lora_spec_ = lora_spec_from_config(cfg_);
   const int64_t longest_seq = longest_prompt_ + cfg_.rollout.max_new_tokens;
   if (policy_config_.max_position_embeddings > 0 && longest_seq > policy_config_.max_position_embeddings)
     throw Error(fmt::format("the longest prompt ({} tokens) plus rollout.max_new_tokens ({}) exceeds the model's "
@@ -371,8 +375,12 @@ void Trainer::load_models() {
   Context& ctx = *ctx_;
   const AlgorithmSection& al = cfg_.algorithm;
   ModelOptions mo;
-  mo.training = true;
+  mo.training = lora_spec_.rank == 0;  // LoRA: a frozen base
   policy_ = Model::load(cfg_.model.path, mo, ctx);
+  if (lora_spec_.rank > 0) {
+    lora_ = std::make_unique<LoraAdapters>(*policy_, lora_spec_, cfg_.run.seed, true, ctx);
+    if (!cfg_.model.adapter.empty()) lora_->load_peft(cfg_.model.adapter, ctx);
+  }
   const ModelConfig& mc = policy_->config();
   if (tok_->vocab_size() > mc.vocab_size)
     spdlog::warn("the tokenizer has {} tokens, more than the model's vocabulary of {}", tok_->vocab_size(),
@@ -385,11 +393,19 @@ void Trainer::load_models() {
   to.fp32_residual = cfg_.train.fp32_residual;
   to.save_head_probs = cfg_.train.save_head_probs;
   to.inv_temperature = static_cast<float>(1.0 / cfg_.rollout.temperature);
+  to.lora = lora_.get();
+  to.lora_rank = lora_spec_.rank;
   tf_ = std::make_unique<Transformer>(*policy_, to, ctx);
-  opt_ = std::make_unique<AdamW>(cfg_.optimizer, policy_->flat_master(), policy_->flat_grads(),
-                                 dev_ == Device::CUDA ? policy_->flat_weights() : Tensor(), ctx);
+  if (lora_)
+    opt_ = std::make_unique<AdamW>(cfg_.optimizer, lora_->flat_master(), lora_->flat_grads(),
+                                   dev_ == Device::CUDA ? lora_->flat_weights() : Tensor(), ctx);
+  else
+    opt_ = std::make_unique<AdamW>(cfg_.optimizer, policy_->flat_master(), policy_->flat_grads(),
+                                   dev_ == Device::CUDA ? policy_->flat_weights() : Tensor(), ctx);
   if (dp()) opt_->set_communicator(dp_.comm.get());
-  if (spec_.use_reference) ref_ = std::make_unique<rl::ReferenceModel>(cfg_.model.path, to, ctx);
+  if (spec_.use_reference)
+    ref_ = lora_ ? std::make_unique<rl::ReferenceModel>(*policy_, to, ctx)
+                 : std::make_unique<rl::ReferenceModel>(cfg_.model.path, to, ctx);
   if (spec_.traits.needs_critic) {
     rl::CriticOptions co;
     co.init = al.critic_init == "policy" ? cfg_.model.path : al.critic_init;
@@ -420,6 +436,7 @@ MemoryPlanInputs Trainer::memory_inputs() const {
   in.device = dev_;
   if (dev_ == Device::CUDA) in.free_bytes = ctx_->memory_info().free_bytes;
   in.policy = policy_config_;
+  in.lora = lora_spec_;
   in.reference = spec_.use_reference;
   if (spec_.traits.needs_critic) {
     in.critic = true;
@@ -502,7 +519,10 @@ void Trainer::make_engine() {
 
 void Trainer::restore() {
   const CheckpointRead ck = load_checkpoint(run_dir_);
-  restore_training_state(ck, *policy_, opt_.get(), *ctx_);
+  if (lora_)
+    restore_lora_state(ck, *lora_, opt_.get(), *ctx_);
+  else
+    restore_training_state(ck, *policy_, opt_.get(), *ctx_);
   if (critic_) critic_->restore(ck, *ctx_);
   if (!ck.data_cursor.is_null()) loader_->restore(DataCursor::from_json(ck.data_cursor));
   start_step_ = last_saved_ = ck.step;
@@ -533,6 +553,7 @@ void Trainer::save(int64_t step) {
   w.step = step;
   w.model = policy_.get();
   w.optimizer = opt_.get();
+  w.lora = lora_.get();
   w.tokenizer_dir = cfg_.model.tokenizer;
   w.seed = cfg_.run.seed;
   w.data_cursor = loader_->cursor().to_json();
@@ -849,11 +870,15 @@ UpdateResult Trainer::update(const rl::RolloutBatch& batch, const std::vector<rl
   r.lr = lr_at(cfg_.optimizer, step - 1, cfg_.train.steps);
   r.updated = adv.kept_tokens > 0;
   for (int64_t it = 0; r.updated && it < cfg_.algorithm.num_iterations; ++it) {
-    policy_->zero_grads(ctx);
+    if (lora_)
+      lora_->zero_grads(ctx);
+    else
+      policy_->zero_grads(ctx);
     ops::fill(stats_.t, 0.0f, ctx);
     policy_pass(batch, micros);
     if (dp()) dp_.comm->all_reduce(stats_.t, dist::ReduceOp::Sum, ctx);  // the loss sums of the whole batch
     r.optimizer = opt_->step(r.lr, ctx);  // throws on a non-finite gradient norm, before changing anything
+    if (lora_) lora_->merge(ctx);  // the engine and the next forward read W0 + s B A
     progress_ = StepProgress::Partial;
     ctx.synchronize("trainer: read back");
     const std::vector<float> s = to_host_f32(stats_.t);

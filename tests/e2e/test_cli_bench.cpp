@@ -27,6 +27,20 @@ TEST(CliBench, TrainOnCpuReportsThroughput) {
   EXPECT_EQ(run_cli("bench train --model " + model + " --device cpu --optim sgd").code, 2);
 }
 
+// --lora-rank: adapters on every linear layer of the frozen base; the table and the JSON line say so.
+TEST(CliBench, TrainLoraOnCpu) {
+  const std::string model = std::string(RLCU_TEST_FIXTURES) + "/models/qwen3-tiny";
+  auto r = run_cli("bench train --model " + model + " --device cpu --batch 2 --seq-len 9 --steps 1 --warmup 1 "
+                   "--lora-rank 4 --lora-alpha 8");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("| LoRA r=4 |"), std::string::npos) << r.out;
+  const auto j = nlohmann::json::parse(r.out.substr(r.out.rfind('{')));
+  EXPECT_EQ(j["lora_rank"], 4);
+  EXPECT_GT(j["tokens_per_s"].get<double>(), 0.0);
+  EXPECT_GT(j["model_tflops"].get<double>(), 0.0);
+  EXPECT_EQ(run_cli("bench train --model " + model + " --device cpu --lora-rank -1").code, 2);
+}
+
 TEST(CliBench, RolloutOnCpuReportsTheBound) {
   const std::string model = std::string(RLCU_TEST_FIXTURES) + "/models/qwen3-tiny";
   auto r = run_cli("bench rollout --model " + model + " --device cpu --prompts 2 --samples 3 --prompt-len 5 "

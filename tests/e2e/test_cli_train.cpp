@@ -591,7 +591,8 @@ TEST(CliTrainMemory, DryRunPrintsThePlanAndCreatesNoRunDirectory) {
 }
 
 // The plan's total is within 5% of the peak of the run's buffers (CPU Buffers are counted like device ones), for
-// GRPO with a reference model, with and without checkpointing and 8-bit AdamW, and for PPO with its critic.
+// GRPO with a reference model, with and without checkpointing and 8-bit AdamW, for PPO with its critic, and for LoRA
+// (with the base as the reference; with checkpointing, 8-bit AdamW and some targets).
 TEST(CliTrainMemory, PlanIsWithinFivePercentOfTheMeasuredPeak) {
   struct Case {
     const char* tag;
@@ -600,7 +601,10 @@ TEST(CliTrainMemory, PlanIsWithinFivePercentOfTheMeasuredPeak) {
   const std::vector<Case> cases = {
       {"grpo_ref", {"algorithm.kl_coef=0.04"}},
       {"grpo_ckpt_8bit", {"train.checkpointing=true", "optimizer.name=adamw_8bit"}},
-      {"ppo", {"algorithm.name=ppo", "train.save_head_probs=false"}}};
+      {"ppo", {"algorithm.name=ppo", "train.save_head_probs=false"}},
+      {"lora_ref", {"lora.rank=8", "algorithm.kl_coef=0.04"}},
+      {"lora_ckpt_8bit", {"lora.rank=4", "lora.targets=q_proj,v_proj,down_proj", "train.checkpointing=true",
+                          "optimizer.name=adamw_8bit"}}};
   for (const Case& c : cases) {
     const std::string dir = fresh_dir(std::string("plan_") + c.tag);
     json cfg = smoke_config();

@@ -657,6 +657,12 @@ void run_head_case(const HeadCase& c, DType dt, bool with_entropy) {
         expect_tensor(gdw, dw, gtol, fmt::format("{}{} dweight (dhidden {})", tag, path, dn(dht)));
         first_dh = download(gdh);
         first_dw = download(gdw);
+        // No head gradient (an empty dweight: a frozen head under LoRA): the same dhidden bits.
+        GuardedTensor gdh0 = dev_out(dht, {T, H});
+        settle();
+        ops::logprob_bwd(gdh0.t, Tensor(), gdlp.t, with_entropy ? gdent.t : Tensor(), gh.t, gw.t, gt.t, glse_in.t,
+                         *pp, gpu());
+        EXPECT_EQ(download(gdh0), first_dh) << tag << path << " dhidden without dweight";
       }
     }
   cuda::set_logprob_chunking({});

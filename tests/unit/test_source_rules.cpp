@@ -66,6 +66,7 @@ const std::map<std::string, std::string>& owners() {
       {"layer.h", "model"},
       {"safetensors.h", "model"},
       {"init_model.h", "model"},
+      {"lora.h", "model"},
       {"data.h", "data"},
       {"synth.h", "data"},
       {"engine.h", "engine"},
