@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs one libFuzzer target for a bounded time: scripts/fuzz.sh TARGET SECONDS [libFuzzer args...]
-#   TARGET: fuzz_config, fuzz_safetensors, fuzz_tokenizer, fuzz_chat_template, fuzz_jsonl or fuzz_reward_reply.
+#   TARGET: fuzz_config, fuzz_safetensors, fuzz_safetensors_index, fuzz_tokenizer, fuzz_chat_template, fuzz_jsonl or
+#           fuzz_reward_reply.
 # Configures and builds build-fuzz (clang, -DRLCU_FUZZ=ON: ASan + UBSan + coverage on every library) when needed,
 # starts from the committed seeds in tests/fuzz/corpus/TARGET and keeps what it finds in build-fuzz/corpus/TARGET
 # (the committed seeds are never modified). Exits non-zero on a finding (the crash input is written to
