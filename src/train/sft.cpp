@@ -39,6 +39,7 @@
 #include "rlcu/metrics.h"
 #include "rlcu/model.h"
 #include "rlcu/optimizer.h"
+#include "rlcu/parallel.h"
 #include "rlcu/rng.h"
 #include "rlcu/run_dir.h"
 #include "rlcu/signals.h"
@@ -354,6 +355,7 @@ SftTrainer::SftTrainer(const SftArgs& args) : args_(args) {
   cfg_ = load_run_config("sft", args.config, args.overrides, args.resume, args.device, &config_path);
   int dev_index = 0;
   dev_ = parse_device(cfg_.run.device, "run.device", &dev_index);
+  set_cpu_threads(static_cast<int>(cfg_.run.threads));
   spdlog::info("{}", device_note(cfg_.run.device, dev_, dev_index));
   run_dir_ = cfg_.run.output_dir;
   const SftSection& sc = cfg_.sft;

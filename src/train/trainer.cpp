@@ -62,6 +62,7 @@
 #include "rlcu/model.h"
 #include "rlcu/ops.h"
 #include "rlcu/optimizer.h"
+#include "rlcu/parallel.h"
 #include "rlcu/reference.h"
 #include "rlcu/reward.h"
 #include "rlcu/rl_ops.h"
@@ -210,6 +211,7 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
   cfg_ = load_run_config("train", args.config, args.overrides, args.resume, args.device, &config_path);
   int dev_index = 0;
   dev_ = parse_device(cfg_.run.device, "run.device", &dev_index);
+  set_cpu_threads(static_cast<int>(cfg_.run.threads));
   spdlog::info("{}", device_note(cfg_.run.device, dev_, dev_index));
   run_dir_ = cfg_.run.output_dir;
   const AlgorithmSection& al = cfg_.algorithm;
