@@ -21,6 +21,7 @@ struct RunSection {
   int64_t seed = 0;                      // one seed for every random choice of the run
   std::string output_dir = "runs/rlcu";  // where a run writes its outputs
   std::string device = "auto";           // auto | cpu | cuda | cuda:N
+  int64_t threads = 0;                   // threads of the CPU kernels; 0 = all cores
   int64_t save_every = 0;                // checkpoint every N steps; 0 = only at the end
   int64_t keep_checkpoints = 0;          // keep the newest N checkpoints; 0 = all
   bool tensorboard = true;               // also write TensorBoard event files next to metrics.jsonl

@@ -99,7 +99,8 @@ std::vector<GpuInfo> cuda_devices();
 // Parses "auto" (the first CUDA device when there is one, else the CPU), "cpu", "cuda" or "cuda:N" (N >= 0).
 // Throws UsageError naming `what` otherwise.
 Device parse_device(const std::string& s, const std::string& what, int* index = nullptr);
-// The log line of the device a command runs on: "device cpu (auto: no CUDA device found)", "device cuda:0".
+// The log line of the device a command runs on: "device cpu (auto: no CUDA device found), 2 threads" (the CPU
+// kernels' threads, rlcu/parallel.h), "device cuda:0".
 std::string device_note(const std::string& requested, Device d, int index);
 
 }  // namespace rlcu

@@ -36,6 +36,7 @@ struct SftArgs {
   std::string resume;                  // run directory to continue from its latest checkpoint
   bool overwrite = false;              // start over in a run directory that holds a run (deletes its outputs)
   std::string device;                  // overrides run.device when set
+  int64_t threads = -1;                // >= 0: overrides run.threads (--threads)
   int64_t stop_after = 0;              // > 0: save a checkpoint and stop after this many steps of this invocation
   bool dry_run = false;                // check config, model headers, tokenizer and data, print the memory plan
                                        // and return 0 without creating the run directory

@@ -8,12 +8,15 @@
 //   dq_i = scale sum_j dS_ij k_j,  dk_j = scale sum_i dS_ij q_i,  dv_j = sum_i P_ij dout_i
 //   (dk, dv summed over the query heads of the group).
 // Dot products and sums run in double; dk/dv accumulate in double buffers before the final store.
+// Threads (rlcu/parallel.h): the forward takes fixed chunks of query tokens, the backward whole sequences (a
+// sequence's dk/dv sums over its own queries, in the serial order), so results do not depend on the thread count.
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
 
 #include "backends.h"
+#include "rlcu/parallel.h"
 #include "reference.h"
 
 namespace rlcu::cpu {
@@ -32,11 +35,14 @@ template <class T>
 void attention_fwd_ref(T* out, T* lse, const T* q, const T* k, const T* v, const int32_t* cu_seqlens,
                        const AttentionDims& d) {
   const int64_t nq = d.nq, nkv = d.nkv, hd = d.head_dim, group = nq / nkv;
-  std::vector<double> score, acc(static_cast<size_t>(hd));
-  for (int64_t s = 0; s < d.num_seqs; ++s) {
-    const int64_t begin = cu_seqlens[s], end = cu_seqlens[s + 1];
-    score.resize(static_cast<size_t>(end - begin));
-    for (int64_t i = begin; i < end; ++i) {
+  std::vector<int64_t> seq_begin(static_cast<size_t>(d.tokens));  // first token of each token's sequence
+  for (int64_t s = 0; s < d.num_seqs; ++s)
+    for (int64_t i = cu_seqlens[s]; i < cu_seqlens[s + 1]; ++i) seq_begin[i] = cu_seqlens[s];
+  parallel_for(d.tokens, grain_for(nq * hd * 64), [&](int64_t i0, int64_t i1) {
+    std::vector<double> score, acc(static_cast<size_t>(hd));
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t begin = seq_begin[i];
+      score.resize(static_cast<size_t>(i + 1 - begin));
       for (int64_t h = 0; h < nq; ++h) {
         const int64_t g = h / group;
         const T* qi = q + (i * nq + h) * hd;
@@ -59,7 +65,7 @@ void attention_fwd_ref(T* out, T* lse, const T* q, const T* k, const T* v, const
         lse[i * nq + h] = static_cast<T>(l);
       }
     }
-  }
+  });
 }
 
 template <class T>
@@ -67,8 +73,10 @@ void attention_bwd_ref(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* 
                        const T* lse, const int32_t* cu_seqlens, const AttentionDims& d) {
   const int64_t nq = d.nq, nkv = d.nkv, hd = d.head_dim, group = nq / nkv;
   const size_t kv_elems = static_cast<size_t>(d.tokens * nkv * hd);
-  std::vector<double> dk_acc(kv_elems, 0.0), dv_acc(kv_elems, 0.0), dq_acc(static_cast<size_t>(hd));
-  for (int64_t s = 0; s < d.num_seqs; ++s) {
+  std::vector<double> dk_acc(kv_elems, 0.0), dv_acc(kv_elems, 0.0);
+  parallel_for(d.num_seqs, 1, [&](int64_t s0, int64_t s1) {
+  std::vector<double> dq_acc(static_cast<size_t>(hd));
+  for (int64_t s = s0; s < s1; ++s) {
     const int64_t begin = cu_seqlens[s], end = cu_seqlens[s + 1];
     for (int64_t i = begin; i < end; ++i) {
       for (int64_t h = 0; h < nq; ++h) {
@@ -96,10 +104,13 @@ void attention_bwd_ref(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* 
       }
     }
   }
-  for (size_t e = 0; e < kv_elems; ++e) {
-    dk[e] = static_cast<T>(dk_acc[e]);
-    dv[e] = static_cast<T>(dv_acc[e]);
-  }
+  });
+  parallel_for(static_cast<int64_t>(kv_elems), grain_for(1), [&](int64_t e0, int64_t e1) {
+    for (int64_t e = e0; e < e1; ++e) {
+      dk[e] = static_cast<T>(dk_acc[e]);
+      dv[e] = static_cast<T>(dv_acc[e]);
+    }
+  });
 }
 
 #define RLCU_INSTANTIATE(T)                                                                                       \

@@ -5,11 +5,13 @@
 //   fill:  out = value          (F32, BF16 rounded, or I32 when value is integral)
 // Element counts (and scale's shared dtype) are checked by kernels/contract/elementwise.cpp; the checks here are the
 // CPU twin's own (non-empty CPU tensors of the dtypes it supports).
+// add and scale run on threads (rlcu/parallel.h) over fixed chunks of elements.
 // No gradients live here: the model composes these with its own backward (a residual add passes dy to both
 // inputs, a scale multiplies dy by s).
 #include <cmath>
 
 #include "backends.h"
+#include "rlcu/parallel.h"
 #include "reference.h"
 
 namespace rlcu::cpu {
@@ -17,13 +19,17 @@ namespace ref {
 
 template <class T>
 void add_ref(T* out, const T* a, const T* b, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) out[i] = a[i] + b[i];
+  parallel_for(n, grain_for(1), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) out[i] = a[i] + b[i];
+  });
 }
 
 template <class T>
 void scale_ref(T* out, const T* x, double s, int64_t n) {
   const T st = static_cast<T>(s);
-  for (int64_t i = 0; i < n; ++i) out[i] = st * x[i];
+  parallel_for(n, grain_for(1), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) out[i] = st * x[i];
+  });
 }
 
 template <class T>

@@ -5,6 +5,8 @@
 // inner loop runs over contiguous memory of both the B panel and the accumulator row (vectorisable) and a K x NB
 // panel of B stays in cache while all rows of A pass over it. Transposed operands are packed to row-major first.
 // With beta == 0 the previous contents of `out` are not read (BLAS convention).
+// Threads (rlcu/parallel.h) take fixed chunks of output rows (packing: of packed rows); each element's sum over k
+// runs in the same order on any number of threads.
 // Gradients are expressed with gemm itself: an activation gradient (dx = dy W) overwrites with beta = 0, a
 // parameter gradient (dW += dy^T x) accumulates with beta = 1. bias_grad is a parameter gradient: it ACCUMULATES
 // (+=) into dbias; bias_add updates `out` in place.
@@ -14,6 +16,7 @@
 #include <vector>
 
 #include "backends.h"
+#include "rlcu/parallel.h"
 #include "reference.h"
 
 namespace rlcu::cpu {
@@ -24,30 +27,38 @@ void matmul_f64(double* acc, const T* a, const T* b, int64_t M, int64_t N, int64
   std::vector<T> a_packed, b_packed;
   if (trans_a) {  // a is [K,M]: pack to [M,K]
     a_packed.resize(static_cast<size_t>(M * K));
-    for (int64_t k = 0; k < K; ++k)
-      for (int64_t i = 0; i < M; ++i) a_packed[i * K + k] = a[k * M + i];
+    T* ap = a_packed.data();
+    parallel_for(M, grain_for(K), [&](int64_t i0, int64_t i1) {
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t i = i0; i < i1; ++i) ap[i * K + k] = a[k * M + i];
+    });
     a = a_packed.data();
   }
   if (trans_b) {  // b is [N,K]: pack to [K,N]
     b_packed.resize(static_cast<size_t>(K * N));
-    for (int64_t j = 0; j < N; ++j)
-      for (int64_t k = 0; k < K; ++k) b_packed[k * N + j] = b[j * K + k];
+    T* bp = b_packed.data();
+    parallel_for(N, grain_for(K), [&](int64_t j0, int64_t j1) {
+      for (int64_t j = j0; j < j1; ++j)
+        for (int64_t k = 0; k < K; ++k) bp[k * N + j] = b[j * K + k];
+    });
     b = b_packed.data();
   }
   constexpr int64_t NB = 256;
-  for (int64_t j0 = 0; j0 < N; j0 += NB) {
-    const int64_t nb = std::min(NB, N - j0);
-    for (int64_t i = 0; i < M; ++i) {
-      double* row = acc + i * N + j0;
-      std::fill(row, row + nb, 0.0);
-      const T* arow = a + i * K;
-      for (int64_t k = 0; k < K; ++k) {
-        const double aik = static_cast<double>(arow[k]);
-        const T* brow = b + k * N + j0;
-        for (int64_t j = 0; j < nb; ++j) row[j] += aik * static_cast<double>(brow[j]);
+  parallel_for(M, grain_for(N * K), [&](int64_t i0, int64_t i1) {
+    for (int64_t j0 = 0; j0 < N; j0 += NB) {
+      const int64_t nb = std::min(NB, N - j0);
+      for (int64_t i = i0; i < i1; ++i) {
+        double* row = acc + i * N + j0;
+        std::fill(row, row + nb, 0.0);
+        const T* arow = a + i * K;
+        for (int64_t k = 0; k < K; ++k) {
+          const double aik = static_cast<double>(arow[k]);
+          const T* brow = b + k * N + j0;
+          for (int64_t j = 0; j < nb; ++j) row[j] += aik * static_cast<double>(brow[j]);
+        }
       }
     }
-  }
+  });
 }
 
 template <class T>
@@ -55,18 +66,21 @@ void gemm_ref(T* out, const T* a, const T* b, int64_t M, int64_t N, int64_t K, b
               double alpha, double beta) {
   std::vector<double> acc(static_cast<size_t>(M * N));
   matmul_f64(acc.data(), a, b, M, N, K, trans_a, trans_b);
-  const int64_t n = M * N;
-  if (beta == 0.0) {
-    for (int64_t i = 0; i < n; ++i) out[i] = static_cast<T>(alpha * acc[i]);
-  } else {
-    for (int64_t i = 0; i < n; ++i) out[i] = static_cast<T>(alpha * acc[i] + beta * static_cast<double>(out[i]));
-  }
+  parallel_for(M * N, grain_for(1), [&](int64_t i0, int64_t i1) {
+    if (beta == 0.0) {
+      for (int64_t i = i0; i < i1; ++i) out[i] = static_cast<T>(alpha * acc[i]);
+    } else {
+      for (int64_t i = i0; i < i1; ++i) out[i] = static_cast<T>(alpha * acc[i] + beta * static_cast<double>(out[i]));
+    }
+  });
 }
 
 template <class T>
 void bias_add_ref(T* out, const T* bias, int64_t rows, int64_t n) {
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t j = 0; j < n; ++j) out[r * n + j] = static_cast<T>(out[r * n + j] + bias[j]);
+  parallel_for(rows, grain_for(n), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t j = 0; j < n; ++j) out[r * n + j] = static_cast<T>(out[r * n + j] + bias[j]);
+  });
 }
 
 template <class T>

@@ -14,6 +14,8 @@
 // sum exp*z) per token, and the backward recomputes the logits block by block (one extra pass for E_p[z] when
 // dentropy is given), or, with the saved softmax (probs, stats), reads p and z from it instead. Everything
 // accumulates in double.
+// Threads (rlcu/parallel.h) take fixed chunks of tokens (per-token statistics, dz, dhidden) or of vocabulary rows
+// (dweight, summed over the tokens in order), so every sum runs in the same order on any number of threads.
 // Shapes, dtypes, inv_temperature and the saved softmax are checked by kernels/contract/logprob.cpp; the CPU twin
 // takes non-empty 2-D F32 tensors.
 #include <algorithm>
@@ -23,6 +25,7 @@
 #include <vector>
 
 #include "backends.h"
+#include "rlcu/parallel.h"
 #include "reference.h"
 
 namespace rlcu::cpu {
@@ -43,7 +46,9 @@ template <class T>
 void logits_block(std::vector<double>& z, const T* hidden, const T* weight, int64_t v0, int64_t nb,
                   const LogprobDims& d) {
   matmul_f64(z.data(), hidden, weight + v0 * d.hidden, d.tokens, nb, d.hidden, false, true);
-  for (int64_t i = 0; i < d.tokens * nb; ++i) z[i] *= d.inv_temperature;
+  parallel_for(d.tokens * nb, grain_for(1), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) z[i] *= d.inv_temperature;
+  });
 }
 }  // namespace
 
@@ -57,7 +62,8 @@ void logprob_fwd_ref(T* logprob, T* entropy, T* lse, const T* hidden, const T* w
   for (int64_t v0 = 0; v0 < d.vocab; v0 += kVocabBlock) {
     const int64_t nb = std::min(kVocabBlock, d.vocab - v0);
     logits_block(z, hidden, weight, v0, nb, d);
-    for (int64_t t = 0; t < tokens; ++t) {
+    parallel_for(tokens, grain_for(4 * nb), [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
       const double* zr = z.data() + t * nb;
       const double bm = *std::max_element(zr, zr + nb);
       const double m_new = std::max(mx[t], bm);
@@ -77,6 +83,7 @@ void logprob_fwd_ref(T* logprob, T* entropy, T* lse, const T* hidden, const T* w
       sum_ez[t] = sez;
       if (targets[t] >= v0 && targets[t] < v0 + nb) z_target[t] = zr[targets[t] - v0];
     }
+    });
   }
   for (int64_t t = 0; t < tokens; ++t) {
     const double l = mx[t] + std::log(sum_e[t]);
@@ -98,7 +105,8 @@ template <class T>
 void saved_block(std::vector<double>& p, std::vector<double>& z, const T* probs, const T* stats, const T* lse,
                  const int32_t* targets, int64_t v0, int64_t nb, const LogprobDims& d) {
   const int64_t scols = ops::logprob_prob_stats_cols(d.vocab);
-  for (int64_t t = 0; t < d.tokens; ++t) {
+  parallel_for(d.tokens, grain_for(4 * nb), [&](int64_t t0, int64_t t1) {
+  for (int64_t t = t0; t < t1; ++t) {
     const T* st = stats + t * scols;
     const double m = static_cast<double>(st[v0 / kVocabBlock]), l = static_cast<double>(lse[t]);
     for (int64_t j = 0; j < nb; ++j) {
@@ -114,6 +122,7 @@ void saved_block(std::vector<double>& p, std::vector<double>& z, const T* probs,
       }
     }
   }
+  });
 }
 }  // namespace
 
@@ -132,11 +141,13 @@ void logprob_bwd_ref(T* dhidden, T* dweight, const T* dlogprob, const T* dentrop
     for (int64_t v0 = 0; v0 < d.vocab; v0 += kVocabBlock) {
       const int64_t nb = std::min(kVocabBlock, d.vocab - v0);
       logits_block(z, hidden, weight, v0, nb, d);
-      for (int64_t t = 0; t < tokens; ++t) {
-        const double l = static_cast<double>(lse[t]);
-        const double* zr = z.data() + t * nb;
-        for (int64_t j = 0; j < nb; ++j) mean_z[t] += std::exp(zr[j] - l) * zr[j];
-      }
+      parallel_for(tokens, grain_for(4 * nb), [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t) {
+          const double l = static_cast<double>(lse[t]);
+          const double* zr = z.data() + t * nb;
+          for (int64_t j = 0; j < nb; ++j) mean_z[t] += std::exp(zr[j] - l) * zr[j];
+        }
+      });
     }
   }
   std::vector<double> dh(static_cast<size_t>(tokens * H), 0.0), dw(static_cast<size_t>(std::min(kVocabBlock, d.vocab) * H));
@@ -144,8 +155,9 @@ void logprob_bwd_ref(T* dhidden, T* dweight, const T* dlogprob, const T* dentrop
     const int64_t nb = std::min(kVocabBlock, d.vocab - v0);
     if (probs) saved_block(p, z, probs, stats, lse, targets, v0, nb, d);
     else logits_block(z, hidden, weight, v0, nb, d);
-    // z becomes dz in place.
-    for (int64_t t = 0; t < tokens; ++t) {
+    // z becomes dz in place; then dhidden += dz @ weight per token.
+    parallel_for(tokens, grain_for(nb * (4 + H)), [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
       double* zr = z.data() + t * nb;
       if (targets[t] < 0) {
         std::fill(zr, zr + nb, 0.0);
@@ -161,7 +173,7 @@ void logprob_bwd_ref(T* dhidden, T* dweight, const T* dlogprob, const T* dentrop
         zr[j] = (a * (onehot - pj) - ent) * d.inv_temperature;
       }
     }
-    for (int64_t t = 0; t < tokens; ++t) {
+    for (int64_t t = t0; t < t1; ++t) {
       const double* dzr = z.data() + t * nb;
       double* dhr = dh.data() + t * H;
       for (int64_t j = 0; j < nb; ++j) {
@@ -171,22 +183,27 @@ void logprob_bwd_ref(T* dhidden, T* dweight, const T* dlogprob, const T* dentrop
         for (int64_t h = 0; h < H; ++h) dhr[h] += g * static_cast<double>(wr[h]);
       }
     }
+    });
     if (!dweight) continue;  // no head gradient wanted (a frozen head)
-    std::fill(dw.begin(), dw.end(), 0.0);
-    for (int64_t t = 0; t < tokens; ++t) {
-      if (targets[t] < 0) continue;
-      const double* dzr = z.data() + t * nb;
-      const T* hr = hidden + t * H;
-      for (int64_t j = 0; j < nb; ++j) {
-        const double g = dzr[j];
-        double* dwr = dw.data() + j * H;
-        for (int64_t h = 0; h < H; ++h) dwr[h] += g * static_cast<double>(hr[h]);
-      }
-    }
+    // dweight rows of this block: each sums over the tokens in order.
     T* dwout = dweight + v0 * H;
-    for (int64_t i = 0; i < nb * H; ++i) dwout[i] = static_cast<T>(static_cast<double>(dwout[i]) + dw[i]);
+    parallel_for(nb, grain_for(tokens * H), [&](int64_t j0, int64_t j1) {
+      for (int64_t j = j0; j < j1; ++j) {
+        double* dwr = dw.data() + j * H;
+        std::fill(dwr, dwr + H, 0.0);
+        for (int64_t t = 0; t < tokens; ++t) {
+          if (targets[t] < 0) continue;
+          const double g = z[t * nb + j];
+          const T* hr = hidden + t * H;
+          for (int64_t h = 0; h < H; ++h) dwr[h] += g * static_cast<double>(hr[h]);
+        }
+        for (int64_t h = 0; h < H; ++h) dwout[j * H + h] = static_cast<T>(static_cast<double>(dwout[j * H + h]) + dwr[h]);
+      }
+    });
   }
-  for (int64_t i = 0; i < tokens * H; ++i) dhidden[i] = static_cast<T>(dh[i]);
+  parallel_for(tokens * H, grain_for(1), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) dhidden[i] = static_cast<T>(dh[i]);
+  });
 }
 
 #define RLCU_INSTANTIATE(T)                                                                                   \

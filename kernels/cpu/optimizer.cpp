@@ -9,10 +9,12 @@
 //   nearest even (the GPU layout), or F32 (a plain copy, for a CPU model that keeps separate weights).
 // Shapes, dtypes and the step are checked by kernels/contract/optimizer.cpp; the CPU twin adds its own rule
 // (non-empty F32 inputs).
+// adamw_update runs on threads (rlcu/parallel.h) over fixed chunks of elements; sum_squares stays one ordered sum.
 // These ops consume gradients and produce none; master, m and v are optimizer state updated in place.
 #include <cmath>
 
 #include "backends.h"
+#include "rlcu/parallel.h"
 #include "reference.h"
 
 namespace rlcu::cpu {
@@ -31,7 +33,8 @@ void adamw_update_ref(T* master, T* m, T* v, uint16_t* weights_bf16, float* weig
   const double b1 = p.beta1, b2 = p.beta2, lr = p.lr, eps = p.eps, wd = p.weight_decay, gs = p.grad_scale;
   const double bc1 = 1.0 - std::pow(b1, static_cast<double>(p.step));
   const double bc2 = 1.0 - std::pow(b2, static_cast<double>(p.step));
-  for (int64_t i = 0; i < n; ++i) {
+  parallel_for(n, grain_for(16), [&](int64_t i0, int64_t i1) {
+  for (int64_t i = i0; i < i1; ++i) {
     const double g = static_cast<double>(grad[i]) * gs;
     const double mi = b1 * static_cast<double>(m[i]) + (1.0 - b1) * g;
     const double vi = b2 * static_cast<double>(v[i]) + (1.0 - b2) * g * g;
@@ -43,6 +46,7 @@ void adamw_update_ref(T* master, T* m, T* v, uint16_t* weights_bf16, float* weig
     if (weights_bf16) weights_bf16[i] = f32_to_bf16(static_cast<float>(master[i]));
     if (weights_f32) weights_f32[i] = static_cast<float>(master[i]);
   }
+  });
 }
 
 #define RLCU_INSTANTIATE(T)                                                                                         \

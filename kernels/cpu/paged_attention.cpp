@@ -3,7 +3,7 @@
 //   kv_block_copy           per plane: rows [dst, dst+count) = rows [src, src+count)
 //   paged_attention_decode  out[b,h] = sum_{p<n_b} softmax_p(scale q[b,h].k_p) v_p, gathering token p from slot
 //                           block_tables[b, p/bs]*bs + p%bs of kv head h/(nq/nkv); n_b = 0 gives a zero row.
-// Dot products and sums in double. The CPU has no split-KV: num_splits and the workspace are not used here.
+// Dot products and sums in double; threads (rlcu/parallel.h) take fixed chunks of decode rows. The CPU has no split-KV: num_splits and the workspace are not used here.
 // No gradients: generation only. Shapes and dtypes are checked by kernels/contract/paged_attention.cpp; the CPU
 // twin takes non-empty F32 tensors (1-D slots and context lengths) and checks the slots, copies and tables it reads.
 #include <algorithm>
@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "backends.h"
+#include "rlcu/parallel.h"
 #include "reference.h"
 
 namespace rlcu::cpu {
@@ -75,9 +76,10 @@ void paged_attention_decode(const Tensor& out, const Tensor& q, const Tensor& k_
   const float* vc = v_cache.ptr<float>();
   const int32_t* lens = context_lens.ptr<int32_t>();
   const int32_t* tables = block_tables.ptr<int32_t>();
+  parallel_for(B, 1, [&](int64_t b0, int64_t b1) {
   std::vector<double> score, acc(static_cast<size_t>(hd));
   std::vector<int64_t> slot_of;
-  for (int64_t b = 0; b < B; ++b) {
+  for (int64_t b = b0; b < b1; ++b) {
     const int64_t n = lens[b];
     RLCU_CHECK(n >= 0 && n <= max_blocks * bs, "{}: context length {} of row {} exceeds its block table ({} x {})",
                op, n, b, max_blocks, bs);
@@ -116,6 +118,7 @@ void paged_attention_decode(const Tensor& out, const Tensor& q, const Tensor& k_
       for (int64_t d = 0; d < hd; ++d) o[d] = static_cast<float>(acc[d] / sum);
     }
   }
+  });
 }
 
 }  // namespace rlcu::cpu

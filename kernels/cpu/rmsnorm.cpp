@@ -5,12 +5,15 @@
 //   dx[n,d] = rstd * g[n,d] - x[n,d] * rstd^3 / D * sum_e g[n,e] x[n,e]        (activation gradient: OVERWRITE)
 //   dweight[d] += sum_n dout[n,d] * x[n,d] * rstd[n]                           (parameter gradient: ACCUMULATE)
 // Sums run in double. out may alias x (each row is read fully before it is written).
+// Threads (rlcu/parallel.h) take fixed chunks of rows (out, rstd, dx) or of columns (dweight, summed over the rows in
+// order), so results do not depend on the thread count.
 // Sizes, dtypes, eps and the no-alias rule are checked by kernels/contract/norm.cpp; the CPU twin adds its own rules
 // (non-empty F32 tensors, out/dx/dout with x's last dim).
 #include <cmath>
 #include <vector>
 
 #include "backends.h"
+#include "rlcu/parallel.h"
 #include "reference.h"
 
 namespace rlcu::cpu {
@@ -18,7 +21,8 @@ namespace ref {
 
 template <class T>
 void rmsnorm_fwd_ref(T* out, T* rstd, const T* x, const T* weight, int64_t rows, int64_t dim, double eps) {
-  for (int64_t n = 0; n < rows; ++n) {
+  parallel_for(rows, grain_for(3 * dim), [&](int64_t n0, int64_t n1) {
+  for (int64_t n = n0; n < n1; ++n) {
     const T* xr = x + n * dim;
     double ss = 0.0;
     for (int64_t d = 0; d < dim; ++d) ss += static_cast<double>(xr[d]) * static_cast<double>(xr[d]);
@@ -27,27 +31,36 @@ void rmsnorm_fwd_ref(T* out, T* rstd, const T* x, const T* weight, int64_t rows,
     T* o = out + n * dim;
     for (int64_t d = 0; d < dim; ++d) o[d] = static_cast<T>(static_cast<double>(xr[d]) * r * weight[d]);
   }
+  });
 }
 
 template <class T>
 void rmsnorm_bwd_ref(T* dx, T* dweight, const T* dout, const T* x, const T* weight, const T* rstd, int64_t rows,
                      int64_t dim) {
-  std::vector<double> dw(static_cast<size_t>(dim), 0.0);
-  for (int64_t n = 0; n < rows; ++n) {
-    const T* xr = x + n * dim;
-    const T* gr = dout + n * dim;
-    const double r = static_cast<double>(rstd[n]);
-    double dot = 0.0;
-    for (int64_t d = 0; d < dim; ++d) {
-      dot += static_cast<double>(gr[d]) * weight[d] * xr[d];
-      dw[d] += static_cast<double>(gr[d]) * xr[d] * r;
+  // dweight over column chunks (each sums its rows in order), then dx over row chunks.
+  parallel_for(dim, grain_for(rows), [&](int64_t d0, int64_t d1) {
+    std::vector<double> dw(static_cast<size_t>(d1 - d0), 0.0);
+    for (int64_t n = 0; n < rows; ++n) {
+      const T* xr = x + n * dim;
+      const T* gr = dout + n * dim;
+      const double r = static_cast<double>(rstd[n]);
+      for (int64_t d = d0; d < d1; ++d) dw[d - d0] += static_cast<double>(gr[d]) * xr[d] * r;
     }
-    const double c = r * r * r * dot / static_cast<double>(dim);
-    T* o = dx + n * dim;
-    for (int64_t d = 0; d < dim; ++d)
-      o[d] = static_cast<T>(r * static_cast<double>(gr[d]) * weight[d] - static_cast<double>(xr[d]) * c);
-  }
-  for (int64_t d = 0; d < dim; ++d) dweight[d] = static_cast<T>(static_cast<double>(dweight[d]) + dw[d]);
+    for (int64_t d = d0; d < d1; ++d) dweight[d] = static_cast<T>(static_cast<double>(dweight[d]) + dw[d - d0]);
+  });
+  parallel_for(rows, grain_for(4 * dim), [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n) {
+      const T* xr = x + n * dim;
+      const T* gr = dout + n * dim;
+      const double r = static_cast<double>(rstd[n]);
+      double dot = 0.0;
+      for (int64_t d = 0; d < dim; ++d) dot += static_cast<double>(gr[d]) * weight[d] * xr[d];
+      const double c = r * r * r * dot / static_cast<double>(dim);
+      T* o = dx + n * dim;
+      for (int64_t d = 0; d < dim; ++d)
+        o[d] = static_cast<T>(r * static_cast<double>(gr[d]) * weight[d] - static_cast<double>(xr[d]) * c);
+    }
+  });
 }
 
 #define RLCU_INSTANTIATE(T)                                                                            \

@@ -2,10 +2,11 @@
 //   out[t,i] = silu(g) * u,  silu(g) = g * sigmoid(g).
 // Backward (activation gradient, dgate_up[T, 2I] OVERWRITES), with sg = sigmoid(g):
 //   dg = dout * u * sg * (1 + g * (1 - sg)),   du = dout * silu(g).
-// Computed in double per element. Shapes are checked by kernels/contract/elementwise.cpp; the CPU twin takes 2-D F32.
+// Computed in double per element; threads (rlcu/parallel.h) take fixed chunks of tokens. Shapes are checked by kernels/contract/elementwise.cpp; the CPU twin takes 2-D F32.
 #include <cmath>
 
 #include "backends.h"
+#include "rlcu/parallel.h"
 #include "reference.h"
 
 namespace rlcu::cpu {
@@ -17,7 +18,8 @@ double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 
 template <class T>
 void swiglu_fwd_ref(T* out, const T* gate_up, int64_t tokens, int64_t inter) {
-  for (int64_t t = 0; t < tokens; ++t) {
+  parallel_for(tokens, grain_for(8 * inter), [&](int64_t t0, int64_t t1) {
+  for (int64_t t = t0; t < t1; ++t) {
     const T* gate = gate_up + t * 2 * inter;
     const T* up = gate + inter;
     T* o = out + t * inter;
@@ -26,11 +28,13 @@ void swiglu_fwd_ref(T* out, const T* gate_up, int64_t tokens, int64_t inter) {
       o[i] = static_cast<T>(g * sigmoid(g) * static_cast<double>(up[i]));
     }
   }
+  });
 }
 
 template <class T>
 void swiglu_bwd_ref(T* dgate_up, const T* dout, const T* gate_up, int64_t tokens, int64_t inter) {
-  for (int64_t t = 0; t < tokens; ++t) {
+  parallel_for(tokens, grain_for(8 * inter), [&](int64_t t0, int64_t t1) {
+  for (int64_t t = t0; t < t1; ++t) {
     const T* gate = gate_up + t * 2 * inter;
     const T* up = gate + inter;
     const T* dor = dout + t * inter;
@@ -43,6 +47,7 @@ void swiglu_bwd_ref(T* dgate_up, const T* dout, const T* gate_up, int64_t tokens
       dup[i] = static_cast<T>(d * g * sg);
     }
   }
+  });
 }
 
 #define RLCU_INSTANTIATE(T)                                                   \

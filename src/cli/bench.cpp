@@ -26,6 +26,7 @@
 #include "rlcu/ops.h"
 #include "rlcu/optimizer.h"
 #include "rlcu/profile.h"
+#include "rlcu/parallel.h"
 
 namespace rlcu::cli {
 
@@ -42,6 +43,7 @@ struct BenchTrainArgs {
   int steps = 3;
   int warmup = 1;
   std::string device = "auto";
+  int threads = 0;  // threads of the CPU kernels; 0 = all cores
   uint64_t seed = 0;
   bool profile = false;
   std::string optim = "adamw";
@@ -88,6 +90,7 @@ double step_flops(const ModelConfig& mc, const BenchTrainArgs& a, int64_t tokens
 int run_bench_train(const BenchTrainArgs& a) {
   int dev_index = 0;
   const Device dev = parse_device(a.device, "--device", &dev_index);
+  set_cpu_threads(a.threads);
   spdlog::info("{}", device_note(a.device, dev, dev_index));
   if (a.batch < 1 || a.seq_len < 2) throw UsageError("--batch must be >= 1 and --seq-len >= 2");
   std::unique_ptr<Context> cuda_ctx;
@@ -251,6 +254,9 @@ void add_bench_command(CLI::App& app, Action& action) {
   train->add_option("--steps", a.steps, "Timed steps (the median is reported)")->capture_default_str();
   train->add_option("--warmup", a.warmup, "Untimed warm-up steps")->capture_default_str();
   train->add_option("--device", a.device, "auto, cpu, cuda or cuda:N")->capture_default_str();
+  train->add_option("--threads", a.threads, "Threads of the CPU kernels; 0 = all cores")
+      ->capture_default_str()
+      ->check(int_range(0, 4096));
   train->add_option("--seed", a.seed, "Seed of the random tokens")->capture_default_str();
   train->add_option("--optim", a.optim, "Optimizer: adamw (fp32 moments) or adamw_8bit (8-bit blockwise moments)")
       ->check(CLI::IsMember({"adamw", "adamw_8bit"}))

@@ -26,6 +26,7 @@
 #include "rlcu/engine.h"
 #include "rlcu/model.h"
 #include "rlcu/profile.h"
+#include "rlcu/parallel.h"
 
 namespace rlcu::cli {
 
@@ -39,6 +40,7 @@ struct BenchRolloutArgs {
   int new_tokens = 256;
   int repeats = 3;
   std::string device = "auto";
+  int threads = 0;  // threads of the CPU kernels; 0 = all cores
   uint64_t seed = 0;
   int64_t max_batch = 256;
   double kv_fraction = 0.9;
@@ -309,6 +311,7 @@ int run_bench_rollout(const BenchRolloutArgs& a) {
     throw UsageError("--prompts, --samples, --prompt-len, --new-tokens and --repeats must be >= 1");
   int dev_index = 0;
   const Device dev = parse_device(a.device, "--device", &dev_index);
+  set_cpu_threads(a.threads);
   spdlog::info("{}", device_note(a.device, dev, dev_index));
   std::unique_ptr<Context> cuda_ctx;
   if (dev == Device::CUDA) cuda_ctx = Context::cuda(dev_index);
@@ -357,6 +360,9 @@ void add_bench_rollout_command(CLI::App* bench, Action& action) {
   cmd->add_option("--repeats", a.repeats, "Timed runs (the median is reported) after one warm-up run")
       ->capture_default_str();
   cmd->add_option("--device", a.device, "auto, cpu, cuda or cuda:N")->capture_default_str();
+  cmd->add_option("--threads", a.threads, "Threads of the CPU kernels; 0 = all cores")
+      ->capture_default_str()
+      ->check(int_range(0, 4096));
   cmd->add_option("--seed", a.seed, "Seed of the random prompts and the sampler")->capture_default_str();
   cmd->add_option("--max-batch", a.max_batch, "Sequences decoded together at most")->capture_default_str();
   cmd->add_option("--kv-fraction", a.kv_fraction, "CUDA: share of free memory for the KV cache")

@@ -33,6 +33,7 @@
 #include "rlcu/reward.h"
 #include "rlcu/token_bytes.h"
 #include "rlcu/tokenizer.h"
+#include "rlcu/parallel.h"
 
 namespace rlcu::cli {
 
@@ -42,6 +43,7 @@ using nlohmann::ordered_json;
 
 struct EvalArgs {
   std::string model, data, output, samples_out, device = "auto", chat_template = "auto";
+  int threads = 0;  // threads of the CPU kernels; 0 = all cores
   std::vector<std::string> rewards, sets, stop;
   int n = 1;
   bool greedy = false;
@@ -114,6 +116,7 @@ int run_eval(const EvalArgs& a) {
   if (!(a.temperature > 0)) throw UsageError("--temperature must be > 0");
   int device_index = 0;
   const Device device = parse_device(a.device, "--device", &device_index);
+  set_cpu_threads(a.threads);
   spdlog::info("{}", device_note(a.device, device, device_index));
   const RewardSection rs = reward_section(a);
   validate_reward_section(rs);
@@ -232,6 +235,9 @@ void add_eval_command(CLI::App& app, Action& action) {
       ->capture_default_str();
   cmd->add_option("--seed", a->seed, "Sampling seed")->capture_default_str();
   cmd->add_option("--device", a->device, "auto, cpu, cuda or cuda:N")->capture_default_str();
+  cmd->add_option("--threads", a->threads, "Threads of the CPU kernels; 0 = all cores")
+      ->capture_default_str()
+      ->check(int_range(0, 4096));
   cmd->add_option("--output", a->output, "Write the metrics as JSON to this file");
   cmd->add_option("--chat-template", a->chat_template,
                   "auto (the model's template), none, chatml, qwen2, qwen2.5, qwen3, llama3, llama3.1, or a Jinja file")

@@ -32,6 +32,7 @@
 #include "rlcu/model.h"
 #include "rlcu/token_bytes.h"
 #include "rlcu/tokenizer.h"
+#include "rlcu/parallel.h"
 
 namespace rlcu::cli {
 
@@ -41,6 +42,7 @@ using nlohmann::json;
 
 struct GenerateArgs {
   std::string model, input, output, device = "auto", chat_template = "auto";
+  int threads = 0;  // threads of the CPU kernels; 0 = all cores
   int n = 1;
   int64_t max_new_tokens = 256;
   bool greedy = false, ignore_eos = false;
@@ -142,6 +144,7 @@ int run_generate(const GenerateArgs& a) {
   if (a.top_k < 0) throw UsageError("--top-k must be >= 0");
   int device_index = 0;
   const Device device = parse_device(a.device, "--device", &device_index);
+  set_cpu_threads(a.threads);
   spdlog::info("{}", device_note(a.device, device, device_index));
 
   const ModelConfig cfg = ModelConfig::load(a.model);
@@ -224,6 +227,9 @@ void add_generate_command(CLI::App& app, Action& action) {
   cmd->add_flag("--ignore-eos", a->ignore_eos, "Do not stop at EOS tokens");
   cmd->add_option("--stop", a->stop, "Stop string (repeatable); the completion keeps the token that completes it");
   cmd->add_option("--device", a->device, "auto, cpu, cuda or cuda:N")->capture_default_str();
+  cmd->add_option("--threads", a->threads, "Threads of the CPU kernels; 0 = all cores")
+      ->capture_default_str()
+      ->check(int_range(0, 4096));
   cmd->add_option("--max-batch", a->max_batch, "Sequences decoded together at most")
       ->capture_default_str()
       ->check(int_range(1, 4096));

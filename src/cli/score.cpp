@@ -23,6 +23,7 @@
 #include "rlcu/input_file.h"
 #include "rlcu/json_error.h"
 #include "rlcu/model.h"
+#include "rlcu/parallel.h"
 
 namespace rlcu::cli {
 
@@ -35,6 +36,7 @@ struct ScoreArgs {
   std::string input;
   std::string output;
   std::string device = "auto";
+  int threads = 0;  // threads of the CPU kernels; 0 = all cores
   int64_t max_tokens = 4096;
 };
 
@@ -97,6 +99,7 @@ std::string format_line(const float* lp, size_t n) {
 int run_score(const ScoreArgs& a) {
   int device_index = 0;
   const Device device = parse_device(a.device, "--device", &device_index);
+  set_cpu_threads(a.threads);
   std::unique_ptr<Context> cuda_ctx;
   if (device == Device::CUDA) cuda_ctx = Context::cuda(device_index);
   Context& ctx = cuda_ctx ? *cuda_ctx : Context::cpu();
@@ -151,6 +154,9 @@ void add_score_command(CLI::App& app, Action& action) {
   cmd->add_option("--input", args->input, "JSONL input, one {\"ids\": [...]} per line")->required();
   cmd->add_option("--output", args->output, "JSONL output, one {\"logprobs\": [...]} per input line (default: stdout)");
   cmd->add_option("--device", args->device, "auto, cpu, cuda or cuda:N")->capture_default_str();
+  cmd->add_option("--threads", args->threads, "Threads of the CPU kernels; 0 = all cores")
+      ->capture_default_str()
+      ->check(int_range(0, 4096));
   cmd->add_option("--max-tokens", args->max_tokens, "Token budget of one packed micro-batch")
       ->capture_default_str()
       ->check(int_range(1, int64_t{1} << 30));

@@ -5,6 +5,7 @@
 // used. --stop-after N saves a checkpoint and stops after N steps of this invocation. --dry-run checks the config,
 // model headers, tokenizer and data, prints the memory plan and exits 0 without creating the run directory.
 #include <memory>
+#include <string>
 
 #include "commands.h"
 #include "rlcu/sft.h"
@@ -20,12 +21,19 @@ void add_sft_command(CLI::App& app, Action& action) {
   cmd->add_flag("--overwrite", a->overwrite,
                 "Start over in a run directory that holds a run (deletes its metrics, samples and checkpoints)");
   cmd->add_option("--device", a->device, "auto, cpu, cuda or cuda:N (overrides run.device)");
+  cmd->add_option("--threads", a->threads, "Threads of the CPU kernels, 0 = all cores (overrides run.threads)")
+      ->check(int_range(0, 4096));
   cmd->add_option("--stop-after", a->stop_after, "Save a checkpoint and stop after N steps of this invocation")
       ->check(int_range(1, int64_t{1} << 40));
   cmd->add_flag("--dry-run", a->dry_run,
                 "Check the config, model headers, tokenizer and data, print the memory plan and exit without "
                 "creating the run directory");
-  cmd->callback([&action, a] { action = [a] { return run_sft(*a); }; });
+  cmd->callback([&action, a] {
+    action = [a] {
+      if (a->threads >= 0) a->overrides.push_back("run.threads=" + std::to_string(a->threads));
+      return run_sft(*a);
+    };
+  });
 }
 
 }  // namespace rlcu::cli

@@ -112,6 +112,10 @@ std::vector<FieldSpec> build_schema() {
     };
     s.push_back(f);
   }
+  s.push_back(range(bind_field("run.threads", &RunConfig::run, &RunSection::threads, K::Int,
+                               "Threads of the CPU kernels (on `cpu`); 0 = all cores. Results are bitwise the same "
+                               "for any count; `--threads N` overrides it."),
+                    0, 4096));
   s.push_back(range(bind_field("run.save_every", &RunConfig::run, &RunSection::save_every, K::Int,
                                "Save a checkpoint every N steps (and at the end); 0 = only at the end."),
                     0, 1e12));

@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "cuda_rt.h"
+#include "rlcu/parallel.h"
 
 namespace rlcu {
 
@@ -150,9 +151,11 @@ Device parse_device(const std::string& s, const std::string& what, int* index) {
 
 std::string device_note(const std::string& requested, Device d, int index) {
   const std::string chosen = d == Device::CPU ? "cpu" : fmt::format("cuda:{}", index);
-  if (requested != "auto") return fmt::format("device {}", chosen);
+  const std::string threads = fmt::format(", {} thread{}", cpu_threads(), cpu_threads() == 1 ? "" : "s");
+  if (requested != "auto") return fmt::format("device {}{}", chosen, d == Device::CPU ? threads : "");
   if (d == Device::CPU)
-    return fmt::format("device cpu (auto: {})", built_with_cuda() ? "no CUDA device found" : "a build without CUDA");
+    return fmt::format("device cpu (auto: {}){}", built_with_cuda() ? "no CUDA device found" : "a build without CUDA",
+                       threads);
   return fmt::format("device {} (auto: the first of {} CUDA device{})", chosen, cuda_device_count(),
                      cuda_device_count() == 1 ? "" : "s");
 }

@@ -43,6 +43,7 @@
 #include "rlcu/metrics.h"
 #include "rlcu/model.h"
 #include "rlcu/optimizer.h"
+#include "rlcu/parallel.h"
 #include "rlcu/rng.h"
 #include "rlcu/run_dir.h"
 #include "rlcu/signals.h"
@@ -404,6 +405,7 @@ SftTrainer::SftTrainer(const SftArgs& args) : args_(args) {
   cfg_ = load_run_config("sft", args.config, args.overrides, args.resume, args.device, &config_path);
   int dev_index = 0;
   dev_ = parse_device(cfg_.run.device, "run.device", &dev_index);
+  set_cpu_threads(static_cast<int>(cfg_.run.threads));
   bool distributed = false;
   dp_ = DataParallel::from_environment(args.dry_run, &distributed);
   if (distributed && dev_ == Device::CUDA) dev_index = dist::local_device_index(dp_.env, cuda_device_count());

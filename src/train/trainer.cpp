@@ -71,6 +71,7 @@
 #include "rlcu/ops.h"
 #include "rlcu/lora.h"
 #include "rlcu/optimizer.h"
+#include "rlcu/parallel.h"
 #include "rlcu/reference.h"
 #include "rlcu/reward.h"
 #include "rlcu/rl_ops.h"
@@ -236,6 +237,7 @@ Trainer::Trainer(const TrainArgs& args) : args_(args) {
   cfg_ = load_run_config("train", args.config, args.overrides, args.resume, args.device, &config_path);
   int dev_index = 0;
   dev_ = parse_device(cfg_.run.device, "run.device", &dev_index);
+  set_cpu_threads(static_cast<int>(cfg_.run.threads));
   bool distributed = false;
   dp_ = DataParallel::from_environment(args.dry_run, &distributed);
   if (distributed) {

@@ -50,6 +50,7 @@ const std::map<std::string, std::string>& owners() {
       {"error.h", "core"},
       {"cuda_check.h", "core"},
       {"profile.h", "core"},
+      {"parallel.h", "core"},
       {"rng.h", "core"},
       {"signals.h", "core"},
       {"json_error.h", "core"},
